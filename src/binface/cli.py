@@ -1,0 +1,126 @@
+"""The ``binface`` command: one sub-command per job.
+
+Each job lives with its package; this file only wires the sub-commands and turns
+user errors into one line on stderr (exit status 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from binface import __version__
+from binface.errors import BinfaceError
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``112`` or ``112x96`` -> (H, W); anything else is a one-line argparse error."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"input size must be a positive integer or HxW of integers, got {text!r}"
+        )
+    return (values[0], values[-1])
+
+
+# ---------------------------------------------------------------- models
+def _cmd_models(args: argparse.Namespace) -> int:
+    from binface.models import list_models, model_info
+
+    names = list_models(args.family)
+    if args.json:
+        rows = [
+            {"name": n, "family": model_info(n).family, "description": model_info(n).description}
+            for n in names
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(n) for n in names) if names else 4
+    print(f"{'model':<{width}}  family  description")
+    for n in names:
+        info = model_info(n)
+        print(f"{n:<{width}}  {info.family:<6}  {info.description}")
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the model zoo", description="List every registered "
+                       "model with its family (cnn / hybrid / binary) and a one-line description.")
+    p.add_argument("--family", choices=["cnn", "hybrid", "binary"], help="only this family")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_models)
+
+
+# ---------------------------------------------------------------- profile
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from binface.profile import cli as profile_cli
+
+    return profile_cli.run(args)
+
+
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="count MACs, parameters and memory (larq convention)",
+        description="Count MACs by precision, parameters by precision and weight memory of a "
+        "model by walking its real forward pass, in the larq convention of the seed's Table 2. "
+        "With --table, reproduce a table of the seed paper with the deviation per column.",
+    )
+    p.add_argument("name", nargs="?", help="registered model name (see `binface models`)")
+    p.add_argument("--table", choices=["binary", "float"], help="print a seed table instead")
+    p.add_argument("--backbone-only", action="store_true", help="count the backbone alone "
+                   "(what the seed's tables count)")
+    p.add_argument("--per-layer", action="store_true", help="print every counted layer")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--input-size", type=parse_size, default=(112, 112), metavar="H[xW]",
+                   help="input image size (default 112)")
+    p.set_defaults(func=_cmd_profile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="binface",
+        description="Face recognition on embedded hardware: a model zoo of lightweight CNNs, "
+        "efficient hybrids and binary networks, with exact complexity accounting.",
+    )
+    parser.add_argument("--version", action="version", version=f"binface {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_models(sub)
+    _add_profile(sub)
+    from binface.data.cli import register as _add_data
+
+    _add_data(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except BinfaceError as exc:
+        print(f"binface {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"binface {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: RecordIO, verification packs, image folders and synthetic faces."""

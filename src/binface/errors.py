@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Anything a user can get wrong (a model name, a path, a shape, a file) raises a
+``BinfaceError`` whose message is one line naming the problem; the CLI prints it
+without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class BinfaceError(Exception):
+    """An error caused by user input, reported as one line."""
+
+
+class UnknownModelError(BinfaceError, KeyError):
+    """A model name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InputShapeError(BinfaceError, ValueError):
+    """A tensor whose shape a model cannot take."""

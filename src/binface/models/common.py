@@ -1,0 +1,75 @@
+"""What every face model shares: the input check and the backbone + head split."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from binface.errors import InputShapeError
+
+DEFAULT_INPUT_SIZE = (112, 112)
+
+
+def check_input(
+    x: torch.Tensor, size: tuple[int, int] | None = DEFAULT_INPUT_SIZE, name: str = "model"
+) -> None:
+    """Raise a one-line ``InputShapeError`` unless ``x`` is (N, 3, H, W) with H, W == size."""
+    if not isinstance(x, torch.Tensor):
+        raise InputShapeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    shape = tuple(x.shape)
+    if x.dim() != 4 or shape[1] != 3:
+        want = "3x%dx%d" % size if size else "3xHxW"
+        raise InputShapeError(f"{name} expects input of shape (N, {want.replace('x', ', ')}) "
+                              f"(N x {want}, NCHW RGB), got {shape}")
+    if size is not None and shape[2:] != tuple(size):
+        raise InputShapeError(
+            f"{name} expects {size[0]}x{size[1]} input images (N, 3, {size[0]}, {size[1]}), "
+            f"got {shape[2]}x{shape[3]} in shape {shape}"
+        )
+
+
+class FaceModel(nn.Module):
+    """A backbone followed by a face-embedding head.
+
+    ``backbone`` is what the seed's tables count; ``head`` maps its feature map to
+    the embedding (``nn.Identity`` for a backbone-only model). ``input_size`` is
+    the spatial size the model needs, or ``None`` when any size works.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module | None,
+        name: str,
+        input_size: tuple[int, int] | None = DEFAULT_INPUT_SIZE,
+        embedding_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head if head is not None else nn.Identity()
+        self.model_name = name
+        self.input_size = input_size
+        self.embedding_size = embedding_size if head is not None else None
+
+    @property
+    def backbone_only(self) -> bool:
+        return isinstance(self.head, nn.Identity)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.input_size, self.model_name)
+        return self.head(self.backbone(x))
+
+
+class LinearEmbeddingHead(nn.Module):
+    """Feature map -> embedding: BN, global average pool, linear, BN (insightface style)."""
+
+    def __init__(self, in_channels: int, embedding_size: int = 512) -> None:
+        super().__init__()
+        self.bn_in = nn.BatchNorm2d(in_channels)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, embedding_size, bias=False)
+        self.bn_out = nn.BatchNorm1d(embedding_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.bn_in(x)).flatten(1)
+        return self.bn_out(self.fc(x))
