@@ -11,9 +11,15 @@ DEFAULT_INPUT_SIZE = (112, 112)
 
 
 def check_input(
-    x: torch.Tensor, size: tuple[int, int] | None = DEFAULT_INPUT_SIZE, name: str = "model"
+    x: torch.Tensor,
+    size: tuple[int, int] | None = DEFAULT_INPUT_SIZE,
+    name: str = "model",
+    min_size: int = 32,
 ) -> None:
-    """Raise a one-line ``InputShapeError`` unless ``x`` is (N, 3, H, W) with H, W == size."""
+    """Raise a one-line ``InputShapeError`` unless ``x`` is (N, 3, H, W) with H, W == size.
+
+    ``size=None`` accepts any H, W of at least ``min_size`` (size-agnostic models).
+    """
     if not isinstance(x, torch.Tensor):
         raise InputShapeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
     shape = tuple(x.shape)
@@ -25,6 +31,10 @@ def check_input(
         raise InputShapeError(
             f"{name} expects {size[0]}x{size[1]} input images (N, 3, {size[0]}, {size[1]}), "
             f"got {shape[2]}x{shape[3]} in shape {shape}"
+        )
+    if size is None and min(shape[2:]) < min_size:
+        raise InputShapeError(
+            f"{name} needs images of at least {min_size}x{min_size}, got {shape[2]}x{shape[3]}"
         )
 
 
@@ -43,12 +53,14 @@ class FaceModel(nn.Module):
         name: str,
         input_size: tuple[int, int] | None = DEFAULT_INPUT_SIZE,
         embedding_size: int | None = None,
+        min_size: int = 32,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head if head is not None else nn.Identity()
         self.model_name = name
         self.input_size = input_size
+        self.min_size = min_size
         self.embedding_size = embedding_size if head is not None else None
 
     @property
@@ -56,20 +68,25 @@ class FaceModel(nn.Module):
         return isinstance(self.head, nn.Identity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.input_size, self.model_name)
+        check_input(x, self.input_size, self.model_name, self.min_size)
         return self.head(self.backbone(x))
 
 
 class LinearEmbeddingHead(nn.Module):
-    """Feature map -> embedding: BN, global average pool, linear, BN (insightface style)."""
+    """Feature map -> embedding: (ReLU,) BN, global average pool, linear, BN1d.
 
-    def __init__(self, in_channels: int, embedding_size: int = 512) -> None:
+    The insightface "E" output without dropout, pooled first so that it works at
+    any feature-map size; ``pre_relu`` for backbones that end on a residual add.
+    """
+
+    def __init__(self, in_channels: int, embedding_size: int = 512, pre_relu: bool = False) -> None:
         super().__init__()
+        self.act = nn.ReLU() if pre_relu else nn.Identity()
         self.bn_in = nn.BatchNorm2d(in_channels)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, embedding_size, bias=False)
         self.bn_out = nn.BatchNorm1d(embedding_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.bn_in(x)).flatten(1)
+        x = self.pool(self.bn_in(self.act(x))).flatten(1)
         return self.bn_out(self.fc(x))

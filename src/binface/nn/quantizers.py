@@ -1,0 +1,231 @@
+"""Quantizers: small modules with a forward value and a straight-through gradient.
+
+Each quantizer follows larq's definition (REFERENCE section 4). The gradient is
+built with the "detach trick" (``value.detach() + g(x) - g(x).detach()``) rather
+than a custom ``autograd.Function``: the forward value is exact, the gradient is
+``g'(x)``, and the graph stays made of plain tensor ops that ``torch.export`` and
+ONNX can trace.
+
+Attributes the profiler and the runtimes read:
+
+- ``precision``: bits of the quantized value (1 for every sign-type quantizer).
+- ``pm_one``: ``True`` when every output value is exactly +-1 (a per-channel scale
+  factor applied afterwards is allowed, see ``scaled``), so a layer with such
+  quantizers on both operands runs as xor + popcount.
+- ``scaled``: ``True`` when the +-1 values are multiplied by a per-channel scale.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def sign_pos(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) with sign(0) = +1 (larq's ste_sign convention)."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+def sign_neg(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) with sign(0) = -1 (DoReFa at k = 1)."""
+    return torch.where(x > 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """Forward ``value``, backward the gradient of ``surrogate``."""
+    return value.detach() + (surrogate - surrogate.detach())
+
+
+class Quantizer(nn.Module):
+    """Base class: subclasses set ``precision``, ``pm_one`` and implement ``forward``."""
+
+    precision: int = 32
+    pm_one: bool = False
+    scaled: bool = False
+
+    def extra_repr(self) -> str:
+        return f"precision={self.precision}"
+
+
+class SteSign(Quantizer):
+    """sign(x) (sign(0) = +1); gradient 1 where |x| <= clip_value, else 0."""
+
+    precision = 1
+    pm_one = True
+
+    def __init__(self, clip_value: float = 1.0) -> None:
+        super().__init__()
+        self.clip_value = float(clip_value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = (x.abs() <= self.clip_value).to(x.dtype)
+        return _straight_through(sign_pos(x), x * mask.detach())
+
+    def extra_repr(self) -> str:
+        return f"clip_value={self.clip_value}"
+
+
+class ApproxSign(Quantizer):
+    """sign(x) (sign(0) = +1); gradient 2(1 - |x|) on [-1, 1] (Bi-Real Net)."""
+
+    precision = 1
+    pm_one = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.clamp(-1.0, 1.0)
+        return _straight_through(sign_pos(x), 2.0 * c - c * c.abs())
+
+
+class SwishSign(Quantizer):
+    """sign(x) (sign(0) = +1); gradient of the swish-shaped sign, beta (BNN+).
+
+    d/dx = beta * (2 - beta * x * tanh(beta * x / 2)) / (1 + cosh(beta * x)),
+    the derivative of 2 * sigmoid(beta x) * (1 + beta x (1 - sigmoid(beta x))) - 1.
+    """
+
+    precision = 1
+    pm_one = True
+
+    def __init__(self, beta: float = 5.0) -> None:
+        super().__init__()
+        self.beta = float(beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bx = self.beta * x
+        s = torch.sigmoid(bx)
+        return _straight_through(sign_pos(x), 2.0 * s * (1.0 + bx * (1.0 - s)) - 1.0)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
+
+
+def _round_ste(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Round to ``levels`` steps on [0, 1] with an identity gradient.
+
+    ``torch.round`` rounds half to even like ``tf.round``, which is what makes
+    DoReFa's sign(0) = -1 at one bit.
+    """
+    return _straight_through(torch.round(x * levels) / levels, x)
+
+
+class DoReFa(Quantizer):
+    """DoReFa-Net quantizer with ``k_bit`` bits.
+
+    ``mode="activations"``: clip to [0, 1], round to k bits (gradient 1 inside).
+    ``mode="weights"``: tanh, divide by 2 max|tanh|, add 0.5, round to k bits, map
+    to [-1, 1]. At k = 1 the weights-mode value is sign(x) with sign(0) = -1.
+    """
+
+    def __init__(self, k_bit: int = 2, mode: str = "activations") -> None:
+        super().__init__()
+        if mode not in ("activations", "weights"):
+            raise ValueError(f"DoReFa mode must be 'activations' or 'weights', got {mode!r}")
+        if int(k_bit) < 1:
+            raise ValueError(f"DoReFa k_bit must be >= 1, got {k_bit}")
+        self.k_bit = int(k_bit)
+        self.mode = mode
+        self.precision = self.k_bit
+        self.pm_one = self.k_bit == 1 and mode == "weights"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = 2**self.k_bit - 1
+        if self.mode == "activations":
+            return _round_ste(x.clamp(0.0, 1.0), levels)
+        t = torch.tanh(x)
+        t = t / (2.0 * t.abs().max()) + 0.5
+        return 2.0 * _round_ste(t, levels) - 1.0
+
+    def extra_repr(self) -> str:
+        return f"k_bit={self.k_bit}, mode={self.mode!r}"
+
+
+class MagnitudeAwareSign(Quantizer):
+    """Bi-Real Net weight quantizer: ste_sign(w) times the mean |w| of each output channel.
+
+    The scale is treated as a constant in the backward pass (larq stops its gradient).
+    Channel axis 0 is the output channel of a PyTorch kernel (O, I, kH, kW).
+    """
+
+    precision = 1
+    pm_one = True
+    scaled = True
+
+    def __init__(self, clip_value: float = 1.0) -> None:
+        super().__init__()
+        self.clip_value = float(clip_value)
+        self._sign = SteSign(clip_value)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, w.dim()))
+        scale = w.abs().mean(dim=dims, keepdim=True).detach() if dims else w.abs().detach()
+        return scale * self._sign(w)
+
+    def extra_repr(self) -> str:
+        return f"clip_value={self.clip_value}"
+
+
+class RSign(Quantizer):
+    """ReActNet's RSign: a learnable per-channel shift, then sign (ApproxSign gradient).
+
+    Output is sign(x + beta_c), sign(0) = +1; input is (N, C, ...).
+    """
+
+    precision = 1
+    pm_one = True
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(channels))
+        self._sign = ApproxSign()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return self._sign(x + self.shift.view(shape))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.shift.numel()}"
+
+
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU: shift, PReLU with a per-channel slope, shift."""
+
+    def __init__(self, channels: int, init_slope: float = 0.25) -> None:
+        super().__init__()
+        self.shift_in = nn.Parameter(torch.zeros(channels))
+        self.slope = nn.Parameter(torch.full((channels,), float(init_slope)))
+        self.shift_out = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        y = x - self.shift_in.view(shape)
+        y = torch.where(y >= 0, y, self.slope.view(shape) * y)
+        return y + self.shift_out.view(shape)
+
+
+QUANTIZERS: dict[str, type[Quantizer]] = {
+    "ste_sign": SteSign,
+    "approx_sign": ApproxSign,
+    "swish_sign": SwishSign,
+    "dorefa": DoReFa,
+    "magnitude_aware_sign": MagnitudeAwareSign,
+}
+
+
+def get_quantizer(spec: str | Quantizer | None, **kwargs) -> Quantizer | None:
+    """A quantizer from a name (``"ste_sign"``), an instance, or ``None`` (float)."""
+    if spec is None or isinstance(spec, Quantizer):
+        return spec
+    try:
+        return QUANTIZERS[spec](**kwargs)
+    except KeyError:
+        raise ValueError(f"unknown quantizer {spec!r}; known: {', '.join(QUANTIZERS)}") from None
+
+
+def precision_of(q: Quantizer | None) -> int:
+    """Bits a quantizer produces; 32 for no quantizer (a float operand)."""
+    return 32 if q is None else int(q.precision)
+
+
+def is_pm_one(q: Quantizer | None) -> bool:
+    """Whether the operand is +-1 (possibly times a per-channel scale) after ``q``."""
+    return q is not None and bool(q.pm_one)

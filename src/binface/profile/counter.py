@@ -1,0 +1,227 @@
+"""Complexity accounting in the larq convention (the seed's Table 2), from the real forward pass.
+
+Rules (REFERENCE section 3):
+
+- MACs are counted for convolutions and dense layers only: for every non-bias
+  weight tensor, elements x output pixels (H x W for a conv, the token count for a
+  dense layer on tokens, 1 for a dense layer on vectors), at precision
+  max(input precision (32 if the layer has no input quantizer), weight precision).
+- Parameters: every tensor at its precision; BatchNorm counts only its moving mean
+  and variance (gamma and beta fold into them); biases, PReLU slopes and fixed
+  kernels count as 32-bit. Memory = sum(bits x count) / 8 bytes.
+- On top of the larq count: "runtime-binary" MACs, whose two operands are both
+  +-1 when the network runs (what xor + popcount executes), and "matmul" MACs,
+  activation-by-activation products (attention) that the larq convention leaves
+  out; a module declares them with ``extra_macs(inputs, output) -> int``.
+
+The walk uses forward hooks on a real forward pass at batch 1, so what is counted
+is what runs, including output sizes that depend on padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from binface.nn.layers import WeightSpec
+
+
+@dataclass
+class LayerProfile:
+    """What one module contributes: MACs and parameters by precision (bits -> count)."""
+
+    name: str
+    kind: str
+    output_shape: tuple[int, ...] | None = None
+    input_precision: int | None = None
+    weight_precision: int | None = None
+    macs: dict[int, int] = field(default_factory=dict)
+    macs_runtime_binary: int = 0
+    macs_matmul: int = 0
+    params: dict[int, int] = field(default_factory=dict)
+    calls: int = 0
+
+    @property
+    def memory_bytes(self) -> float:
+        return sum(bits * n for bits, n in self.params.items()) / 8
+
+    @property
+    def macs_1bit(self) -> int:
+        return self.macs.get(1, 0)
+
+    @property
+    def macs_32bit(self) -> int:
+        return self.macs.get(32, 0)
+
+    @property
+    def macs_kbit(self) -> int:
+        return sum(n for b, n in self.macs.items() if b not in (1, 32))
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "type": self.kind,
+            "output_shape": list(self.output_shape) if self.output_shape else None,
+            "input_bits": self.input_precision,
+            "weight_bits": self.weight_precision,
+            "macs_1bit": self.macs_1bit,
+            "macs_kbit": self.macs_kbit,
+            "macs_32bit": self.macs_32bit,
+            "macs_runtime_binary": self.macs_runtime_binary,
+            "macs_matmul": self.macs_matmul,
+            "params_1bit": self.params.get(1, 0),
+            "params_kbit": sum(n for b, n in self.params.items() if b not in (1, 32)),
+            "params_32bit": self.params.get(32, 0),
+            "memory_bytes": self.memory_bytes,
+        }
+
+
+@dataclass
+class Profile:
+    """Per-layer and total complexity of a model at one input size."""
+
+    model_name: str
+    input_size: tuple[int, int]
+    layers: list[LayerProfile]
+
+    @property
+    def totals(self) -> dict[str, float]:
+        rows = [layer.to_dict() for layer in self.layers]
+        keys = ("macs_1bit", "macs_kbit", "macs_32bit", "macs_runtime_binary", "macs_matmul",
+                "params_1bit", "params_kbit", "params_32bit")
+        t: dict[str, float] = {k: int(sum(r[k] for r in rows)) for k in keys}
+        t["macs_total"] = t["macs_1bit"] + t["macs_kbit"] + t["macs_32bit"]
+        t["params_total"] = t["params_1bit"] + t["params_kbit"] + t["params_32bit"]
+        memory = sum(r["memory_bytes"] for r in rows)
+        t["memory_bytes"] = memory
+        t["memory_kib"] = memory / 1024
+        return t
+
+    def to_dict(self, per_layer: bool = False) -> dict:
+        d: dict = {"model": self.model_name, "input_size": list(self.input_size),
+                   "convention": "larq (MACs of conv and dense layers; BN counts mean+var)"}
+        d.update(self.totals)
+        if per_layer:
+            d["layers"] = [layer.to_dict() for layer in self.layers]
+        return d
+
+
+def _weight_specs(module: nn.Module) -> list[WeightSpec] | None:
+    """The MAC-carrying weights of a module, or None if it carries no MACs."""
+    specs = getattr(module, "profile_weights", None)
+    if callable(specs):
+        return specs()
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        return [WeightSpec("weight", module.weight, 32, 32, False)]
+    return None
+
+
+def _output_pixels(module: nn.Module, output: torch.Tensor) -> int:
+    """H x W of a conv output (NCHW); the token count of a dense output (N, ..., F)."""
+    shape = tuple(output.shape)
+    dims = shape[1:-1] if isinstance(module, nn.Linear) else shape[2:]
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def _own_params(module: nn.Module, specs: list[WeightSpec] | None) -> list[tuple[torch.Tensor, int]]:
+    """(tensor, bits) for the tensors a module owns directly, by the larq rules."""
+    if isinstance(module, _BatchNorm):
+        return [(t, 32) for t in (module.running_mean, module.running_var) if t is not None]
+    out: list[tuple[torch.Tensor, int]] = []
+    special = {id(s.tensor): s.precision for s in specs or []}
+    for t in module.parameters(recurse=False):
+        out.append((t, special.get(id(t), 32)))
+    for _name, t in module.named_buffers(recurse=False):
+        if t is not None and t.is_floating_point():
+            out.append((t, special.get(id(t), 32)))
+    return out
+
+
+def _first_tensor(output) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+def profile(
+    model: nn.Module,
+    input_size: tuple[int, int] = (112, 112),
+    in_channels: int = 3,
+    name: str | None = None,
+) -> Profile:
+    """Count MACs, parameters and memory of ``model`` by running one forward pass.
+
+    The model runs once in eval mode under ``torch.no_grad`` on a batch of one
+    random image of ``in_channels x input_size``; its training mode is restored.
+    """
+    name = name or getattr(model, "model_name", type(model).__name__)
+    records: dict[int, LayerProfile] = {}
+    order: list[int] = []
+    seen_tensors: set[int] = set()
+
+    def record_for(mod_name: str, module: nn.Module) -> LayerProfile:
+        key = id(module)
+        if key not in records:
+            records[key] = LayerProfile(mod_name, type(module).__name__)
+            order.append(key)
+        return records[key]
+
+    def make_hook(mod_name: str):
+        def hook(module: nn.Module, inputs, output) -> None:
+            specs = _weight_specs(module)
+            extra = getattr(module, "extra_macs", None)
+            if specs is None and not callable(extra) and id(module) not in owners:
+                return
+            rec = record_for(mod_name, module)
+            rec.calls += 1
+            out = _first_tensor(output)
+            if out is not None:
+                rec.output_shape = tuple(int(d) for d in out.shape[1:])
+            if specs and out is not None:
+                pixels = _output_pixels(module, out)
+                for s in specs:
+                    bits = max(s.input_precision, s.precision)
+                    n = s.tensor.numel() * pixels
+                    rec.macs[bits] = rec.macs.get(bits, 0) + n
+                    if s.runtime_binary:
+                        rec.macs_runtime_binary += n
+                rec.input_precision = specs[0].input_precision
+                rec.weight_precision = specs[0].precision
+            if callable(extra):
+                rec.macs_matmul += int(extra(inputs, output))
+
+        return hook
+
+    # modules that own tensors get a row in forward order even without MACs (BN, PReLU)
+    owners = {id(m) for m in model.modules() if _own_params(m, None)}
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules()]
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.randn(1, in_channels, *input_size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+    # parameters: every tensor once, attributed to the module that owns it
+    for mod_name, module in model.named_modules():
+        for t, bits in _own_params(module, _weight_specs(module)):
+            if id(t) in seen_tensors:
+                continue
+            seen_tensors.add(id(t))
+            rec = record_for(mod_name or type(model).__name__, module)
+            rec.params[bits] = rec.params.get(bits, 0) + t.numel()
+
+    layers = [records[k] for k in order]
+    return Profile(name, tuple(input_size), layers)
