@@ -14,7 +14,7 @@ from torch import nn
 
 from binface.models.common import FaceModel, LinearEmbeddingHead
 from binface.models.registry import register_model
-from binface.nn import BinaryConv2d, MaxPool2dSame, QuantConv2d, SteSign
+from binface.nn import BatchNorm2d, BinaryConv2d, MaxPool2dSame, QuantConv2d, SteSign
 
 BN_KW = {"momentum": 0.1, "eps": 1e-5}  # TF momentum 0.9
 
@@ -30,7 +30,7 @@ class DenseLayer(nn.Module):
 
     def __init__(self, in_channels: int, growth: int = 64, clip: float = 1.3) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm2d(in_channels, **BN_KW)
+        self.bn = BatchNorm2d(in_channels, **BN_KW)
         self.conv = BinaryConv2d(
             in_channels, growth, 3, padding="same", pad_values=0.0,
             input_quantizer=SteSign(clip), kernel_quantizer=SteSign(clip), kernel_clip=clip,
@@ -50,7 +50,7 @@ class BinaryDenseNetBackbone(nn.Sequential):
                  clip: float = 1.3) -> None:
         mods: list[nn.Module] = [
             QuantConv2d(3, initial_filters, 7, stride=2, padding="same"),  # float, TF padding
-            nn.BatchNorm2d(initial_filters, **BN_KW),
+            BatchNorm2d(initial_filters, **BN_KW),
             nn.ReLU(),
             MaxPool2dSame(3, 2, padding="same"),
         ]
@@ -62,13 +62,13 @@ class BinaryDenseNetBackbone(nn.Sequential):
             if i < len(reductions):
                 out = transition_channels(c, reductions[i])
                 mods += [
-                    nn.BatchNorm2d(c, **BN_KW),
+                    BatchNorm2d(c, **BN_KW),
                     nn.MaxPool2d(2, 2),
                     nn.ReLU(),
                     nn.Conv2d(c, out, 1, bias=False),
                 ]
                 c = out
-        mods += [nn.BatchNorm2d(c, **BN_KW), nn.ReLU()]
+        mods += [BatchNorm2d(c, **BN_KW), nn.ReLU()]
         super().__init__(*mods)
         self.out_channels = c
 

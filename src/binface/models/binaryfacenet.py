@@ -23,6 +23,7 @@ from torch import nn
 from binface.models.common import FaceModel
 from binface.models.registry import register_model
 from binface.nn import (
+    BatchNorm2d,
     BinaryConv2d,
     BinaryDepthwiseConv2d,
     BinarySeparableConv2d,
@@ -46,7 +47,7 @@ class QConv(nn.Sequential):
         layers: list[nn.Module] = [
             BinaryConv2d(cin, cout, kernel, stride=stride, padding=padding, groups=groups,
                          bias=False, **_binary_kw()),
-            nn.BatchNorm2d(cout),
+            BatchNorm2d(cout),
         ]
         if act:
             layers.append(nn.PReLU(cout))
@@ -57,7 +58,7 @@ class ConvBNPReLU(nn.Sequential):
     """Float conv (no bias), BN, PReLU."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1) -> None:
-        super().__init__(nn.Conv2d(cin, cout, kernel, stride, bias=False), nn.BatchNorm2d(cout),
+        super().__init__(nn.Conv2d(cin, cout, kernel, stride, bias=False), BatchNorm2d(cout),
                          nn.PReLU(cout))
 
 

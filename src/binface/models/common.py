@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from binface.errors import InputShapeError
+from binface.nn.norm import BatchNorm1d, BatchNorm2d
 
 DEFAULT_INPUT_SIZE = (112, 112)
 
@@ -24,9 +25,8 @@ def check_input(
         raise InputShapeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
     shape = tuple(x.shape)
     if x.dim() != 4 or shape[1] != 3:
-        want = "3x%dx%d" % size if size else "3xHxW"
-        raise InputShapeError(f"{name} expects input of shape (N, {want.replace('x', ', ')}) "
-                              f"(N x {want}, NCHW RGB), got {shape}")
+        want = f"(N, 3, {size[0]}, {size[1]})" if size else "(N, 3, H, W)"
+        raise InputShapeError(f"{name} expects NCHW RGB input of shape {want}, got {shape}")
     if size is not None and shape[2:] != tuple(size):
         raise InputShapeError(
             f"{name} expects {size[0]}x{size[1]} input images (N, 3, {size[0]}, {size[1]}), "
@@ -82,10 +82,10 @@ class LinearEmbeddingHead(nn.Module):
     def __init__(self, in_channels: int, embedding_size: int = 512, pre_relu: bool = False) -> None:
         super().__init__()
         self.act = nn.ReLU() if pre_relu else nn.Identity()
-        self.bn_in = nn.BatchNorm2d(in_channels)
+        self.bn_in = BatchNorm2d(in_channels)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, embedding_size, bias=False)
-        self.bn_out = nn.BatchNorm1d(embedding_size)
+        self.bn_out = BatchNorm1d(embedding_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.bn_in(self.act(x))).flatten(1)

@@ -12,7 +12,7 @@ from torch import nn
 
 from binface.models.common import FaceModel, LinearEmbeddingHead
 from binface.models.registry import register_model
-from binface.nn import BinaryConv2d, BlurPool2d, QuantConv2d, SteSign
+from binface.nn import BatchNorm2d, BinaryConv2d, BlurPool2d, QuantConv2d, SteSign
 
 # TF BatchNormalization(momentum=0.9) keeps 0.9 of the old statistics: torch momentum 0.1
 BN_KW = {"momentum": 0.1, "eps": 1e-5}
@@ -28,7 +28,7 @@ class QuickNetBlock(nn.Module):
             input_quantizer=SteSign(clip), kernel_quantizer=SteSign(clip), kernel_clip=clip,
         )
         self.act = nn.ReLU()
-        self.bn = nn.BatchNorm2d(channels, **BN_KW)
+        self.bn = BatchNorm2d(channels, **BN_KW)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.bn(self.act(self.conv(x)))
@@ -43,7 +43,7 @@ class QuickNetTransition(nn.Sequential):
             nn.MaxPool2d(2, stride=1),
             BlurPool2d(in_channels, stride=2),
             nn.Conv2d(in_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels, **BN_KW),
+            BatchNorm2d(out_channels, **BN_KW),
         )
 
 
@@ -54,12 +54,12 @@ class QuickNetBackbone(nn.Sequential):
         f0 = filters[0]
         layers: list[nn.Module] = [
             QuantConv2d(3, f0 // 4, 3, stride=2, padding="same"),  # float conv, TF padding
-            nn.BatchNorm2d(f0 // 4, **BN_KW),
+            BatchNorm2d(f0 // 4, **BN_KW),
             nn.ReLU(),
             QuantConv2d(f0 // 4, f0 // 4, 3, stride=2, padding="same", groups=f0 // 4),
-            nn.BatchNorm2d(f0 // 4, affine=False, **BN_KW),
+            BatchNorm2d(f0 // 4, affine=False, **BN_KW),
             nn.Conv2d(f0 // 4, f0, 1, bias=False),
-            nn.BatchNorm2d(f0, **BN_KW),
+            BatchNorm2d(f0, **BN_KW),
         ]
         prev = f0
         for width, n in zip(filters, blocks, strict=True):

@@ -12,6 +12,7 @@ from binface.nn.layers import (
     pad_same,
     same_padding,
 )
+from binface.nn.norm import BatchNorm1d, BatchNorm2d
 from binface.nn.pooling import BlurPool2d, MaxPool2dSame
 from binface.nn.quantizers import (
     ApproxSign,
@@ -26,6 +27,8 @@ from binface.nn.quantizers import (
 )
 
 __all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
     "ApproxSign",
     "BinaryConv2d",
     "BinaryDepthwiseConv2d",

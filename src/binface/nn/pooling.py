@@ -12,8 +12,12 @@ from binface.nn.layers import WeightSpec, _pair, pad_same
 class MaxPool2dSame(nn.Module):
     """Max pooling with TensorFlow "same" (pad with -inf, extra at bottom/right) or "valid"."""
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: str = "valid") -> None:
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: str = "valid",
+    ) -> None:
         super().__init__()
         if padding not in ("valid", "same"):
             raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")

@@ -129,7 +129,9 @@ def _output_pixels(module: nn.Module, output: torch.Tensor) -> int:
     return n
 
 
-def _own_params(module: nn.Module, specs: list[WeightSpec] | None) -> list[tuple[torch.Tensor, int]]:
+def _own_params(
+    module: nn.Module, specs: list[WeightSpec] | None
+) -> list[tuple[torch.Tensor, int]]:
     """(tensor, bits) for the tensors a module owns directly, by the larq rules."""
     if isinstance(module, _BatchNorm):
         return [(t, 32) for t in (module.running_mean, module.running_var) if t is not None]
