@@ -101,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_profile(sub)
     from binface.data.cli import register as _add_data
+    from binface.runtime.cli import register as _add_runtime
 
     _add_data(sub)
+    _add_runtime(sub)
     return parser
 
 
