@@ -20,10 +20,7 @@ def check_input(
     """Raise a one-line ``InputShapeError`` unless ``x`` is (N, 3, H, W) with H, W == size.
 
     ``size=None`` accepts any H, W of at least ``min_size`` (size-agnostic models).
-    Skipped under ``torch.fx`` symbolic tracing, where shapes are proxies.
     """
-    if torch.fx._symbolic_trace.is_fx_tracing():
-        return
     if not isinstance(x, torch.Tensor):
         raise InputShapeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
     shape = tuple(x.shape)
