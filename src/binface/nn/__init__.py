@@ -11,7 +11,9 @@ from binface.nn.layers import (
     apply_weight_clip,
     pad_same,
     same_padding,
+    set_kernel_quantization,
 )
+from binface.nn.margin import AdaFace, ArcFace, CombinedMargin, CosFace, PartialFC, make_margin
 from binface.nn.norm import BatchNorm1d, BatchNorm2d
 from binface.nn.pooling import BlurPool2d, MaxPool2dSame
 from binface.nn.quantizers import (
@@ -27,6 +29,12 @@ from binface.nn.quantizers import (
 )
 
 __all__ = [
+    "AdaFace",
+    "ArcFace",
+    "CombinedMargin",
+    "CosFace",
+    "PartialFC",
+    "make_margin",
     "BatchNorm1d",
     "BatchNorm2d",
     "ApproxSign",
@@ -50,4 +58,5 @@ __all__ = [
     "get_quantizer",
     "pad_same",
     "same_padding",
+    "set_kernel_quantization",
 ]

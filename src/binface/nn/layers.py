@@ -121,8 +121,13 @@ class QuantConv2d(nn.Conv2d):
         return [WeightSpec("weight", self.weight, self.kernel_precision, self.input_precision,
                            self.runtime_binary)]
 
+    #: False during the first stage of two-stage training (real weights, binary inputs)
+    quantize_kernel: bool = True
+
     def quantized_weight(self) -> torch.Tensor:
-        return self.kernel_quantizer(self.weight) if self.kernel_quantizer else self.weight
+        if self.kernel_quantizer is None or not self.quantize_kernel:
+            return self.weight
+        return self.kernel_quantizer(self.weight)
 
     @torch.no_grad()
     def clip_weights(self) -> None:
@@ -260,6 +265,8 @@ class BinarySeparableConv2d(nn.Module):
                        precision_of(self.pointwise_quantizer), ip, False),
         ]
 
+    quantize_kernel: bool = True
+
     @torch.no_grad()
     def clip_weights(self) -> None:
         if self.kernel_clip is not None:
@@ -271,12 +278,12 @@ class BinarySeparableConv2d(nn.Module):
             x = self.input_quantizer(x)
         if self.pad_mode == "same":
             x = pad_same(x, self.kernel_size, self.stride, self.dilation, self.pad_values)
-        dw = self.depthwise_weight
-        if self.depthwise_quantizer is not None:
-            dw = self.depthwise_quantizer(dw)
-        pw = self.pointwise_weight
-        if self.pointwise_quantizer is not None:
-            pw = self.pointwise_quantizer(pw)
+        dw, pw = self.depthwise_weight, self.pointwise_weight
+        if self.quantize_kernel:
+            if self.depthwise_quantizer is not None:
+                dw = self.depthwise_quantizer(dw)
+            if self.pointwise_quantizer is not None:
+                pw = self.pointwise_quantizer(pw)
         y = F.conv2d(x, dw, None, self.stride, 0, self.dilation, self.in_channels)
         return F.conv2d(y, pw, self.bias)
 
@@ -302,6 +309,7 @@ class QuantLinear(nn.Linear):
         self.kernel_quantizer = get_quantizer(kernel_quantizer)
         self.kernel_clip = kernel_clip
 
+    quantize_kernel: bool = True
     input_precision = QuantConv2d.input_precision
     kernel_precision = QuantConv2d.kernel_precision
     runtime_binary = QuantConv2d.runtime_binary
@@ -333,6 +341,19 @@ class BinaryLinear(QuantLinear):
     ) -> None:
         super().__init__(in_features, out_features, bias, input_quantizer, kernel_quantizer,
                          kernel_clip)
+
+
+def set_kernel_quantization(model: nn.Module, enabled: bool) -> int:
+    """Turn the kernel quantizers of every quantized layer on or off; returns the count.
+
+    Off is stage one of the two-stage binary recipe: binary activations, real weights.
+    """
+    n = 0
+    for m in model.modules():
+        if hasattr(type(m), "quantize_kernel"):
+            m.quantize_kernel = enabled
+            n += 1
+    return n
 
 
 def apply_weight_clip(model: nn.Module) -> None:

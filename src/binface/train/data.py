@@ -1,0 +1,77 @@
+"""Training sets from a path: an insightface ``.rec`` or an aligned image folder."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from binface.errors import BinfaceError
+
+
+class FolderDataset(Dataset):
+    """An aligned image folder (one subfolder per identity) as normalised tensors.
+
+    Labels follow the sorted subfolder names; images that are not 112x112 are
+    resized. With ``skip_bad`` an unreadable image is replaced by the next one,
+    with a warning that names it.
+    """
+
+    def __init__(self, folder: str | os.PathLike, skip_bad: bool = False) -> None:
+        from binface.data.folder import scan_folder
+
+        self.folder = Path(folder)
+        self.classes = scan_folder(self.folder)
+        self.items = [(p, label) for label, (_, files) in enumerate(self.classes) for p in files]
+        self.skip_bad = skip_bad
+        self.flip = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _load(self, index: int) -> tuple[torch.Tensor, int]:
+        from binface.data.images import FACE_SIZE, decode_image, normalize, resize
+
+        path, label = self.items[index]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BinfaceError(f"{path}: cannot read ({exc.strerror})") from None
+        image = resize(decode_image(data, str(path)), FACE_SIZE)
+        return torch.from_numpy(normalize(image)), label
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        for attempt in range(min(len(self), 1000)):
+            i = (index + attempt) % len(self)
+            try:
+                return self._load(i)
+            except BinfaceError as exc:
+                if not self.skip_bad:
+                    raise
+                warnings.warn(f"{exc}; skipped (skip_bad)", stacklevel=2)
+        raise BinfaceError(f"{self.folder}: no readable image near item {index}")
+
+
+def open_train_dataset(path: str | os.PathLike, skip_bad: bool = False) -> Dataset:
+    """A ``.rec`` (with its ``.idx``) or an image folder, without random flips.
+
+    The trainer draws flips itself so that they are reproducible on resume.
+    """
+    p = Path(path)
+    if not p.exists() and not p.with_suffix(".rec").is_file():
+        raise BinfaceError(f"training data not found: {p}")
+    if p.is_dir():
+        return FolderDataset(p, skip_bad=skip_bad)
+    if p.suffix == ".rec" or p.with_suffix(".rec").is_file():
+        from binface.data.dataset import RecordDataset
+
+        return RecordDataset(p if p.suffix == ".rec" else p.with_suffix(".rec"), train=False,
+                             skip_bad=skip_bad)
+    raise BinfaceError(f"training data {p} is neither a .rec file nor an image folder")

@@ -1,0 +1,236 @@
+"""Training: config errors, exact resume, NaN stop, checkpoints, binary recipe, DDP, KD."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import RandomFaces, TinyBinaryNet, TinyNet, register_test_models
+
+from binface.errors import BinfaceError
+from binface.train.checkpoint import load_checkpoint, save_atomic
+from binface.train.config import dump_config, load_config
+from binface.train.loop import Trainer, TrainingError
+
+HERE = Path(__file__).parent
+
+
+def cfg_for(out, *overrides):
+    return load_config(None, [f"output={out}", "train.batch_size=8", "train.epochs=2",
+                              "train.log_every=1", "optim.name=sgd", "optim.lr=0.1",
+                              "head.s=16", *overrides])
+
+
+def losses(trainer):
+    return [(h["step"], h["loss"]) for h in trainer.history if "loss" in h]
+
+
+# ---------------------------------------------------------------- config
+def test_config_layers_defaults_file_base_and_overrides(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("model: binaryfacenet\noptim:\n  lr: 0.01\ntrain:\n  epochs: 3\n")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("base: base.yaml\ntrain:\n  batch_size: 32\n")
+    cfg = load_config(exp, ["optim.lr=0.05", "data.val=[a.bin, b.bin]", "teacher=t.pt"])
+    assert cfg["model"] == "binaryfacenet" and cfg["train"]["epochs"] == 3
+    assert cfg["train"]["batch_size"] == 32 and cfg["optim"]["lr"] == 0.05
+    assert cfg["data"]["val"] == ["a.bin", "b.bin"] and cfg["teacher"] == "t.pt"
+    assert cfg["head"]["margin"] == "arcface"  # untouched defaults stay
+    assert load_config(None, ["model_kwargs.embedding_size=256"])["model_kwargs"] == {
+        "embedding_size": 256}
+    assert "batch_size: 128" in dump_config(load_config())
+
+
+@pytest.mark.parametrize("text,message", [
+    ("train:\n  batchsize: 4\n", "unknown config key 'train.batchsize'.*train.batch_size"),
+    ("optimizer: {lr: 1}\n", "unknown config key 'optimizer'"),
+    ("train: 5\n", "must be a mapping"),
+    ("train: [unclosed\n", "not valid YAML"),
+    ("- a\n- b\n", "must hold a mapping"),
+])
+def test_config_file_errors(tmp_path, text, message):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(BinfaceError, match=message):
+        load_config(f)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lrate=1", "unknown config key 'optim.lrate'.*optim.lr"),
+    ("train.batch_size=0", "train.batch_size=0 is invalid: expected a positive integer"),
+    ("train.batch_size=abc", "train.batch_size='abc' is invalid"),
+    ("optim.name=rmsprop", "optim.name='rmsprop' is invalid: expected one of"),
+    ("head.sample_rate=2", "head.sample_rate=2 is invalid"),
+    ("train.amp=fp8", "train.amp='fp8' is invalid"),
+    ("distill.cosine=-1", "distill.cosine=-1 is invalid"),
+    ("distill.l2={weight: 1, schedule: sometimes}", "distill.l2.schedule='sometimes'"),
+    ("noequals", "must look like key=value"),
+])
+def test_config_override_errors(override, message):
+    with pytest.raises(BinfaceError, match=message):
+        load_config(None, [override])
+
+
+def test_missing_config_file_and_data(tmp_path):
+    with pytest.raises(BinfaceError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(BinfaceError, match="training data not found: .*nowhere.rec"):
+        Trainer(cfg_for(tmp_path / "o", f"data.train={tmp_path / 'nowhere.rec'}"),
+                model=TinyNet(), progress=False)
+    with pytest.raises(BinfaceError, match="data.train is not set"):
+        Trainer(cfg_for(tmp_path / "o2"), model=TinyNet(), progress=False)
+
+
+# ---------------------------------------------------------------- resume and checkpoints
+def test_resume_gives_the_same_loss_curve(tmp_path):
+    full = Trainer(cfg_for(tmp_path / "a"), model=TinyNet(), train_set=RandomFaces(),
+                   progress=False)
+    full.fit()
+    first = Trainer(cfg_for(tmp_path / "b", "train.max_steps=4"), model=TinyNet(),
+                    train_set=RandomFaces(), progress=False)
+    first.fit()
+    second = Trainer(cfg_for(tmp_path / "b"), model=TinyNet(seed=123), train_set=RandomFaces(),
+                     resume=True, progress=False)
+    second.fit()
+    curve = dict(losses(full))
+    assert len(curve) == 12
+    resumed = dict(losses(first) + losses(second))
+    assert resumed == curve  # bit-for-bit the same losses at every step
+    for a, b in zip(full.model.state_dict().values(), second.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 13))
+
+
+def test_output_is_never_overwritten_without_asking(tmp_path):
+    Trainer(cfg_for(tmp_path, "train.max_steps=1"), model=TinyNet(), train_set=RandomFaces(),
+            progress=False).fit()
+    with pytest.raises(BinfaceError, match="already holds a run.*--resume.*--overwrite"):
+        Trainer(cfg_for(tmp_path), model=TinyNet(), train_set=RandomFaces(), progress=False)
+    Trainer(cfg_for(tmp_path, "train.max_steps=1"), model=TinyNet(), train_set=RandomFaces(),
+            overwrite=True, progress=False).fit()
+    with pytest.raises(BinfaceError, match="no checkpoint .* to resume from"):
+        Trainer(cfg_for(tmp_path / "empty"), model=TinyNet(), train_set=RandomFaces(),
+                resume=True, progress=False)
+
+
+def test_checkpoints_load_weights_only_and_write_atomically(tmp_path):
+    Trainer(cfg_for(tmp_path, "train.max_steps=2"), model=TinyNet(), train_set=RandomFaces(),
+            progress=False).fit()
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck["step"] == 2 and ck["embedding_size"] == 16 and ck["num_classes"] == 6
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["format"] == "binface-checkpoint"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    save_atomic({"a": 1}, tmp_path / "x.pt")
+    with pytest.raises(RuntimeError):
+        save_atomic({"a": Boom()}, tmp_path / "x.pt")
+    assert torch.load(tmp_path / "x.pt", weights_only=True) == {"a": 1}  # old file intact
+    assert not list(tmp_path.glob(".x.pt.*"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(BinfaceError, match="junk.pt is not a readable binface checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(BinfaceError, match="not a binface checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    net = TinyNet()
+    calls = {"n": 0}
+    forward = net.forward
+
+    def poisoned(x):
+        calls["n"] += 1
+        y = forward(x)
+        return y * float("nan") if calls["n"] > 2 else y  # forward 3 is step 3
+
+    net.forward = poisoned
+    t = Trainer(cfg_for(tmp_path, "train.checkpoint_every=1"), model=net,
+                train_set=RandomFaces(), progress=False)
+    with pytest.raises(TrainingError, match=r"loss is nan at step 3 .*last good checkpoint"):
+        t.fit()
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values())
+
+
+# ---------------------------------------------------------------- binary recipe
+def test_binary_recipe_two_stage_adam_and_clipping(tmp_path):
+    net = TinyBinaryNet()
+    seen = []
+    orig = net.bconv.forward
+
+    def spy(x):
+        seen.append(net.bconv.quantize_kernel)
+        return orig(x)
+
+    net.bconv.forward = spy
+    cfg = load_config(None, [f"output={tmp_path}", "train.batch_size=8", "train.epochs=2",
+                             "train.two_stage=true", "train.stage1_fraction=0.5", "optim.lr=0.5"])
+    t = Trainer(cfg, model=net, train_set=RandomFaces(), progress=False)
+    assert isinstance(t.opt, torch.optim.Adam)  # optim.name=auto -> Adam for binary networks
+    assert t.opt.param_groups[0]["lr"] == 0.5
+    t.fit()
+    assert seen[:6] == [False] * 6 and seen[6:] == [True] * 6
+    assert net.bconv.weight.abs().max() <= 1.0  # clipped after every step
+    assert net.bconv.quantize_kernel
+
+
+# ---------------------------------------------------------------- distributed
+def test_two_gloo_processes_match_one_process(tmp_path):
+    env_cmd = [sys.executable, str(HERE / "ddp_worker.py")]
+    subprocess.run([*env_cmd, str(tmp_path / "one"), "16"], check=True, cwd=HERE,
+                   capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                    "--master_port=0", "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0",
+                    str(HERE / "ddp_worker.py"), str(tmp_path / "two"), "8"],
+                   check=True, cwd=HERE, capture_output=True, timeout=300)
+    one = load_checkpoint(tmp_path / "one" / "last.pt")
+    two = load_checkpoint(tmp_path / "two" / "last.pt")
+    assert one["step"] == two["step"] == 1
+    start = TinyNet().state_dict()
+    for k, v in one["state_dict"].items():
+        assert not torch.equal(v, start[k])  # the step really moved the weights
+        torch.testing.assert_close(two["state_dict"][k], v, rtol=1e-5, atol=1e-6)
+    # the class centres were sharded over the two ranks and gathered back in order
+    # (float32 sums in another order: differences of a few 1e-6 at lr 0.5)
+    torch.testing.assert_close(two["head_state"]["weight"], one["head_state"]["weight"],
+                               rtol=1e-4, atol=2e-5)
+    assert not torch.equal(one["head_state"]["weight"], two["head_state"]["weight"] * 0)
+
+
+# ---------------------------------------------------------------- distillation
+def test_distillation_losses(tmp_path):
+    register_test_models()
+    teacher_cfg = load_config(None, [f"output={tmp_path / 't'}", "model=test_tiny",
+                                     "train.batch_size=8", "train.max_steps=3", "head.s=16",
+                                     "optim.name=sgd", "optim.lr=0.1"])
+    Trainer(teacher_cfg, train_set=RandomFaces(), progress=False).fit()
+    teacher = str(tmp_path / "t" / "last.pt")
+    student_cfg = load_config(None, [
+        f"output={tmp_path / 's'}", "model=test_tiny", "model_kwargs.embedding_size=8",
+        "train.batch_size=8", "train.max_steps=4", "train.log_every=1", "head.s=16",
+        "optim.name=sgd", "optim.lr=0.1", f"teacher={teacher}", "distill.cosine=1",
+        "distill.l2=0.5", "distill.margin={weight: 1, schedule: linear_decay}",
+        "distill.logit_kd={weight: 1, schedule: linear_warmup}"])
+    t = Trainer(student_cfg, train_set=RandomFaces(), progress=False)
+    assert isinstance(t.distiller.proj, torch.nn.Linear)  # 8-D student, 16-D teacher
+    before = t.distiller.proj.weight.detach().clone()
+    t.fit()
+    logged = [h for h in t.history if "loss" in h]
+    for key in ("distill_cosine", "distill_l2", "distill_margin", "distill_logit_kd"):
+        assert all(torch.isfinite(torch.tensor(h[key])) and h[key] >= 0 for h in logged)
+    assert not torch.equal(before, t.distiller.proj.weight)  # the projection learns
+    with pytest.raises(BinfaceError, match="6 class centres but the training set has 4"):
+        Trainer(load_config(None, [f"output={tmp_path / 'x'}", "model=test_tiny",
+                                   "train.batch_size=8", f"teacher={teacher}",
+                                   "distill.margin=1"]),
+                train_set=RandomFaces(num_classes=4), progress=False)
