@@ -153,3 +153,14 @@ def test_get_quantizer():
     assert get_quantizer(q) is q
     with pytest.raises(ValueError, match="unknown quantizer 'sgn'"):
         get_quantizer("sgn")
+
+
+@pytest.mark.parametrize("q", [SteSign(1.25), ApproxSign(), SwishSign(), DoReFa(1, "weights"),
+                               DoReFa(2, "weights"), DoReFa(2), MagnitudeAwareSign()])
+def test_inference_path_gives_the_training_value(q):
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    x[0, 0, 0, 0] = 0.0
+    with torch.no_grad():
+        plain = q(x)
+    trained = q(x.clone().requires_grad_(True))
+    assert torch.equal(plain, trained.detach())

@@ -1,10 +1,12 @@
 """Quantizers: small modules with a forward value and a straight-through gradient.
 
-Each quantizer follows larq's definition (REFERENCE section 4). The gradient is
-built with the "detach trick" (``value.detach() + g(x) - g(x).detach()``) rather
-than a custom ``autograd.Function``: the forward value is exact, the gradient is
-``g'(x)``, and the graph stays made of plain tensor ops that ``torch.export`` and
-ONNX can trace.
+Each quantizer follows larq's definition (REFERENCE section 4). Without autograd
+(inference, ``torch.export``, ONNX) a quantizer is only its forward value, a plain
+tensor op. When a gradient is needed, the sign quantizers run as small
+``autograd.Function``s that keep one tensor for the backward pass (a mask, or x):
+binary training is dominated by element-wise work, and the generic "detach trick"
+(``value.detach() + g(x) - g(x).detach()``, still used for multi-bit DoReFa) costs
+several full-size temporaries per quantizer.
 
 Attributes the profiler and the runtimes read:
 
@@ -21,19 +23,90 @@ import torch
 from torch import nn
 
 
+def _pm1(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    one = torch.ones((), dtype=like.dtype, device=like.device)
+    return torch.where(mask, one, -one)
+
+
 def sign_pos(x: torch.Tensor) -> torch.Tensor:
     """sign(x) with sign(0) = +1 (larq's ste_sign convention)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    return _pm1(x >= 0, x)
 
 
 def sign_neg(x: torch.Tensor) -> torch.Tensor:
     """sign(x) with sign(0) = -1 (DoReFa at k = 1)."""
-    return torch.where(x > 0, torch.ones_like(x), -torch.ones_like(x))
+    return _pm1(x > 0, x)
 
 
 def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     """Forward ``value``, backward the gradient of ``surrogate``."""
     return value.detach() + (surrogate - surrogate.detach())
+
+
+def _needs_grad(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+class _SteSignFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, clip: float) -> torch.Tensor:
+        ctx.save_for_backward(x.abs() <= clip)
+        return sign_pos(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (mask,) = ctx.saved_tensors
+        return g * mask, None
+
+
+class _ApproxSignFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return sign_pos(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return g * (2.0 - 2.0 * x.abs()).clamp_min_(0.0)
+
+
+class _SwishSignFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, beta: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.beta = beta
+        return sign_pos(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        b = ctx.beta
+        bx = b * x
+        return g * b * (2 - bx * torch.tanh(bx / 2)) / (1 + torch.cosh(bx)), None
+
+
+class _DoReFa1Fn(torch.autograd.Function):
+    """DoReFa weights mode at one bit: sign (sign(0) = -1) forward; the gradient of
+    tanh(x) / max|tanh(x)|, including the path through the max (split over ties)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        t = torch.tanh(x)
+        m = t.abs().amax()
+        ctx.save_for_backward(t, m)
+        return sign_neg(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        t, m = ctx.saved_tensors
+        dt = 1.0 - t * t
+        grad = g * dt / m
+        # d/dm of sum(g * t / m) = -sum(g t) / m^2, sent to the elements where |t| = m
+        at_max = t.abs() == m
+        dm = -(g * t).sum() / (m * m)
+        grad = grad + at_max * (dm / at_max.sum()) * torch.sign(t) * dt
+        return grad
 
 
 class Quantizer(nn.Module):
@@ -58,8 +131,9 @@ class SteSign(Quantizer):
         self.clip_value = float(clip_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = (x.abs() <= self.clip_value).to(x.dtype)
-        return _straight_through(sign_pos(x), x * mask.detach())
+        if not _needs_grad(x):
+            return sign_pos(x)
+        return _SteSignFn.apply(x, self.clip_value)
 
     def extra_repr(self) -> str:
         return f"clip_value={self.clip_value}"
@@ -72,8 +146,7 @@ class ApproxSign(Quantizer):
     pm_one = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.clamp(-1.0, 1.0)
-        return _straight_through(sign_pos(x), 2.0 * c - c * c.abs())
+        return _ApproxSignFn.apply(x) if _needs_grad(x) else sign_pos(x)
 
 
 class SwishSign(Quantizer):
@@ -91,9 +164,7 @@ class SwishSign(Quantizer):
         self.beta = float(beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bx = self.beta * x
-        s = torch.sigmoid(bx)
-        return _straight_through(sign_pos(x), 2.0 * s * (1.0 + bx * (1.0 - s)) - 1.0)
+        return _SwishSignFn.apply(x, self.beta) if _needs_grad(x) else sign_pos(x)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}"
@@ -129,6 +200,8 @@ class DoReFa(Quantizer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = 2**self.k_bit - 1
+        if self.pm_one:  # one bit, weights mode: the forward value is sign(x), sign(0) = -1
+            return _DoReFa1Fn.apply(x) if _needs_grad(x) else sign_neg(x)
         if self.mode == "activations":
             return _round_ste(x.clamp(0.0, 1.0), levels)
         t = torch.tanh(x)
