@@ -2,10 +2,9 @@
 
 import sys
 
-from helpers import RandomFaces, TinyNet
-
 from binface.train.config import load_config
 from binface.train.loop import Trainer
+from helpers import RandomFaces, TinyNet
 
 out, batch_per_process = sys.argv[1], int(sys.argv[2])
 cfg = load_config(None, [f"output={out}", f"train.batch_size={batch_per_process}",

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import RandomFaces, TinyBinaryNet, TinyNet, register_test_models
 
 from binface.errors import BinfaceError
 from binface.nn import ArcFace, PartialFC
 from binface.train.checkpoint import load_checkpoint, save_atomic
 from binface.train.config import dump_config, load_config
 from binface.train.loop import Trainer, TrainingError
+from helpers import RandomFaces, TinyBinaryNet, TinyNet, register_test_models
 
 HERE = Path(__file__).parent
 

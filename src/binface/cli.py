@@ -101,9 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_profile(sub)
     from binface.data.cli import register as _add_data
+    from binface.demo import register as _add_demo
+    from binface.eval.cli import register as _add_eval
     from binface.runtime.cli import register as _add_runtime
+    from binface.train.cli import register as _add_train
 
+    _add_demo(sub)
     _add_data(sub)
+    _add_train(sub)
+    _add_eval(sub)
     _add_runtime(sub)
     return parser
 

@@ -1,0 +1,60 @@
+"""``binface eval``: a checkpoint on verification packs, with reports and a ROC plot."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from binface.errors import BinfaceError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="verification accuracy of a checkpoint on .bin packs",
+        description="Embed every image of each pack (flip test, batches), score the pairs with "
+        "the insightface 10-fold protocol (or another, named), print a table and write "
+        "report.json, report.md and roc.png. Each pack's sha256 is recorded.")
+    p.add_argument("checkpoint", help="a binface checkpoint (.pt)")
+    p.add_argument("--pack", action="append", required=True, metavar="PACK.bin",
+                   help="verification pack; repeat for several")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-flip", action="store_true", help="score single embeddings")
+    p.add_argument("--protocol", default="insightface",
+                   choices=["insightface", "best_threshold", "facexzoo"])
+    p.add_argument("--max-pairs", type=int, default=None,
+                   help="score a fold-balanced subset of this many pairs per pack")
+    p.add_argument("--out", default=None, help="report folder (default: eval/ beside the "
+                   "checkpoint)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from binface.eval.report import plot_roc, results_table, write_json, write_markdown
+    from binface.eval.run import evaluate_pack, load_eval_pack
+    from binface.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    if args.batch_size <= 0:
+        raise BinfaceError(f"--batch-size must be positive, got {args.batch_size}")
+    ckpt_path = Path(args.checkpoint)
+    ck = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ck)
+    torch.set_grad_enabled(False)
+    rows = []
+    for path in args.pack:
+        pack = load_eval_pack(path, args.max_pairs)
+        r = evaluate_pack(model, pack, args.batch_size, flip=not args.no_flip,
+                          protocol=args.protocol, progress=f"{pack.name}")
+        r["model"] = ck["model"]
+        rows.append(r)
+    out = Path(args.out) if args.out else ckpt_path.parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"checkpoint": str(ckpt_path), "model": ck["model"], "step": ck.get("step"),
+            "protocol": args.protocol, "flip": not args.no_flip}
+    write_json(rows, out / "report.json", meta)
+    write_markdown(rows, out / "report.md", f"Verification of {ckpt_path.name}", meta)
+    plot_roc(rows, out / "roc.png", f"{ck['model']} ({ckpt_path.name})")
+    print(results_table(rows), end="")
+    print(f"reports: {out / 'report.json'}, {out / 'report.md'}, {out / 'roc.png'}")
+    return 0
