@@ -23,19 +23,18 @@ import torch
 from torch import nn
 
 
-def _pm1(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    one = torch.ones((), dtype=like.dtype, device=like.device)
-    return torch.where(mask, one, -one)
-
-
 def sign_pos(x: torch.Tensor) -> torch.Tensor:
-    """sign(x) with sign(0) = +1 (larq's ste_sign convention)."""
-    return _pm1(x >= 0, x)
+    """sign(x) with sign(0) = +1 (larq's ste_sign convention).
+
+    sign(sign(x) + 0.5) maps {-1, 0, +1} to {-1, +1, +1} in two passes, several times
+    faster than ``torch.where`` on a mask; -0.0 gives +1, as ``x >= 0`` does.
+    """
+    return torch.sign(x).add_(0.5).sign_()
 
 
 def sign_neg(x: torch.Tensor) -> torch.Tensor:
     """sign(x) with sign(0) = -1 (DoReFa at k = 1)."""
-    return _pm1(x > 0, x)
+    return torch.sign(x).sub_(0.5).sign_()
 
 
 def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
