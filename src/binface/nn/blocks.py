@@ -244,10 +244,11 @@ class SqueezeExcite(nn.Module):
 class DFCAttention(nn.Module):
     """GhostNetV2's decoupled fully-connected (DFC) attention gate.
 
-    Long-range attention at low cost: on a 2x down-sampled map, a 1x1 conv and
-    two depthwise convs along the width (1 x k) and height (k x 1) let each
-    position see a whole row and column; a sigmoid of the result, resized back
-    (bilinear, as in GhostFaceNets' Keras code), gates the ghost module's output.
+    Longer-range attention at low cost: on a 2x down-sampled map, a 1x1 conv and
+    two depthwise convs along the width (1 x k) then the height (k x 1) give each
+    position a 2k x 2k reach of the input (all of a 7x7 map) for 2k
+    MACs per pixel instead of k^2; a sigmoid of the result, resized back (bilinear,
+    as in GhostFaceNets' Keras code), gates the ghost module's output.
     Returns the gate, of shape (N, out_channels, H, W).
     """
 
@@ -377,9 +378,15 @@ def init_cnn_weights(model: nn.Module, linear_std: float | None = None) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.affine:
+        elif _is_affine_norm(m):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def _is_affine_norm(m: nn.Module) -> bool:
+    if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
+        return m.weight is not None and m.bias is not None
+    return isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.affine
 
 
 def init_transformer_weights(model: nn.Module) -> None:
@@ -389,9 +396,6 @@ def init_transformer_weights(model: nn.Module) -> None:
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)) and m.weight is not None:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.affine:
+        elif _is_affine_norm(m):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
