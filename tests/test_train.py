@@ -236,3 +236,48 @@ def test_distillation_losses(tmp_path):
                                    "train.batch_size=8", f"teacher={teacher}",
                                    "distill.margin=1"]),
                 train_set=RandomFaces(num_classes=4), progress=False)
+
+
+# ---------------------------------------------------------------- options
+def test_grad_accumulation_equals_one_big_batch(tmp_path):
+    big = Trainer(cfg_for(tmp_path / "big", "train.max_steps=1", "train.grad_clip=0"),
+                  model=TinyNet(), train_set=RandomFaces(), progress=False)
+    big.fit()
+    acc = Trainer(cfg_for(tmp_path / "acc", "train.max_steps=1", "train.grad_clip=0",
+                          "train.batch_size=4", "train.grad_accum=2"),
+                  model=TinyNet(), train_set=RandomFaces(), progress=False)
+    acc.fit()
+    for a, b in zip(big.model.parameters(), acc.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    t = Trainer(cfg_for(tmp_path, "train.max_steps=2", "train.amp=bf16"), model=TinyNet(),
+                train_set=RandomFaces(), progress=False)
+    t.fit()
+    assert all(torch.isfinite(torch.tensor(loss)) for _, loss in losses(t))
+    with pytest.raises(BinfaceError, match="fp16 needs a CUDA device|bf16 or none on CPU"):
+        Trainer(cfg_for(tmp_path / "fp16", "train.amp=fp16", "train.device=cpu"),
+                model=TinyNet(), train_set=RandomFaces(), progress=False)
+
+
+def test_train_cli_on_an_image_folder(tmp_path, capsys):
+    from PIL import Image
+
+    from binface.cli import main
+
+    register_test_models()
+    rng = torch.Generator().manual_seed(0)
+    for ident in range(3):
+        (tmp_path / "faces" / f"id{ident}").mkdir(parents=True)
+        for k in range(4):
+            pixels = torch.randint(0, 256, (120, 100, 3), generator=rng, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(tmp_path / "faces" / f"id{ident}" / f"{k}.png")
+    args = ["train", "model=test_tiny", f"data.train={tmp_path / 'faces'}",
+            f"output={tmp_path / 'run'}", "train.batch_size=4", "train.epochs=1", "head.s=16"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 3 and (tmp_path / "run" / "last.pt").is_file()
+    assert main(args) == 2  # the run exists: never overwritten without asking
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
