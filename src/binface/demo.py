@@ -123,7 +123,6 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = 
     print(f"[demo] verifying on {plan.eval_pairs} pairs of each pack (flip test)")
     packs = [load_eval_pack(data / f"{p}.bin", plan.eval_pairs) for p in PACKS]
     rows, results = [], []
-    torch.set_grad_enabled(False)
     for label, ckpt_path in runs.items():
         ck = load_checkpoint(ckpt_path)
         model = model_from_checkpoint(ck)
@@ -133,12 +132,12 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = 
                "macs_runtime_binary": backbone_cost["macs_runtime_binary"],
                "memory_kib": backbone_cost["memory_kib"], "packs": {}}
         for pack in packs:
-            r = evaluate_pack(model, pack, batch_size=128, progress=f"{label} {pack.name}")
+            with torch.no_grad():
+                r = evaluate_pack(model, pack, batch_size=128, progress=f"{label} {pack.name}")
             r["model"] = label
             results.append(r)
             row["packs"][pack.name] = {"accuracy": r["accuracy"], "std": r["std"]}
         rows.append(row)
-    torch.set_grad_enabled(True)
 
     elapsed = time.perf_counter() - t_start
     meta = {"mode": "quick" if quick else "full", "plan": json.dumps(asdict(plan)),

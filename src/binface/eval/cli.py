@@ -40,14 +40,14 @@ def run(args: argparse.Namespace) -> int:
     ckpt_path = Path(args.checkpoint)
     ck = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ck)
-    torch.set_grad_enabled(False)
     rows = []
-    for path in args.pack:
-        pack = load_eval_pack(path, args.max_pairs)
-        r = evaluate_pack(model, pack, args.batch_size, flip=not args.no_flip,
-                          protocol=args.protocol, progress=f"{pack.name}")
-        r["model"] = ck["model"]
-        rows.append(r)
+    with torch.no_grad():
+        for path in args.pack:
+            pack = load_eval_pack(path, args.max_pairs)
+            r = evaluate_pack(model, pack, args.batch_size, flip=not args.no_flip,
+                              protocol=args.protocol, progress=f"{pack.name}")
+            r["model"] = ck["model"]
+            rows.append(r)
     out = Path(args.out) if args.out else ckpt_path.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     meta = {"checkpoint": str(ckpt_path), "model": ck["model"], "step": ck.get("step"),
