@@ -39,6 +39,7 @@ def test_config_layers_defaults_file_base_and_overrides(tmp_path):
     assert cfg["train"]["batch_size"] == 32 and cfg["optim"]["lr"] == 0.05
     assert cfg["data"]["val"] == ["a.bin", "b.bin"] and cfg["teacher"] == "t.pt"
     assert cfg["head"]["margin"] == "arcface"  # untouched defaults stay
+    assert load_config(None, ["optim.weight_decay=5e-4"])["optim"]["weight_decay"] == 5e-4
     assert load_config(None, ["model_kwargs.embedding_size=256"])["model_kwargs"] == {
         "embedding_size": 256}
     assert "batch_size: 128" in dump_config(load_config())

@@ -39,10 +39,11 @@ class Plan:
 
 FULL = Plan(identities=1000, images_per_identity=20, pack_pairs=6000, eval_pairs=600,
             batch_size=64, teacher_steps=260, student_steps=220)
-QUICK = Plan(identities=60, images_per_identity=8, pack_pairs=200, eval_pairs=200,
-             batch_size=32, teacher_steps=12, student_steps=10)
+QUICK = Plan(identities=60, images_per_identity=8, pack_pairs=100, eval_pairs=100,
+             batch_size=32, teacher_steps=10, student_steps=8)
 
 PACKS = ("synth_lfw", "synth_cfp_fp", "synth_agedb_30")
+CACHE_VERSION = 1  # bump when the generator's output changes
 
 
 def cache_dir() -> Path:
@@ -56,7 +57,7 @@ def synth_data(plan: Plan, seed: int, data: Path | None = None) -> Path:
     from binface.data import synth
 
     if data is None:
-        key = (f"synth-v{synth.VERSION}-{plan.identities}x{plan.images_per_identity}-"
+        key = (f"synth-v{CACHE_VERSION}-{plan.identities}x{plan.images_per_identity}-"
                f"p{plan.pack_pairs}-d{plan.difficulty:g}-s{seed}")
         data = cache_dir() / key
     done = data / "COMPLETE"
@@ -84,7 +85,8 @@ def _train(name: str, out: Path, data: Path, overrides: list[str]) -> Path:
     return out / name / "last.pt"
 
 
-def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = None) -> dict:
+def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = None,
+             plan: Plan | None = None) -> dict:
     """Run the demo; returns the table rows and writes the reports into ``out``."""
     import torch
 
@@ -94,7 +96,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = 
     from binface.profile import profile
     from binface.train.checkpoint import load_checkpoint, model_from_checkpoint
 
-    plan = QUICK if quick else FULL
+    plan = plan or (QUICK if quick else FULL)
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     data = synth_data(plan, seed, data)
@@ -133,7 +135,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = 
                "memory_kib": backbone_cost["memory_kib"], "packs": {}}
         for pack in packs:
             with torch.no_grad():
-                r = evaluate_pack(model, pack, batch_size=128, progress=f"{label} {pack.name}")
+                r = evaluate_pack(model, pack, batch_size=32, progress=f"{label} {pack.name}")
             r["model"] = label
             results.append(r)
             row["packs"][pack.name] = {"accuracy": r["accuracy"], "std": r["std"]}

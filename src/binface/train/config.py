@@ -9,6 +9,7 @@ Unknown keys and values of the wrong type or range are one-line errors.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 from pathlib import Path
@@ -51,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "min_lr": 0.0,
     },
     "train": {
-        "epochs": 20,
+        "epochs": 20,  # may be fractional (0.5: half an epoch)
         "batch_size": 128,  # per process
         "grad_clip": 5.0,  # max gradient norm (0: off)
         "amp": "none",  # none | bf16 | fp16 (fp16 on CUDA only)
@@ -181,8 +182,23 @@ def _type_error(key: str, value: Any, want: str) -> BinfaceError:
     return BinfaceError(f"config value {key}={value!r} is invalid: expected {want}")
 
 
+def _coerce_floats(cfg: dict) -> None:
+    """Read '5e-4' as 5e-4: PyYAML (YAML 1.1) leaves exponents without a dot as strings."""
+    for key, default in _walk(DEFAULTS):
+        if isinstance(default, float) or key in ("optim.lr", "head.m"):
+            *path, last = key.split(".")
+            node = cfg
+            for p in path:
+                node = node[p]
+            value = node[last]
+            if isinstance(value, str) and value != "auto":
+                with contextlib.suppress(ValueError):  # else validate() reports the type
+                    node[last] = float(value)
+
+
 def validate(cfg: dict) -> dict:
     """Check types and ranges of every known key; returns ``cfg``."""
+    _coerce_floats(cfg)
     flat = dict(_walk(cfg))
     for key, choices in CHOICES.items():
         if flat[key] not in choices:
@@ -206,8 +222,9 @@ def validate(cfg: dict) -> dict:
             rng = f"in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
             raise _type_error(key, v, "a number " + rng)
 
-    for key in ("train.epochs", "train.batch_size", "train.grad_accum", "train.log_every"):
+    for key in ("train.batch_size", "train.grad_accum", "train.log_every"):
         positive_int(key)
+    number("train.epochs", 1e-9)
     for key in ("train.max_steps", "train.val_every", "train.checkpoint_every", "data.val_pairs"):
         positive_int(key, allow_none=True)
     if isinstance(flat["data.workers"], bool) or not isinstance(flat["data.workers"], int) or \
