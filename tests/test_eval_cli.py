@@ -61,8 +61,11 @@ def test_eval_subset_and_protocol(checkpoint, pack, tmp_path, capsys):
 
 def test_subset_keeps_the_fold_layout(pack):
     keep = subset_pairs(6000, 600)
-    assert len(keep) == 600
+    assert len(keep) == 600 and len(set(keep.tolist())) == 600
     assert all(np.all((keep[i * 60:(i + 1) * 60] // 600) == i) for i in range(10))
+    # each fold is 300 genuine then 300 impostor pairs: the subset keeps half of each
+    genuine = (keep % 600) < 300
+    assert all(genuine[i * 60:(i + 1) * 60].sum() == 30 for i in range(10))
     p = load_eval_pack(pack, 10)
     assert p.images.shape == (20, 112, 112, 3) and p.pairs == 10
 

@@ -125,6 +125,12 @@ def test_binary_separable():
     assert specs["depthwise_weight"].runtime_binary
     assert not specs["pointwise_weight"].runtime_binary  # its operand is the float depthwise sum
     assert specs["pointwise_weight"].input_precision == 1  # but larq counts it as 1-bit
+    # a 1x1 depthwise step of +-1 by +-1 is a sign flip: the pointwise operand stays +-1
+    one = BinarySeparableConv2d(5, 7, 1).double()
+    mid = F.conv2d(sgn(x), sgn(one.depthwise_weight), None, 1, 0, 1, 5)
+    assert torch.equal(mid.abs(), torch.ones_like(mid))
+    specs = {s.name: s for s in one.profile_weights()}
+    assert specs["pointwise_weight"].runtime_binary and not specs["depthwise_weight"].runtime_binary
 
 
 def test_binary_linear():

@@ -31,10 +31,11 @@ class Pack:
 
 
 def subset_pairs(n: int, keep: int, nfolds: int = 10) -> np.ndarray:
-    """Indices of ``keep`` pairs taken evenly from each of ``nfolds`` contiguous folds.
+    """Indices of ``keep`` pairs, ``keep // nfolds`` evenly spaced within each fold.
 
-    The first ``keep // nfolds`` pairs of every fold, so a subset keeps the 10-fold
-    layout and the genuine/impostor balance of each fold's beginning.
+    Real packs (and ours) lay each fold out as its genuine pairs, then its impostor
+    pairs; spacing the picks over the whole fold keeps the 10-fold layout and the
+    genuine/impostor balance of every fold, whatever the order inside it.
     """
     if keep >= n:
         return np.arange(n)
@@ -42,8 +43,12 @@ def subset_pairs(n: int, keep: int, nfolds: int = 10) -> np.ndarray:
         raise BinfaceError(f"a subset needs at least {nfolds} pairs (one per fold), got {keep}")
     per = keep // nfolds
     bounds = np.linspace(0, n, nfolds + 1).astype(int)
-    return np.concatenate([np.arange(bounds[i], min(bounds[i] + per, bounds[i + 1]))
-                           for i in range(nfolds)])
+    picks = []
+    for i in range(nfolds):
+        size = bounds[i + 1] - bounds[i]
+        offsets = np.floor((np.arange(per) + 0.5) * size / per).astype(int)
+        picks.append(bounds[i] + np.unique(np.minimum(offsets, size - 1)))
+    return np.concatenate(picks)
 
 
 def load_eval_pack(path: str | Path, max_pairs: int | None = None) -> Pack:

@@ -219,9 +219,13 @@ class BinaryDepthwiseConv2d(BinaryConv2d):
 class BinarySeparableConv2d(nn.Module):
     """A binary separable convolution: quantized input, depthwise then pointwise kernel.
 
-    As in larq, the input is quantized once; the pointwise kernel multiplies the
-    (float) depthwise output, so its MACs are nominally 1-bit in the larq count but
-    never run as xor + popcount. The bias is added after the pointwise step.
+    As in larq, the input is quantized once and the bias is added after the
+    pointwise step. The pointwise kernel multiplies the depthwise output: with a
+    k x k depthwise kernel (k > 1) that is a float sum, so the pointwise MACs are
+    1-bit in the larq count but cannot run as xor + popcount. With a 1 x 1 kernel
+    the depthwise step of +-1 by +-1 is only a per-channel sign flip: the pointwise
+    operand stays +-1 and runs binary, and the flip folds into the packing (no MACs
+    executed). LCE runs both cases in float.
     """
 
     def __init__(
@@ -265,12 +269,13 @@ class BinarySeparableConv2d(nn.Module):
     def profile_weights(self) -> list[WeightSpec]:
         ip = self.input_precision
         dw_binary = is_pm_one(self.input_quantizer) and is_pm_one(self.depthwise_quantizer)
+        sign_flip = dw_binary and self.kernel_size == (1, 1)  # depthwise output stays +-1
         return [
             WeightSpec("depthwise_weight", self.depthwise_weight,
-                       precision_of(self.depthwise_quantizer), ip, dw_binary),
-            # the pointwise operand is the float depthwise output: never runtime-binary
+                       precision_of(self.depthwise_quantizer), ip, dw_binary and not sign_flip),
             WeightSpec("pointwise_weight", self.pointwise_weight,
-                       precision_of(self.pointwise_quantizer), ip, False),
+                       precision_of(self.pointwise_quantizer), ip,
+                       sign_flip and is_pm_one(self.pointwise_quantizer)),
         ]
 
     quantize_kernel: bool = True

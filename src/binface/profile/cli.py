@@ -37,7 +37,7 @@ def render_profile(p: Profile, per_layer: bool = False) -> str:
                 f"{d['memory_bytes'] / 1024:>9.2f}"
             )
         lines += ["", "* nominally 1-bit MACs (larq count) that do not all run as xor + popcount "
-                  "(a float operand, e.g. a separable pointwise kernel)", ""]
+                  "(a float operand, or a 1x1 depthwise sign flip folded into the packing)", ""]
     h, w = p.input_size
     lines += [
         f"{p.model_name} at {h}x{w}x3 (larq convention: MACs of conv and dense layers)",

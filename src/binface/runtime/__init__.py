@@ -1,1 +1,40 @@
-"""binface.runtime."""
+"""Runtimes: a bit-packed binary engine, ONNX export, and ``binface bench``.
+
+- ``export_packed(model, path)`` writes a ``.bfp`` (torch needed);
+  ``load_packed(path)`` returns a :class:`~binface.runtime.engine.PackedEngine`
+  whose ``run(x)`` needs numpy and numba only.
+- ``export_onnx(model, path)`` and ``load_onnx(path)`` (ONNX Runtime).
+- ``measure(model_or_path, runtime, threads=1, batch=1, repeats=50)`` and
+  ``run_bench(...)``: latency side by side.
+
+Names resolve lazily, so importing this package (for the engine) loads no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_API = {
+    "export_packed": "binface.runtime.export",
+    "load_model": "binface.runtime.export",
+    "load_packed": "binface.runtime.engine",
+    "PackedEngine": "binface.runtime.engine",
+    "export_onnx": "binface.runtime.onnx_rt",
+    "load_onnx": "binface.runtime.onnx_rt",
+    "OnnxRunner": "binface.runtime.onnx_rt",
+    "measure": "binface.runtime.bench",
+    "run_bench": "binface.runtime.bench",
+    "RUNTIMES": "binface.runtime.bench",
+    "inference_copy": "binface.runtime.capture",
+    "PackedFormatError": "binface.runtime.errors",
+    "UnsupportedOpError": "binface.runtime.errors",
+    "RuntimeUnavailableError": "binface.runtime.errors",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'binface.runtime' has no attribute {name!r}")

@@ -1,9 +1,140 @@
-"""``binface export`` and ``binface bench`` (filled in by the runtime issue)."""
+"""``binface export`` and ``binface bench``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from binface.errors import BinfaceError
+
+
+def _size_type(text: str) -> tuple[int, int]:
+    from binface.cli import parse_size
+
+    return parse_size(text)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from binface.runtime.export import load_model
+
+    fmt = args.format
+    out = Path(args.output) if args.output else None
+    stem = Path(args.model).stem if Path(args.model).suffix else args.model
+    lm = load_model(args.model, args.input_size)  # once: a name means random weights
+    if fmt == "packed":
+        from binface.runtime.export import export_packed
+
+        out = out or Path(f"{stem}.bfp")
+        info = export_packed(lm.model, out, lm.input_size, name=lm.name)
+        msg = (f"wrote {out}: {info['binary_layers']} binary layers (xor + popcount), "
+               f"{info['nodes']} ops, {info['bytes'] / 1024:.1f} KiB")
+    else:
+        from binface.runtime.onnx_rt import export_onnx
+
+        out = out or Path(f"{stem}.onnx")
+        info = export_onnx(lm.model, out, lm.input_size, opset=args.opset)
+        msg = f"wrote {out}: ONNX opset {info['opset']}, dynamic batch, " \
+              f"{info['bytes'] / 1024:.1f} KiB"
+    if args.check:
+        err = _check(lm, fmt, out)
+        info["max_rel_error"] = err
+        msg += f"; max relative error vs PyTorch {err:.2e}"
+    print(json.dumps(info) if args.json else msg)
+    return 0
+
+
+def _check(lm, fmt: str, path: Path) -> float:
+    """Max |exported - PyTorch| / max |PyTorch| on a random batch of 2."""
+    import numpy as np
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((2, 3, *lm.input_size), dtype=np.float32)
+    with torch.no_grad():
+        ref = lm.model(torch.from_numpy(x)).numpy()
+    if fmt == "packed":
+        from binface.runtime.engine import load_packed
+
+        got = load_packed(path).run(x)
+    else:
+        from binface.runtime.onnx_rt import OnnxRunner
+
+        got = OnnxRunner(path).run(x)
+    return float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-12))
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from binface.runtime.bench import render, run_bench
+
+    runtimes = [r for r in args.runtime.split(",")]
+    res = run_bench(args.model, runtimes, threads=args.threads, batch=args.batch,
+                    repeats=args.repeats, warmup=args.warmup, rounds=args.rounds,
+                    input_size=args.input_size, progress=not args.json)
+    print(json.dumps(res, indent=2) if args.json else render(res), end="\n" if args.json else "")
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``export`` and ``bench`` commands to the top-level parser."""
+    p = sub.add_parser(
+        "export", help="export a model to the packed binary format or to ONNX",
+        description="Export a registered model (random init) or a checkpoint. --format packed "
+        "writes a .bfp file (safetensors tensors + JSON graph) that the packed engine runs with "
+        "numpy and numba only: every layer with +-1 operands as xor + popcount on 64-bit words, "
+        "BatchNorm and activations folded into each layer's epilogue. --format onnx writes an "
+        "ONNX model (opset >= 17, dynamic batch) for ONNX Runtime.")
+    p.add_argument("model", help="registered model name or checkpoint (.pt)")
+    p.add_argument("--format", choices=["packed", "onnx"], default="packed",
+                   help="output format (default packed)")
+    p.add_argument("-o", "--output", metavar="PATH", help="output file (default NAME.bfp or "
+                   "NAME.onnx)")
+    p.add_argument("--input-size", type=_size_type, default=None, metavar="H[xW]",
+                   help="input image size (default: the model's, else 112)")
+    p.add_argument("--opset", type=_positive, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--check", action="store_true", help="compare the export with PyTorch on "
+                   "random input")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_run_export)
+
+    b = sub.add_parser(
+        "bench", help="latency of a model in several runtimes, side by side",
+        description="Median and p90 latency, images per second and peak memory of one model in "
+        "each runtime asked, measured in turns so that background load hits all alike. Given a "
+        "model name or checkpoint, exports what packed and onnx need into a temporary folder. "
+        "onnx runs binary models as float; lce needs the `lce` extra.")
+    b.add_argument("model", help="registered model name, checkpoint, .bfp or .onnx file")
+    b.add_argument("--runtime", default="torch,onnx,packed",
+                   help="comma-separated runtimes: torch, onnx, packed, lce "
+                   "(default torch,onnx,packed)")
+    b.add_argument("--threads", type=_positive, default=1, help="threads per runtime (default 1)")
+    b.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
+    b.add_argument("--repeats", type=_positive, default=50, help="timed runs per runtime "
+                   "(default 50)")
+    b.add_argument("--warmup", type=_positive, default=5, help="untimed runs first (default 5)")
+    b.add_argument("--rounds", type=_positive, default=5, help="turns the timed runs are split "
+                   "into (default 5)")
+    b.add_argument("--input-size", type=_size_type, default=None, metavar="H[xW]",
+                   help="input image size (default: the model's, else 112)")
+    b.add_argument("--json", action="store_true", help="print JSON")
+    b.set_defaults(func=_run_bench)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    try:
+        return _cmd_export(args)
+    except OSError as exc:
+        raise BinfaceError(f"cannot write {args.output or 'the output'}: {exc.strerror}") from None
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    return _cmd_bench(args)

@@ -1,0 +1,715 @@
+"""numba kernels of the packed engine (numpy + numba only: no torch).
+
+Binary activations are packed channels-last: ``P[n, y, x, g * WPG + j]`` is a
+uint64 word holding channels ``64 j .. 64 j + 63`` of group ``g`` (``WPG`` words
+per group, so every group starts on a word), bit set = -1. The spatial border is
+a halo of zero words (= +1) as wide as the consuming conv's padding, so the inner
+loops never test bounds; zero padding ("same" with pad value 0) is corrected per
+output position by subtracting, for each tap that falls in the halo, the sum of
+that tap's +-1 weights.
+
+A binary conv's dot product over ``K`` bits is ``K - 2 popcount(x xor w)``. The
+kernels keep the output channels innermost (weights stored ``[G, taps * WPG, Og]``)
+so each loaded input word is xor-ed with a contiguous row of weight words: LLVM
+vectorises that loop to VPOPCNTQ on AVX-512 (VPOPCNTDQ), to a shuffle-based
+popcount on AVX2, and to CNT on NEON. Every conv ends in one fused epilogue per
+output pixel: ``y = act2(act1(v * a1 + b1) * a2 + b2 + res1 + res2)`` with per-channel
+PReLU slopes (1 = identity, 0 = ReLU), writing the float output and/or the packed
+signs for the next binary layer.
+
+Groups of at most 32 channels (BinaryFaceNet's 16) would waste most of each word;
+there ``pack_windows`` puts T = 64 // Cg horizontally adjacent pixels in one word
+and ``bconv_win`` reads a kernel row in ceil(kw / T) words.
+
+Scalar arguments travel in one int64 ``cfg`` array (numba's per-call dispatch cost
+grows with the number of arguments); the epilogue's six per-channel vectors in
+one float32 ``ep`` array of shape (6, C). Lessons measured here: LLVM vectorises a
+loop best over zero-based slices passed to a small function, and not when the
+output aliases the input or when the loop sits in a big fused body; that is why
+the epilogue runs per output row in its own functions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, types, vectorize
+from numba.extending import intrinsic
+
+_ONE = np.uint64(1)
+_KW = {"cache": True, "nogil": True, "boundscheck": False}
+_KW_SMALL = {"cache": True, "nogil": True, "boundscheck": False}
+# x * a + b as one fma, as PyTorch's BatchNorm kernel does: the signs that follow then
+# agree with PyTorch bit for bit
+_KW_FMA = {"cache": True, "nogil": True, "boundscheck": False, "fastmath": {"contract"}}
+
+
+@intrinsic
+def popcount64(typingctx, x):
+    """LLVM ``ctpop`` on a uint64 (VPOPCNTQ / POPCNT / CNT, whatever the target has)."""
+    if x != types.uint64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return types.uint64(types.uint64), codegen
+
+
+# ---------------------------------------------------------------- epilogue
+# The epilogue runs on one output row of pixels at a time, as separate small
+# functions: fused into the conv loops, LLVM stopped vectorising them.
+@njit(**_KW_FMA)
+def _act_rows(src, dst, ep, r1, r2, nres):
+    """dst = act2(act1(src * a1 + b1) * a2 + b2 + r1 + r2) for a [W, C] row of pixels."""
+    for i in range(src.shape[0]):
+        s = src[i]
+        d = dst[i]
+        ra = r1[i] if nres > 0 else r1[0]
+        rb = r2[i] if nres > 1 else r2[0]
+        for o in range(s.shape[0]):
+            t = s[o] * ep[0, o] + ep[1, o]
+            t = t if t >= 0 else t * ep[2, o]
+            t = t * ep[3, o] + ep[4, o]
+            if nres > 0:
+                t += ra[o]
+            if nres > 1:
+                t += rb[o]
+            d[o] = t if t >= 0 else t * ep[5, o]
+
+
+@njit(**_KW_SMALL)
+def _word_lt(v):
+    """64 sign bits: bit b set when v[b] < 0 (sign(0) = +1)."""
+    bits = np.uint64(0)
+    for b in range(64):
+        if v[b] < 0:
+            bits |= _ONE << np.uint64(b)
+    return bits
+
+
+@njit(**_KW_SMALL)
+def _word_le(v):
+    """64 sign bits: bit b set unless v[b] > 0 (sign(0) = -1)."""
+    bits = np.uint64(0)
+    for b in range(64):
+        if not v[b] > 0:
+            bits |= _ONE << np.uint64(b)
+    return bits
+
+
+@njit(**_KW_SMALL)
+def _pack_full_lt(src, dst):
+    for i in range(src.shape[0]):
+        v = src[i]
+        for k in range(dst.shape[1]):
+            dst[i, k] = _word_lt(v[k * 64:k * 64 + 64])
+
+
+@njit(**_KW_SMALL)
+def _pack_full_le(src, dst):
+    for i in range(src.shape[0]):
+        v = src[i]
+        for k in range(dst.shape[1]):
+            dst[i, k] = _word_le(v[k * 64:k * 64 + 64])
+
+
+@njit(**_KW_SMALL)
+def _pack_rows(src, dst, mode, ng, cg, wpg):
+    """Sign bits of a [W, C] row of pixels into dst [W, G * WPG] words (group-aligned).
+
+    mode 0: bit = v < 0 (sign(0) = +1); mode 1: bit = not v > 0 (sign(0) = -1). Full
+    words go through a fixed 64-lane helper on zero-based slices (one callee per
+    loop, so LLVM inlines it) that becomes vector compares, 3-4x faster than bit by
+    bit; groups that do not fill words are cut out of the contiguous mask.
+    """
+    if cg % 64 == 0:
+        if mode == 0:
+            _pack_full_lt(src, dst)
+        else:
+            _pack_full_le(src, dst)
+        return
+    c_all = src.shape[1]
+    nfull = c_all // 64
+    fullw = np.empty((src.shape[0], nfull), np.uint64)
+    if mode == 0:
+        _pack_full_lt(src, fullw)
+    else:
+        _pack_full_le(src, fullw)
+    if c_all % 64 == 0 and 64 % cg == 0:  # groups are aligned sub-words: split each word
+        per = 64 // cg
+        low = (_ONE << np.uint64(cg)) - _ONE
+        for i in range(src.shape[0]):
+            for k in range(nfull):
+                wd = fullw[i, k]
+                for sub in range(per):
+                    dst[i, k * per + sub] = (wd >> np.uint64(sub * cg)) & low
+        return
+    m = np.zeros(nfull + 2, np.uint64)
+    for i in range(src.shape[0]):
+        v = src[i]
+        for k in range(nfull):
+            m[k] = fullw[i, k]
+        bits = np.uint64(0)
+        for b in range(c_all - nfull * 64):
+            t = v[nfull * 64 + b]
+            if (mode == 0 and t < 0) or (mode != 0 and not t > 0):
+                bits |= _ONE << np.uint64(b)
+        m[nfull] = bits
+        for g in range(ng):
+            for j in range(wpg):
+                pos = g * cg + j * 64
+                nb = min(64, cg - j * 64)
+                k = pos >> 6
+                off = np.uint64(pos & 63)
+                w = m[k] >> off
+                if (pos & 63) != 0 and (pos & 63) + nb > 64:
+                    w |= m[k + 1] << (np.uint64(64) - off)
+                if nb < 64:
+                    w &= (_ONE << np.uint64(nb)) - _ONE
+                dst[i, g * wpg + j] = w
+
+
+@njit(**_KW_SMALL)
+def _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg):
+    """The fused epilogue of output row ``oy``: ``v`` [Wo, C] raw sums -> outputs.
+
+    ``tmp`` (same shape) receives the result when no float output is wanted: an
+    in-place update defeats LLVM's alias check and runs scalar, 10x slower.
+    """
+    nres, out_float, out_pack = cfg[EP_NRES], cfg[EP_OUT_FLOAT], cfg[EP_OUT_PACK]
+    r1 = res1[n, oy] if nres > 0 else res1[0, 0]
+    r2 = res2[n, oy] if nres > 1 else res2[0, 0]
+    wo = v.shape[0]
+    dst = yout[n, oy] if out_float else tmp
+    _act_rows(v, dst, ep, r1, r2, nres)
+    if out_pack:
+        ppl = cfg[EP_PPL]
+        _pack_rows(dst, pout[n, oy + cfg[EP_PPT], ppl:ppl + wo], cfg[EP_PMODE], cfg[EP_PG],
+                   cfg[EP_PCG], cfg[EP_PWPG])
+
+
+# cfg layout of the epilogue part, shared by every conv kernel
+EP_NRES, EP_OUT_FLOAT, EP_OUT_PACK, EP_PMODE, EP_PG, EP_PCG, EP_PWPG, EP_PPT, EP_PPL, \
+    EP_OUT_ACC = range(20, 30)
+CFG_SIZE = 32
+
+
+# ---------------------------------------------------------------- packing
+@njit(**_KW_FMA)
+def pack_nhwc(x, gate, ep, out, cfg):
+    """Signs of ``x`` (N, H, W, C) into ``out`` (N, Hp, Wp, G * WPG) at offset (pt, pl).
+
+    cfg: mode (0: bit = x < 0, 1: bit = not x > 0), G, Cg, WPG, pt, pl, use_gate,
+    use_affine, channels (0: all of x). With ``use_affine`` the sign is of
+    ``x * ep[0] + ep[1]`` (a folded BatchNorm); with ``use_gate`` of ``x * gate[n, c]``
+    (a squeeze-excite product).
+    """
+    mode, ng, cg, wpg, pt, pl, use_gate, use_aff = (cfg[0], cfg[1], cfg[2], cfg[3], cfg[4],
+                                                    cfg[5], cfg[6], cfg[7])
+    n_, h_, w_, c_ = x.shape
+    if cfg[8] > 0:  # the first cfg[8] channels of a wider buffer (a concatenation chain)
+        c_ = cfg[8]
+    buf = np.empty((w_, c_), np.float32)
+    for n in range(n_):
+        for yy in range(h_):
+            row = x[n, yy]
+            dst = out[n, yy + pt, pl:pl + w_]
+            if use_aff or use_gate or c_ < x.shape[3]:
+                for xx in range(w_):
+                    src = row[xx]
+                    b = buf[xx]
+                    for c in range(c_):
+                        t = src[c]
+                        if use_aff:
+                            t = t * ep[0, c] + ep[1, c]
+                        if use_gate:
+                            t = t * gate[n, c]
+                        b[c] = t
+                _pack_rows(buf, dst, mode, ng, cg, wpg)
+            else:
+                _pack_rows(row, dst, mode, ng, cg, wpg)
+
+
+# ---------------------------------------------------------------- binary conv
+@njit(inline="always")
+def _acc1(acc, x0, w0):
+    for o in range(acc.shape[0]):
+        acc[o] += popcount64(x0 ^ w0[o])
+
+
+@njit(inline="always")
+def _acc3(acc, x0, x1, x2, w0, w1, w2):
+    for o in range(acc.shape[0]):
+        acc[o] += popcount64(x0 ^ w0[o]) + popcount64(x1 ^ w1[o]) + popcount64(x2 ^ w2[o])
+
+
+@njit(**_KW)
+def bconv(p, w, corr, ep, res1, res2, yout, acc_out, pout, cfg):
+    """Binary conv of packed ``p`` with packed weights ``w`` [G, taps * WPG, Og] + epilogue.
+
+    cfg: H, W (unpadded input), pt, pl (halo of ``p``), kh, kw, sh, sw, dh, dw, G, Cg,
+    WPG, Og, Ho, Wo, use_corr (zero padding); then the epilogue fields (EP_*).
+    ``acc_out`` receives the integer dot products when EP_OUT_ACC is set (trace mode).
+    """
+    h_in, w_in, pt, pl = cfg[0], cfg[1], cfg[2], cfg[3]
+    kh, kw, sh, sw, dh, dw = cfg[4], cfg[5], cfg[6], cfg[7], cfg[8], cfg[9]
+    ng, cg, wpg, og, ho, wo, use_corr = cfg[10], cfg[11], cfg[12], cfg[13], cfg[14], cfg[15], \
+        cfg[16]
+    out_acc = cfg[EP_OUT_ACC]
+    kbits = kh * kw * cg
+    contiguous = ng == 1 and dw == 1 and dh == 1
+    hp, wp = p.shape[1], p.shape[2]
+    pf = p.reshape(-1)
+    w0 = w[0]
+    acc = np.zeros(og, np.int64)
+    v = np.empty((wo, ng * og), np.float32)
+    tmp = np.empty_like(v)
+    for n in range(p.shape[0]):
+        for oy in range(ho):
+            y0 = oy * sh
+            border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + (kh - 1) * dh >= h_in)
+            for ox in range(wo):
+                x0 = ox * sw
+                border = border_y or (use_corr != 0 and (x0 - pl < 0
+                                                         or x0 - pl + (kw - 1) * dw >= w_in))
+                vr = v[ox]
+                for g in range(ng):
+                    for o in range(og):
+                        acc[o] = 0
+                    if contiguous:
+                        # one group, dilation 1: a kernel row's words are kw * WPG consecutive
+                        # words of the input row; three at a time, to save acc loads/stores
+                        krow = kw * wpg
+                        for ky in range(kh):
+                            xo = ((n * hp + y0 + ky) * wp + x0) * wpg
+                            wo0 = ky * krow
+                            k = 0
+                            while k + 3 <= krow:
+                                _acc3(acc, pf[xo + k], pf[xo + k + 1], pf[xo + k + 2],
+                                      w0[wo0 + k], w0[wo0 + k + 1], w0[wo0 + k + 2])
+                                k += 3
+                            while k < krow:
+                                _acc1(acc, pf[xo + k], w0[wo0 + k])
+                                k += 1
+                    else:
+                        for ky in range(kh):
+                            iy = y0 + ky * dh
+                            for kx in range(kw):
+                                ix = x0 + kx * dw
+                                base = (ky * kw + kx) * wpg
+                                for j in range(wpg):
+                                    _acc1(acc, p[n, iy, ix, g * wpg + j], w[g, base + j])
+                    for o in range(og):
+                        vr[g * og + o] = kbits - 2 * acc[o]
+                    if border:
+                        for ky in range(kh):
+                            iy = y0 + ky * dh - pt
+                            for kx in range(kw):
+                                ix = x0 + kx * dw - pl
+                                if iy < 0 or iy >= h_in or ix < 0 or ix >= w_in:
+                                    t = ky * kw + kx
+                                    for o in range(og):
+                                        vr[g * og + o] -= corr[g, t, o]
+            if out_acc:
+                for ox in range(wo):
+                    for o in range(ng * og):
+                        acc_out[n, oy, ox, o] = np.int32(v[ox, o])
+            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+
+
+@njit(**_KW_SMALL)
+def _add_pm1(vr, xw):
+    """vr[b] += +1 or -1 for bit b of ``xw`` clear or set (a zero-based slice, vectorised)."""
+    for b in range(vr.shape[0]):
+        vr[b] += 1 - 2 * np.float32((xw >> np.uint64(b)) & _ONE)
+
+
+@njit(**_KW_SMALL)
+def _or_shifted(dst, src, shift):
+    """dst[k] |= src[k] << shift over zero-based 1-D slices (vectorised)."""
+    for k in range(dst.shape[0]):
+        dst[k] |= src[k] << shift
+
+
+@njit(**_KW)
+def pack_windows(p, out, t, cg):
+    """out[n, y, x, g] = the words of pixels x .. x + t - 1 side by side (``cg`` bits each).
+
+    ``p`` has one word per group (Cg <= 32); pixels past the right edge read as zero
+    bits (+1, like the halo). Row by row, as t shifted ORs of the flattened row.
+    """
+    n_, h_, w_, ng = p.shape
+    for n in range(n_):
+        for yy in range(h_):
+            src = p[n, yy].reshape(-1)
+            dst = out[n, yy].reshape(-1)
+            for k in range(dst.shape[0]):
+                dst[k] = src[k]
+            for i in range(1, t):
+                m = (w_ - i) * ng
+                if m > 0:
+                    _or_shifted(dst[:m], src[i * ng:i * ng + m], np.uint64(i * cg))
+
+
+@njit(**_KW)
+def bconv_win(p, w, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg):
+    """Binary conv on window words (``pack_windows``): T taps of a kernel row per word.
+
+    w [kh * chunks, G * Og] (every group's outputs side by side, so the inner loop
+    runs over all output channels at once; each lane xors its own group's word);
+    masks [chunks] keep the valid bits of each chunk. cfg as :func:`bconv` plus
+    cfg[17] = T (dilation must be 1).
+    """
+    h_in, w_in, pt, pl = cfg[0], cfg[1], cfg[2], cfg[3]
+    kh, kw, sh, sw = cfg[4], cfg[5], cfg[6], cfg[7]
+    ng, cg, og, ho, wo, use_corr, t = cfg[10], cfg[11], cfg[13], cfg[14], cfg[15], cfg[16], \
+        cfg[17]
+    out_acc = cfg[EP_OUT_ACC]
+    nch = masks.shape[0]
+    nout = ng * og
+    kbits = kh * kw * cg
+    acc = np.zeros(nout, np.int64)
+    xsel = np.zeros(nout, np.uint64)
+    v = np.empty((wo, nout), np.float32)
+    tmp = np.empty_like(v)
+    for n in range(p.shape[0]):
+        for oy in range(ho):
+            y0 = oy * sh
+            border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + kh - 1 >= h_in)
+            for ox in range(wo):
+                x0 = ox * sw
+                border = border_y or (use_corr != 0 and (x0 - pl < 0 or x0 - pl + kw - 1 >= w_in))
+                for o in range(nout):
+                    acc[o] = 0
+                for ky in range(kh):
+                    for j in range(nch):
+                        px = p[n, y0 + ky, x0 + j * t]
+                        mk = masks[j]
+                        for g in range(ng):
+                            xw = px[g] & mk
+                            for o in range(og):
+                                xsel[g * og + o] = xw
+                        _xor_pop_acc(acc, xsel, w[ky * nch + j])
+                vr = v[ox]
+                for o in range(nout):
+                    vr[o] = kbits - 2 * acc[o]
+                if border:
+                    for ky in range(kh):
+                        iy = y0 + ky - pt
+                        for kx in range(kw):
+                            ix = x0 + kx - pl
+                            if iy < 0 or iy >= h_in or ix < 0 or ix >= w_in:
+                                tt = ky * kw + kx
+                                for g in range(ng):
+                                    for o in range(og):
+                                        vr[g * og + o] -= corr[g, tt, o]
+            if out_acc:
+                for ox in range(wo):
+                    for o in range(nout):
+                        acc_out[n, oy, ox, o] = np.int32(v[ox, o])
+            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+
+
+@njit(inline="always")
+def _xor_pop_acc(acc, xs, wr):
+    for o in range(acc.shape[0]):
+        acc[o] += popcount64(xs[o] ^ wr[o])
+
+
+@njit(**_KW)
+def bdwconv(p, wb, wpk, ep, res1, res2, yout, acc_out, pout, cfg):
+    """Binary depthwise conv (channel multiplier M) on packed ``p`` (one group) + epilogue.
+
+    ``wb`` [taps, O] holds weight sign bits (1 = -1), ``wpk`` [taps, words] the same
+    packed (M = 1). Output channel ``o`` reads input channel ``o // M``. With M = 1
+    each tap is one xor per 64 channels, then the +-1 products are summed per
+    channel; otherwise bit by bit. cfg: H, W, pt, pl, kh, kw, sh, sw, dh, dw, M, O,
+    Ho, Wo, pad0.
+    """
+    h_in, w_in, pt, pl = cfg[0], cfg[1], cfg[2], cfg[3]
+    kh, kw, sh, sw, dh, dw = cfg[4], cfg[5], cfg[6], cfg[7], cfg[8], cfg[9]
+    mult, nout, ho, wo, pad0 = cfg[10], cfg[11], cfg[12], cfg[13], cfg[14]
+    out_acc = cfg[EP_OUT_ACC]
+    v = np.empty((wo, nout), np.float32)
+    tmp = np.empty_like(v)
+    nw = (nout + 63) // 64
+    for n in range(p.shape[0]):
+        for oy in range(ho):
+            for ox in range(wo):
+                vr = v[ox]
+                for o in range(nout):
+                    vr[o] = 0
+                for ky in range(kh):
+                    iy = oy * sh + ky * dh
+                    for kx in range(kw):
+                        ix = ox * sw + kx * dw
+                        if pad0 and (iy - pt < 0 or iy - pt >= h_in or ix - pl < 0
+                                     or ix - pl >= w_in):
+                            continue
+                        t = ky * kw + kx
+                        px = p[n, iy, ix]
+                        if mult == 1:
+                            for j in range(nw):
+                                c0 = j * 64
+                                _add_pm1(vr[c0:min(c0 + 64, nout)], px[j] ^ wpk[t, j])
+                        else:
+                            for o in range(nout):
+                                c = o // mult
+                                bit = (px[c >> 6] >> np.uint64(c & 63)) & _ONE
+                                vr[o] += 1 - 2 * np.int64(bit ^ np.uint64(wb[t, o]))
+            if out_acc:
+                for ox in range(wo):
+                    for o in range(nout):
+                        acc_out[n, oy, ox, o] = np.int32(v[ox, o])
+            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+
+
+@njit(**_KW)
+def bmaxpool(p, q, cfg):
+    """Max-pool of +-1 values on packed words: the max is -1 only if all are -1 (AND).
+
+    Window positions outside the input are skipped (max-pool padding is -inf).
+    cfg: H, W, ppt, ppl (halo of p), kh, kw, sh, sw, pt, pl (pool padding), Ho, Wo,
+    qpt, qpl (halo of q).
+    """
+    h_in, w_in, ppt, ppl = cfg[0], cfg[1], cfg[2], cfg[3]
+    kh, kw, sh, sw, pt, pl, ho, wo, qpt, qpl = (cfg[4], cfg[5], cfg[6], cfg[7], cfg[8], cfg[9],
+                                                cfg[10], cfg[11], cfg[12], cfg[13])
+    nw = p.shape[3]
+    full = ~np.uint64(0)
+    for n in range(p.shape[0]):
+        for oy in range(ho):
+            for ox in range(wo):
+                for j in range(nw):
+                    acc = full
+                    for ky in range(kh):
+                        iy = oy * sh + ky - pt
+                        if iy < 0 or iy >= h_in:
+                            continue
+                        for kx in range(kw):
+                            ix = ox * sw + kx - pl
+                            if ix < 0 or ix >= w_in:
+                                continue
+                            acc &= p[n, iy + ppt, ix + ppl, j]
+                    q[n, oy + qpt, ox + qpl, j] = acc
+
+
+# ---------------------------------------------------------------- float convs
+@njit(**_KW)
+def epilogue_nhwc(raw, ep, res1, res2, yout, pout, cfg):
+    """The conv epilogue over a raw (N, Ho, Wo, O) float conv output (BLAS path)."""
+    tmp = np.empty(raw.shape[2:], np.float32)
+    for n in range(raw.shape[0]):
+        for oy in range(raw.shape[1]):
+            _epilogue_row(raw[n, oy], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+
+
+@njit(**_KW)
+def dwconv(x, w, padval, ep, res1, res2, yout, pout, cfg):
+    """Float depthwise conv (channel multiplier M) of NHWC ``x``, w [kh, kw, O], + epilogue.
+
+    cfg: pt, pl, kh, kw, sh, sw, dh, dw, M, Ho, Wo; positions outside the input read
+    ``padval``.
+    """
+    pt, pl, kh, kw, sh, sw, dh, dw = cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5], cfg[6], \
+        cfg[7]
+    mult, ho, wo = cfg[8], cfg[9], cfg[10]
+    n_, h_in, w_in, c_in = x.shape
+    nout = w.shape[2]
+    v = np.empty((wo, nout), np.float32)
+    tmp = np.empty_like(v)
+    for n in range(n_):
+        for oy in range(ho):
+            for ox in range(wo):
+                vr = v[ox]
+                for o in range(nout):
+                    vr[o] = 0
+                for ky in range(kh):
+                    iy = oy * sh + ky * dh - pt
+                    for kx in range(kw):
+                        ix = ox * sw + kx * dw - pl
+                        wr = w[ky, kx]
+                        if 0 <= iy < h_in and 0 <= ix < w_in:
+                            xr = x[n, iy, ix]
+                            if mult == 1:
+                                for o in range(nout):
+                                    vr[o] += xr[o] * wr[o]
+                            else:
+                                for o in range(nout):
+                                    vr[o] += xr[o // mult] * wr[o]
+                        elif padval != 0:
+                            for o in range(nout):
+                                vr[o] += padval * wr[o]
+            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+
+
+@njit(**_KW_FMA)
+def conv1x1_small(x, w, ep, res1, res2, yout, pout, cfg):
+    """Pointwise float conv with few input channels (the RGB input), w [Cin, O], + epilogue.
+
+    BLAS does badly with K = 3; here each output row is a few rank-1 updates in cache,
+    summed in input-channel order with fma, as oneDNN and BLAS do.
+    """
+    n_, ho, wo, cin = x.shape
+    nout = w.shape[1]
+    v = np.empty((wo, nout), np.float32)
+    tmp = np.empty_like(v)
+    for n in range(n_):
+        for oy in range(ho):
+            xrow = x[n, oy]
+            for ox in range(wo):
+                vr = v[ox]
+                xr = xrow[ox]
+                if cin == 3:  # one pass, one store per output
+                    a0, a1, a2 = xr[0], xr[1], xr[2]
+                    w0, w1, w2 = w[0], w[1], w[2]
+                    for o in range(nout):
+                        vr[o] = a0 * w0[o] + a1 * w1[o] + a2 * w2[o]
+                    continue
+                w0 = w[0]
+                x0 = xr[0]
+                for o in range(nout):
+                    vr[o] = x0 * w0[o]
+                for c in range(1, cin):
+                    xc = xr[c]
+                    wc = w[c]
+                    for o in range(nout):
+                        vr[o] += xc * wc[o]
+            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+
+
+@njit(**_KW_SMALL)
+def _copy(src, dst):
+    """dst[:] = src[:] on zero-based slices (vectorised)."""
+    for i in range(src.shape[0]):
+        dst[i] = src[i]
+
+
+@njit(**_KW)
+def im2col(x, cols, padval, cfg):
+    """Patches of NHWC ``x`` (channels c0 .. c0 + Cg) into ``cols`` [rows * Wo, kh * kw * Cg].
+
+    cfg: pt, pl, kh, kw, sh, sw, dh, dw, Ho, Wo, c0, Cg, q0, q1: output image rows
+    ``n * Ho + oy`` from q0 to q1 (0, 0: all), so a conv can go block by block with
+    its patches in cache.
+    """
+    pt, pl, kh, kw, sh, sw, dh, dw = cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5], cfg[6], \
+        cfg[7]
+    ho, wo, c0, cg = cfg[8], cfg[9], cfg[10], cfg[11]
+    n_, h_in, w_in, c_all = x.shape
+    q0, q1 = cfg[12], cfg[13]  # output image rows (n * Ho + oy) to do; 0, 0: all
+    if q1 == 0:
+        q1 = n_ * ho
+    whole = c0 == 0 and cg == c_all and dw == 1  # a kernel row is one contiguous run
+    r = 0
+    for q in range(q0, q1):
+        n, oy = q // ho, q % ho
+        if True:
+            for ox in range(wo):
+                dst = cols[r]
+                k = 0
+                ix0 = ox * sw - pl
+                for ky in range(kh):
+                    iy = oy * sh + ky * dh - pt
+                    if whole and 0 <= iy < h_in and ix0 >= 0 and ix0 + kw <= w_in:
+                        run = kw * c_all
+                        _copy(x[n, iy].reshape(-1)[ix0 * c_all:ix0 * c_all + run],
+                              dst[k:k + run])
+                        k += run
+                        continue
+                    for kx in range(kw):
+                        ix = ox * sw + kx * dw - pl
+                        if 0 <= iy < h_in and 0 <= ix < w_in:
+                            src = x[n, iy, ix]
+                            for c in range(cg):
+                                dst[k + c] = src[c0 + c]
+                        else:
+                            for c in range(cg):
+                                dst[k + c] = padval
+                        k += cg
+                r += 1
+
+
+# ---------------------------------------------------------------- pooling
+@njit(inline="always")
+def _ep1(t, ep, c):
+    """The epilogue's per-channel chain on one value (no residual)."""
+    t = t * ep[0, c] + ep[1, c]
+    t = t if t >= 0 else t * ep[2, c]
+    t = t * ep[3, c] + ep[4, c]
+    return t if t >= 0 else t * ep[5, c]
+
+
+@njit(**_KW_FMA)
+def pool_nhwc(x, y, pre, post, cfg):
+    """Max (cfg[0] = 0) or average (1) pooling of NHWC ``x`` into ``y``.
+
+    cfg: kind, kh, kw, sh, sw, pt, pl, dh, dw, count_include_pad, divisor (0 = none),
+    pb, pr, use_pre, use_post. Max pooling skips positions outside the input (-inf
+    padding); average pooling counts them (zeros) when count_include_pad, as
+    PyTorch does, but never past the padded extent. ``pre`` / ``post`` are epilogue
+    chains (folded BatchNorm, PReLU / ReLU) applied to each input / output value,
+    so a transition's BN -> max-pool -> ReLU is one pass.
+    """
+    kind, kh, kw, sh, sw, pt, pl, dh, dw, cip, divisor = (cfg[0], cfg[1], cfg[2], cfg[3], cfg[4],
+                                                          cfg[5], cfg[6], cfg[7], cfg[8], cfg[9],
+                                                          cfg[10])
+    pb, pr, use_pre, use_post = cfg[11], cfg[12], cfg[13], cfg[14]
+    n_, h_in, w_in, nch = x.shape
+    _, ho, wo, _ = y.shape
+    acc = np.empty(nch, np.float32)
+    for n in range(n_):
+        for oy in range(ho):
+            for ox in range(wo):
+                if kind == 0:
+                    for c in range(nch):
+                        acc[c] = -np.inf
+                else:
+                    for c in range(nch):
+                        acc[c] = 0
+                cnt = 0
+                cnt_pad = 0
+                for ky in range(kh):
+                    iy = oy * sh + ky * dh - pt
+                    if iy >= h_in + pb:
+                        continue
+                    for kx in range(kw):
+                        ix = ox * sw + kx * dw - pl
+                        if ix >= w_in + pr:
+                            continue
+                        cnt_pad += 1
+                        if iy < 0 or iy >= h_in or ix < 0 or ix >= w_in:
+                            continue
+                        cnt += 1
+                        xr = x[n, iy, ix]
+                        if kind == 0 and use_pre:
+                            for c in range(nch):
+                                acc[c] = max(acc[c], _ep1(xr[c], pre, c))
+                        elif kind == 0:
+                            for c in range(nch):
+                                acc[c] = max(acc[c], xr[c])
+                        elif use_pre:
+                            for c in range(nch):
+                                acc[c] += _ep1(xr[c], pre, c)
+                        else:
+                            for c in range(nch):
+                                acc[c] += xr[c]
+                yr = y[n, oy, ox]
+                if kind != 0:
+                    d = np.float32(divisor if divisor > 0 else (cnt_pad if cip else cnt))
+                    for c in range(nch):
+                        acc[c] = acc[c] / d
+                if use_post:
+                    for c in range(nch):
+                        yr[c] = _ep1(acc[c], post, c)
+                else:
+                    for c in range(nch):
+                        yr[c] = acc[c]
+
+
+@vectorize(["float32(float32)", "float64(float64)"], cache=True)
+def erf(x):  # pragma: no cover - compiled
+    """Element-wise erf (numpy has none; exact GELU needs it)."""
+    return math.erf(x)

@@ -1,0 +1,168 @@
+"""ONNX export (torch side) and an ONNX Runtime runner (onnxruntime + numpy only).
+
+Float models export as they are. Binary models export too, from the copy with
+ahead-of-time quantized weights (``capture.inference_copy``): their binary layers
+then run as float convolutions of +-1 values, which is what LCE does with every
+layer it cannot run in binary; the packed engine is the binary runtime. For them
+the exporter's constant folding and ONNX Runtime's Conv+BatchNorm fusions are
+off: folding a BatchNorm into a binary conv's weights turns a sum that is exactly
+0 into +-1e-7, and the next sign flips (BinaryFaceNet then differs by 70 %).
+The export marks such models (``binface.binary`` metadata) so the runner knows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from binface.errors import InputShapeError
+from binface.runtime.errors import RuntimeUnavailableError, UnsupportedOpError
+
+OPSET = 17
+
+
+def export_onnx(model, path: str | os.PathLike, input_size: tuple[int, int] | None = None,
+                opset: int = OPSET) -> dict:
+    """Write ``model`` (name, checkpoint or module) to ``path`` as ONNX with a dynamic batch.
+
+    Uses the TorchScript-based exporter (several times faster to export) and falls
+    back to the dynamo exporter for ops it lacks.
+    """
+    import torch
+
+    from binface.runtime.capture import inference_copy
+    from binface.runtime.export import load_model
+
+    lm = load_model(model, input_size)
+    m = inference_copy(lm.model)
+    binary = _has_quantizers(lm.model)
+    x = torch.randn(2, 3, *lm.input_size)
+    path = Path(path)
+    errors = []
+    for dynamo in (False, True):
+        try:
+            with warnings.catch_warnings(), torch.no_grad(), _quiet():
+                warnings.simplefilter("ignore")
+                kw = {"dynamic_axes": {"input": {0: "batch"}, "embedding": {0: "batch"}}} \
+                    if not dynamo else {
+                        "dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=4096)},),
+                        "verbose": False}
+                if binary and not dynamo:
+                    kw["do_constant_folding"] = False
+                if binary and dynamo:
+                    kw["optimize"] = False
+                # the dynamo exporter writes opset 18 natively; asking it for less runs a
+                # down-converter that fails on some ops
+                torch.onnx.export(m, (x,), str(path), input_names=["input"],
+                                  output_names=["embedding"],
+                                  opset_version=max(opset, 18) if dynamo else opset,
+                                  dynamo=dynamo, **kw)
+            break
+        except Exception as exc:  # noqa: BLE001 - reported below if both exporters fail
+            errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")
+    else:
+        raise UnsupportedOpError(f"{lm.name} cannot be exported to ONNX ({'; '.join(errors)})")
+    _set_metadata(path, {"binface.model": lm.name, "binface.binary": "1" if binary else "0"})
+    data = Path(str(path) + ".data")
+    opset = max(opset, 18) if dynamo else opset
+    return {"model": lm.name, "path": str(path), "opset": opset, "binary": binary,
+            "bytes": path.stat().st_size + (data.stat().st_size if data.exists() else 0)}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence stdout and stderr at the file-descriptor level.
+
+    The exporters print progress lines, and the TorchScript one the whole graph when
+    an op is missing (before we fall back to the other); errors still come back as
+    exceptions.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _has_quantizers(model) -> bool:
+    from binface.nn.quantizers import Quantizer
+
+    return any(isinstance(m, Quantizer) for m in model.modules())
+
+
+def _set_metadata(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for k, v in props.items():
+        entry = next((p for p in proto.metadata_props if p.key == k), None)
+        if entry is None:
+            entry = proto.metadata_props.add()
+            entry.key = k
+        entry.value = v
+    onnx.save(proto, str(path))
+
+
+# fusions that change a binary layer's exact zero sums (see the module docstring)
+BINARY_UNSAFE_FUSIONS = ["ConvBNFusion", "ConvAddFusion", "ConvMulFusion"]
+
+
+class OnnxRunner:
+    """An ONNX Runtime session on the CPU: ``run(x)`` takes (N, 3, H, W) float32."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = 1) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeUnavailableError("the onnx runtime needs onnxruntime: "
+                                          "pip install onnxruntime") from None
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RuntimeUnavailableError(f"{path}: ONNX Runtime cannot load it: {first}") \
+                from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.binary = meta.get("binface.binary") == "1"
+        if self.binary:
+            self.session = ort.InferenceSession(str(path), opts,
+                                                providers=["CPUExecutionProvider"],
+                                                disabled_optimizers=BINARY_UNSAFE_FUSIONS)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = inp.shape  # e.g. ['batch', 3, 112, 112]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        want = tuple(self.input_shape[1:])
+        if not isinstance(x, np.ndarray) or x.ndim != 4 or tuple(x.shape[1:]) != want:
+            got = tuple(x.shape) if isinstance(x, np.ndarray) else type(x).__name__
+            raise InputShapeError(f"the ONNX model expects input of shape (N, "
+                                  f"{', '.join(str(d) for d in want)}), got {got}")
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+    __call__ = run
+
+
+def load_onnx(path: str | os.PathLike, threads: int | None = 1) -> OnnxRunner:
+    return OnnxRunner(path, threads)

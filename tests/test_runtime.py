@@ -1,0 +1,503 @@
+"""The packed engine: exact binary ops, the zoo end to end, the .bfp format, errors, CLI."""
+
+import json
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from binface.cli import main
+from binface.errors import BinfaceError, InputShapeError
+from binface.models import create_model, list_models
+from binface.nn import (
+    ApproxSign,
+    BatchNorm2d,
+    BinaryConv2d,
+    BinaryDepthwiseConv2d,
+    BinaryLinear,
+    BinarySeparableConv2d,
+    DoReFa,
+    MagnitudeAwareSign,
+    QuantLinear,
+    RSign,
+    SteSign,
+    pad_same,
+)
+from binface.nn.quantizers import sign_pos
+from binface.runtime import export_packed, load_packed
+from binface.runtime.bfp import parse_bfp, read_bfp, write_bfp
+from binface.runtime.errors import PackedFormatError, RuntimeUnavailableError, UnsupportedOpError
+
+BINARY_ZOO = list_models("binary")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: tracing and reference runs are several times faster on a busy
+    2-core machine than with two threads fighting over it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- helpers
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so that folding them into epilogues is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(torch.rand(c, generator=g) * 2 - 1)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(c, generator=g) - 0.5)
+            if isinstance(m, nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+def run_both(module: nn.Module, shape: tuple, tmp_path, batch: int = 2, seed: int = 0):
+    """Export ``module`` for input (N, *shape); engine output with trace, and PyTorch's."""
+    module = module.eval()
+    path = tmp_path / "m.bfp"
+    export_packed(module, path, input_size=shape[1:], channels=shape[0])
+    eng = load_packed(path)
+    x = np.random.default_rng(seed).standard_normal((batch, *shape), dtype=np.float32)
+    y, recs = eng.run(x, trace=True)
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x)).numpy()
+    return eng, y, recs, ref
+
+
+def _in_q(q):
+    if isinstance(q, RSign):  # the engine records the input after RSign's shift
+        return sign_pos
+    return q
+
+
+def _sign(w: torch.Tensor) -> torch.Tensor:
+    return torch.sign(w)  # +-1 without a MagnitudeAwareSign scale
+
+
+def torch_ints(mod: nn.Module, inp: np.ndarray, op: str) -> np.ndarray:
+    """PyTorch's integer sums of a binary layer on the engine's recorded float input."""
+    x = torch.from_numpy(np.ascontiguousarray(inp))
+    with torch.no_grad():
+        if isinstance(mod, QuantLinear):
+            return F.linear(_in_q(mod.input_quantizer)(x), _sign(mod.quantized_weight())).numpy()
+        xq = _in_q(mod.input_quantizer)(x)
+        if mod.pad_mode == "same":
+            xq = pad_same(xq, mod.kernel_size, mod.stride, mod.dilation, mod.pad_values)
+        if isinstance(mod, BinarySeparableConv2d):
+            dw = _sign(mod.depthwise_quantizer(mod.depthwise_weight))
+            y = F.conv2d(xq, dw, None, mod.stride, 0, mod.dilation, mod.in_channels)
+            if op == "bdwconv":  # the general path records the depthwise stage
+                return y.numpy()
+            return F.conv2d(y, _sign(mod.pointwise_quantizer(mod.pointwise_weight))).numpy()
+        w = _sign(mod.quantized_weight())
+        return F.conv2d(xq, w, None, mod.stride, 0, mod.dilation, mod.groups).numpy()
+
+
+def check_layers_exact(model: nn.Module, recs: list[dict]) -> int:
+    """Every traced binary layer's integer sums equal PyTorch's; returns how many."""
+    assert recs
+    for r in recs:
+        mod = model.get_submodule(r["source"])
+        ref = torch_ints(mod, r["input"], r["op"])
+        got = r["acc"].reshape(ref.shape)
+        assert np.array_equal(got, ref.astype(np.int64)), (
+            f"{r['source']}: {(got != ref).sum()} of {ref.size} integer sums differ")
+    return len(recs)
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+# ---------------------------------------------------------------- binary ops, one at a time
+CONV_CASES = [
+    # cin, cout, kernel, stride, dilation, groups, padding, pad value, quantizer, H, W
+    (3, 8, 3, 1, 1, 1, "same", 1.0, "ste", 9, 9),
+    (67, 33, 3, 2, 1, 1, "same", 0.0, "ste", 10, 11),
+    (130, 64, 5, 1, 2, 1, "same", 0.0, "dorefa", 12, 12),
+    (64, 64, 3, 1, 1, 4, "same", 1.0, "dorefa", 8, 8),
+    (96, 48, 3, 2, 1, 3, "valid", 0.0, "approx", 11, 9),
+    (128, 128, 1, 1, 1, 2, "valid", 0.0, "ste", 5, 5),
+    (20, 12, (1, 3), (2, 1), 1, 1, "same", 0.0, "dorefa", 7, 9),
+    (48, 40, 5, 3, 1, 8, "same", 1.0, "ste", 13, 13),
+]
+
+
+def _q(kind: str):
+    return {"ste": SteSign, "approx": ApproxSign,
+            "dorefa": lambda: DoReFa(1, "weights")}[kind]()
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-k{c[2]}-s{c[3]}-"
+                         f"d{c[4]}-g{c[5]}-{c[6]}{int(c[7])}-{c[8]}")
+def test_binary_conv_exact(case, tmp_path):
+    cin, cout, k, s, d, g, pad, pv, q, h, w = case
+    torch.manual_seed(1)
+    conv = BinaryConv2d(cin, cout, k, stride=s, dilation=d, groups=g, padding=pad, pad_values=pv,
+                        input_quantizer=_q(q), kernel_quantizer=_q(q), bias=True)
+    model = nn.Sequential(conv)
+    eng, y, recs, ref = run_both(model, (cin, h, w), tmp_path)
+    assert [r["op"] for r in recs] == ["bconv"]
+    assert check_layers_exact(model, recs) == 1
+    assert rel_err(y, ref) < 1e-5
+
+
+def test_scaled_weights_and_rsign_input(tmp_path):
+    """MagnitudeAwareSign weights (+-scale per channel) and RSign's learned input shift."""
+    torch.manual_seed(2)
+    rs = RSign(24)
+    with torch.no_grad():
+        rs.shift.uniform_(-0.5, 0.5)
+    conv = BinaryConv2d(24, 16, 3, padding="same", pad_values=1.0, input_quantizer=rs,
+                        kernel_quantizer=MagnitudeAwareSign())
+    model = nn.Sequential(conv, BatchNorm2d(16), nn.PReLU(16))
+    randomize_bn(model)
+    eng, y, recs, ref = run_both(model, (24, 6, 6), tmp_path)
+    check_layers_exact(model, recs)
+    assert rel_err(y, ref) < 1e-5
+    assert [op.node["op"] for op in eng.ops] == ["pack", "bconv"]  # BN and PReLU fused
+
+
+@pytest.mark.parametrize("mult,k,stride,pv", [(1, 3, 1, 0.0), (2, 3, 2, 1.0), (1, 1, 1, 1.0)])
+def test_binary_depthwise_exact(mult, k, stride, pv, tmp_path):
+    torch.manual_seed(3)
+    dw = BinaryDepthwiseConv2d(70, k, stride=stride, padding="same", pad_values=pv,
+                               depth_multiplier=mult, bias=True,
+                               input_quantizer=DoReFa(1, "weights"),
+                               depthwise_quantizer=DoReFa(1, "weights"))
+    model = nn.Sequential(dw)
+    eng, y, recs, ref = run_both(model, (70, 7, 7), tmp_path)
+    assert [r["op"] for r in recs] == ["bdwconv"]
+    check_layers_exact(model, recs)
+    assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.parametrize("k,pv", [(1, 0.0), (3, 0.0), (3, 1.0)])
+def test_binary_separable_exact(k, pv, tmp_path):
+    """1x1 depthwise folds into one binary conv; a 3x3 one runs binary depthwise + float."""
+    torch.manual_seed(4)
+    sep = BinarySeparableConv2d(40, 24, k, padding="same", pad_values=pv, bias=True)
+    model = nn.Sequential(sep)
+    eng, y, recs, ref = run_both(model, (40, 6, 6), tmp_path)
+    assert [r["op"] for r in recs] == (["bconv"] if k == 1 else ["bdwconv"])
+    check_layers_exact(model, recs)
+    assert rel_err(y, ref) < 1e-5
+
+
+def test_binary_dense_exact(tmp_path):
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Flatten(), BinaryLinear(100, 37, bias=True),
+                          nn.BatchNorm1d(37), BinaryLinear(37, 5))
+    randomize_bn(model)
+    eng, y, recs, ref = run_both(model, (4, 5, 5), tmp_path, batch=3)
+    assert [r["op"] for r in recs] == ["bconv", "bconv"]
+    check_layers_exact(model, recs)
+    assert rel_err(y, ref) < 1e-5
+
+
+def test_binary_maxpool_of_signs(tmp_path):
+    """sign(maxpool(x)) = maxpool(sign(x)): the pool runs on packed words (AND)."""
+    torch.manual_seed(6)
+    model = nn.Sequential(
+        BinaryConv2d(16, 70, 3, padding="same", pad_values=1.0),
+        nn.MaxPool2d(2),
+        BinaryConv2d(70, 8, 3, padding="same", pad_values=0.0),
+    )
+    eng, y, recs, ref = run_both(model, (16, 10, 10), tmp_path)
+    ops = [op.node["op"] for op in eng.ops]
+    assert "bmaxpool" in ops and "maxpool" not in ops
+    assert check_layers_exact(model, recs) == 2
+    assert rel_err(y, ref) < 1e-5
+
+
+def test_residual_block_keeps_float_and_packed(tmp_path):
+    """A QuickNet block: conv, ReLU, BN, + input, all in one epilogue writing float and bits."""
+    from binface.models.quicknet import QuickNetBlock
+
+    torch.manual_seed(7)
+    model = randomize_bn(nn.Sequential(QuickNetBlock(64), QuickNetBlock(64)))
+    eng, y, recs, ref = run_both(model, (64, 8, 8), tmp_path)
+    assert [op.node["op"] for op in eng.ops] == ["pack", "bconv", "bconv"]
+    first = eng.ops[1]
+    assert first.attrs["nres"] == 1 and first.pack is not None and first.out_float
+    check_layers_exact(model, recs)
+    assert rel_err(y, ref) < 1e-5
+
+
+# ---------------------------------------------------------------- the binary zoo
+@pytest.mark.parametrize("name", BINARY_ZOO)
+def test_binary_zoo_end_to_end(name, tmp_path):
+    torch.manual_seed(0)
+    model = randomize_bn(create_model(name))
+    path = tmp_path / f"{name}.bfp"
+    export_packed(model, path)
+    eng = load_packed(path)
+    x = np.random.default_rng(0).standard_normal((1, 3, 112, 112), dtype=np.float32)
+    y, recs = eng.run(x, trace=True)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert y.shape == ref.shape
+    assert rel_err(y, ref) < 1e-4
+    n = check_layers_exact(model, recs)
+    # every binary layer runs as xor + popcount: the engine's binary MACs are the larq count's
+    from binface.profile import profile
+
+    t = profile(model.backbone).totals
+    macs = eng.summary()["binary_macs"]
+    if name == "binaryfacenet":
+        # DoReFa layers included; a separable 1x1's depthwise step is a per-channel sign
+        # flip folded into its (now binary) pointwise conv
+        folded = 2 * 64 * (28 * 28 + 14 * 14)
+        assert macs == t["macs_1bit"] - folded == t["macs_runtime_binary"]
+        assert n == 19
+    else:
+        assert macs == t["macs_1bit"] == t["macs_runtime_binary"]
+
+
+def test_batch_and_plain_run(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("quicknet_small").eval()
+    export_packed(model, tmp_path / "q.bfp")
+    eng = load_packed(tmp_path / "q.bfp")
+    x = np.random.default_rng(1).standard_normal((3, 3, 112, 112), dtype=np.float32)
+    y = eng.run(x)
+    assert y.shape == (3, 512)
+    assert rel_err(eng.run(x[1:2]), y[1:2]) < 1e-5  # (BLAS sums may round differently)
+    y2 = eng.run(x)  # buffers are reused between runs: the first result must not change
+    assert np.array_equal(y, y2)
+
+
+@pytest.mark.parametrize("name", ["mobilefacenet", "edgeface_xs"])
+def test_packed_engine_runs_float_models(name, tmp_path):
+    """The engine's float ops (grouped / depthwise convs, attention, softmax, norms)."""
+    torch.manual_seed(0)
+    model = randomize_bn(create_model(name))
+    export_packed(model, tmp_path / "f.bfp")
+    x = np.random.default_rng(2).standard_normal((2, 3, 112, 112), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert rel_err(load_packed(tmp_path / "f.bfp").run(x), ref) < 1e-4
+
+
+# ---------------------------------------------------------------- deployment: no torch
+def test_engine_loads_and_runs_without_torch(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("binaryfacenet").eval()
+    export_packed(model, tmp_path / "b.bfp")
+    x = np.random.default_rng(3).standard_normal((1, 3, 112, 112), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    with torch.no_grad():
+        np.save(tmp_path / "ref.npy", model(torch.from_numpy(x)).numpy())
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
+        "import numpy as np\n"
+        "from binface.runtime import load_packed\n"
+        f"e = load_packed({str(tmp_path / 'b.bfp')!r})\n"
+        f"y = e.run(np.load({str(tmp_path / 'x.npy')!r}))\n"
+        f"ref = np.load({str(tmp_path / 'ref.npy')!r})\n"
+        "print(float(np.abs(y - ref).max() / np.abs(ref).max()))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxruntime')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    err, mods = out.stdout.strip().splitlines()
+    assert float(err) < 1e-4
+    assert mods == "['torch']"  # only the None placeholder: nothing imported it
+
+
+# ---------------------------------------------------------------- the file format
+def test_bfp_roundtrip_and_safetensors_compatible(tmp_path):
+    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3),
+               "b": np.array([1, 2**63], dtype=np.uint64), "c": np.zeros(0, np.int32)}
+    graph = {"nodes": [], "x": [1, 2]}
+    write_bfp(tmp_path / "t.bfp", graph, tensors)
+    g2, t2 = read_bfp(tmp_path / "t.bfp")
+    assert g2 == graph and set(t2) == set(tensors)
+    for k in tensors:
+        assert np.array_equal(t2[k], tensors[k]) and t2[k].dtype == tensors[k].dtype
+    st = pytest.importorskip("safetensors.numpy")
+    loaded = st.load_file(str(tmp_path / "t.bfp"))
+    assert np.array_equal(loaded["b"], tensors["b"])
+
+
+@pytest.fixture(scope="module")
+def small_bfp(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bfp") / "small.bfp"
+    torch.manual_seed(0)
+    export_packed(nn.Sequential(BinaryConv2d(8, 8, 3, padding="same")).eval(), path,
+                  input_size=(6, 6), channels=8)
+    return path
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = str(exc)
+    assert msg and "\n" not in msg
+    return msg
+
+
+def test_corrupt_file_is_one_clear_error(small_bfp, tmp_path):
+    blob = bytearray(small_bfp.read_bytes())
+    blob[-3] ^= 0xFF  # a flipped bit in the weights
+    bad = tmp_path / "bad.bfp"
+    bad.write_bytes(bytes(blob))
+    with pytest.raises(PackedFormatError) as e:
+        load_packed(bad)
+    assert "corrupt" in _one_line(e.value)
+    bad.write_bytes(bytes(blob[:100]))  # truncated
+    with pytest.raises(PackedFormatError) as e:
+        load_packed(bad)
+    _one_line(e.value)
+    bad.write_bytes(b"PK\x03\x04 this is a zip, not a model")
+    with pytest.raises(PackedFormatError) as e:
+        load_packed(bad)
+    assert "not a binface packed model" in _one_line(e.value)
+    with pytest.raises(PackedFormatError) as e:
+        load_packed(tmp_path / "missing.bfp")
+    _one_line(e.value)
+
+
+def test_version_mismatch_is_one_clear_error(small_bfp, tmp_path):
+    blob = small_bfp.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    header["__metadata__"]["version"] = "99"
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with pytest.raises(PackedFormatError) as e:
+        parse_bfp(struct.pack("<Q", len(raw)) + raw + blob[8 + n:], "future.bfp")
+    msg = _one_line(e.value)
+    assert "version 99" in msg and "re-export" in msg
+
+
+def test_unsupported_op_is_named(tmp_path):
+    class Odd(nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, dim=1)
+
+    with pytest.raises(UnsupportedOpError) as e:
+        export_packed(Odd(), tmp_path / "odd.bfp", input_size=(4, 4))
+    assert "cumsum" in _one_line(e.value)
+    # an op this engine does not know, in a file from elsewhere
+    graph = {"input": "input", "input_shape": [[1, 0], 8, 6, 6], "outputs": ["y"],
+             "nodes": [{"op": "frobnicate", "name": "f0", "in": ["input"], "out": ["y"]}]}
+    write_bfp(tmp_path / "future.bfp", graph, {})
+    with pytest.raises(UnsupportedOpError) as e:
+        load_packed(tmp_path / "future.bfp")
+    assert "frobnicate" in _one_line(e.value)
+
+
+def test_wrong_input_shape_is_one_clear_error(small_bfp):
+    eng = load_packed(small_bfp)
+    for bad in (np.zeros((1, 3, 6, 6), np.float32), np.zeros((8, 6, 6), np.float32),
+                np.zeros((1, 8, 7, 6), np.float32)):
+        with pytest.raises(InputShapeError) as e:
+            eng.run(bad)
+        assert "expects input of shape (N, 8, 6, 6)" in _one_line(e.value)
+    with pytest.raises(InputShapeError):
+        eng.run([[1.0]])
+
+
+# ---------------------------------------------------------------- CLI
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_export_packed_and_check(capsys, tmp_path):
+    out = tmp_path / "qs.bfp"
+    code, stdout, _ = run_cli(capsys, "export", "quicknet_small", "-o", str(out), "--check",
+                              "--json")
+    assert code == 0
+    info = json.loads(stdout)
+    assert info["binary_layers"] == 16 and info["max_rel_error"] < 1e-4 and out.is_file()
+
+
+def test_cli_export_checkpoint(capsys, tmp_path):
+    model = create_model("binaryfacenet", embedding_size=64)
+    ckpt = tmp_path / "bfn.pt"
+    torch.save({"model": "binaryfacenet", "model_kwargs": {"embedding_size": 64},
+                "state_dict": model.state_dict()}, ckpt)
+    code, stdout, _ = run_cli(capsys, "export", str(ckpt), "-o", str(tmp_path / "b.bfp"),
+                              "--check")
+    assert code == 0 and "binary layers" in stdout
+    assert load_packed(tmp_path / "b.bfp").run(
+        np.zeros((1, 3, 112, 112), np.float32)).shape == (1, 64)
+    torch.save({"weights": 1}, tmp_path / "junk.pt")
+    code, _, err = run_cli(capsys, "export", str(tmp_path / "junk.pt"))
+    assert code == 2 and "not a binface checkpoint" in err and err.count("\n") == 1
+
+
+def test_cli_bench_json(capsys, tmp_path):
+    code, stdout, _ = run_cli(capsys, "bench", "quicknet_small", "--runtime", "torch,packed",
+                              "--repeats", "4", "--warmup", "1", "--rounds", "2", "--json")
+    assert code == 0
+    res = json.loads(stdout)
+    assert res["model"] == "quicknet_small" and res["threads"] == 1 and res["batch"] == 1
+    assert [r["runtime"] for r in res["results"]] == ["torch", "packed"]
+    for r in res["results"]:
+        assert {"median_ms", "p90_ms", "fps", "peak_rss_mb"} <= set(r)
+        assert 0 < r["median_ms"] <= r["p90_ms"] and r["fps"] > 0 and r["peak_rss_mb"] > 0
+    torch_rss, packed_rss = (r["peak_rss_mb"] for r in res["results"])
+    assert packed_rss < torch_rss  # the packed worker never loads torch
+
+
+def test_cli_bench_errors(capsys, small_bfp):
+    code, _, err = run_cli(capsys, "bench", "quicknet", "--runtime", "lce")
+    assert code == 2 and "pip install binface[lce]" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "bench", "quicknet", "--runtime", "torch,tpu")
+    assert code == 2 and "unknown runtime 'tpu'" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "bench", str(small_bfp), "--runtime", "torch")
+    assert code == 2 and "cannot run a .bfp" in err
+    code, _, err = run_cli(capsys, "bench", "quiknet", "--runtime", "packed")
+    assert code == 2 and "unknown model" in err
+
+
+def test_measure_api(small_bfp):
+    from binface.runtime import measure
+
+    r = measure(small_bfp, "packed", repeats=3, warmup=1)
+    assert r["runtime"] == "packed" and r["median_ms"] > 0
+    with pytest.raises(RuntimeUnavailableError):
+        measure(small_bfp, "lce")
+    with pytest.raises(BinfaceError):
+        measure(small_bfp, "torch")
+
+
+class _TwoHeads(nn.Module):
+    """One float map read by two binary convs of different padding, and binary tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(6, 40, 3, padding=1)
+        self.a = BinaryConv2d(40, 24, 3, padding="same", pad_values=0.0, bias=True)
+        self.b = BinaryConv2d(40, 24, 1, input_quantizer=DoReFa(1, "weights"))
+        self.tok = QuantLinear(24, 10, bias=True, input_quantizer=SteSign(),
+                               kernel_quantizer=SteSign())
+
+    def forward(self, x):
+        h = self.stem(x)
+        y = torch.relu(self.a(h)) + self.b(h)
+        return self.tok(y.flatten(2).transpose(1, 2))  # (N, HW, 10): binary dense on tokens
+
+
+def test_shared_input_and_token_dense(tmp_path):
+    torch.manual_seed(8)
+    model = _TwoHeads()
+    eng, y, recs, ref = run_both(model, (6, 5, 7), tmp_path)
+    assert y.shape == (2, 35, 10)
+    assert check_layers_exact(model, recs) == 3
+    assert rel_err(y, ref) < 1e-5
