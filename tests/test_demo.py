@@ -10,7 +10,7 @@ MICRO = Plan(identities=12, images_per_identity=4, pack_pairs=20, eval_pairs=20,
 
 def test_demo_runs_and_writes_its_reports(tmp_path, monkeypatch):
     monkeypatch.setenv("BINFACE_CACHE", str(tmp_path / "cache"))
-    result = run_demo(tmp_path / "out", plan=MICRO)
+    result = run_demo(tmp_path / "out", plan=MICRO, latency=False)
     rows = result["rows"]
     assert [r["model"] for r in rows] == ["mobilefacenet (teacher)", "binaryfacenet (scratch)",
                                           "binaryfacenet (distilled)"]
@@ -32,11 +32,12 @@ def test_demo_runs_and_writes_its_reports(tmp_path, monkeypatch):
 
 
 def test_demo_table_names_the_subset_and_the_winner():
-    row = {"family": "binary", "macs_1bit": 1e6, "macs_32bit": 2e6, "memory_kib": 3.0}
+    row = {"family": "binary", "macs_1bit": 1e6, "macs_32bit": 2e6, "memory_kib": 3.0,
+           "latency_ms": {"torch": 17.5, "packed": 3.25}}
     rows = [dict(row, model="binaryfacenet (scratch)",
                  packs={"a": {"accuracy": 0.6, "std": 0.1}, "b": {"accuracy": 0.7, "std": 0.1}}),
             dict(row, model="binaryfacenet (distilled)",
                  packs={"a": {"accuracy": 0.65, "std": 0.1}, "b": {"accuracy": 0.6, "std": 0.1}})]
     text = demo_table(rows, MICRO)
     assert "beat training from scratch on 1 of 2 packs: a" in text
-    assert "65.00" in text
+    assert "65.00" in text and "3.25" in text and "packed ms" in text

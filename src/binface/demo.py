@@ -86,7 +86,7 @@ def _train(name: str, out: Path, data: Path, overrides: list[str]) -> Path:
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = None,
-             plan: Plan | None = None) -> dict:
+             plan: Plan | None = None, latency: bool = True) -> dict:
     """Run the demo; returns the table rows and writes the reports into ``out``."""
     import torch
 
@@ -105,16 +105,20 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = 
             raise BinfaceError(f"{data} lacks {p}.bin: not a complete synthetic benchmark")
 
     bs = plan.batch_size
-    common = [f"train.batch_size={bs}", f"train.seed={seed}", "train.log_every=5",
-              "schedule.warmup_epochs=0"]
+    common = [f"train.batch_size={bs}", f"train.seed={seed}", "train.log_every=5"]
     runs = {}
+    # ArcFace with a short-schedule margin (m = 0.3): a few hundred steps from scratch
+    # do not converge under the full m = 0.5 of the MS1M recipe
     print("[demo] 1/3 training the float teacher: mobilefacenet")
     runs["mobilefacenet (teacher)"] = _train("teacher_mobilefacenet", out, data, [
         *common, "model=mobilefacenet", "optim.name=sgd", "optim.lr=0.1",
-        "optim.weight_decay=5e-4", f"train.epochs={_epochs(plan, plan.teacher_steps)}"])
+        "optim.weight_decay=5e-4", "head.s=32", "head.m=0.3",
+        f"schedule.warmup_epochs={_epochs(plan, max(1, plan.teacher_steps // 10))}",
+        f"train.epochs={_epochs(plan, plan.teacher_steps)}"])
     student = [*common, "model=binaryfacenet", "optim.name=adam", "optim.lr=0.002",
-               "optim.weight_decay=0", "head.s=16", f"train.epochs="
-               f"{_epochs(plan, plan.student_steps)}"]
+               "optim.weight_decay=0", "head.s=16", "head.m=0.3",
+               f"schedule.warmup_epochs={_epochs(plan, max(1, plan.student_steps // 20))}",
+               f"train.epochs={_epochs(plan, plan.student_steps)}"]
     print("[demo] 2/3 training binaryfacenet from scratch")
     runs["binaryfacenet (scratch)"] = _train("binaryfacenet_scratch", out, data, student)
     print("[demo] 3/3 training binaryfacenet distilled from the teacher")
@@ -139,6 +143,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = 
             r["model"] = label
             results.append(r)
             row["packs"][pack.name] = {"accuracy": r["accuracy"], "std": r["std"]}
+        if latency:
+            row["latency_ms"] = _latency(ckpt_path)
         rows.append(row)
 
     elapsed = time.perf_counter() - t_start
@@ -157,6 +163,16 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = 
     return {"rows": rows, "meta": meta}
 
 
+def _latency(checkpoint: Path) -> dict[str, float]:
+    """Median single-image latency (1 thread) in PyTorch, ONNX Runtime and the packed engine."""
+    from binface.runtime.bench import run_bench
+
+    print(f"[demo] timing {checkpoint.parent.name} in torch, onnx and packed (1 thread)")
+    res = run_bench(str(checkpoint), ["torch", "onnx", "packed"], threads=1, batch=1,
+                    repeats=30, warmup=5)
+    return {r["runtime"]: r["median_ms"] for r in res["results"]}
+
+
 def _epochs(plan: Plan, steps: int) -> float:
     """Epochs (fractional) that make ``steps`` optimiser steps at the plan's batch size."""
     per_epoch = plan.identities * plan.images_per_identity // plan.batch_size
@@ -167,12 +183,20 @@ def demo_table(rows: list[dict], plan: Plan) -> str:
     packs = list(rows[0]["packs"]) if rows else []
     head = f"{'model':<27} {'family':<7}" + "".join(f" {p:>16}" for p in packs)
     head += f" {'1-bit MACs':>12} {'32-bit MACs':>12} {'memory KiB':>11}"
+    timed = any("latency_ms" in r for r in rows)
+    if timed:
+        head += f" {'torch ms':>9} {'onnx ms':>8} {'packed ms':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
         accs = "".join(f" {100 * v['accuracy']:>8.2f} +- {100 * v['std']:<4.1f}"
                        for v in r["packs"].values())
-        lines.append(f"{r['model']:<27} {r['family']:<7}{accs} {r['macs_1bit'] / 1e6:>11.1f}M "
-                     f"{r['macs_32bit'] / 1e6:>11.1f}M {r['memory_kib']:>11.1f}")
+        line = (f"{r['model']:<27} {r['family']:<7}{accs} {r['macs_1bit'] / 1e6:>11.1f}M "
+                f"{r['macs_32bit'] / 1e6:>11.1f}M {r['memory_kib']:>11.1f}")
+        if timed:
+            lat = r.get("latency_ms", {})
+            line += "".join(f" {lat[k]:>{w}.2f}" if k in lat else f" {'-':>{w}}"
+                            for k, w in (("torch", 9), ("onnx", 8), ("packed", 10)))
+        lines.append(line)
     lines += [
         "",
         f"accuracy (%): insightface 10-fold protocol with flip test, on {plan.eval_pairs} "
@@ -180,6 +204,9 @@ def demo_table(rows: list[dict], plan: Plan) -> str:
         "MACs: larq convention, whole model at 112x112 (1-bit MACs of BinaryFaceNet that run "
         "as xor + popcount: see `binface profile binaryfacenet --per-layer`)",
     ]
+    if timed:
+        lines.append("latency: median of 30 single images, 1 thread, PyTorch eager / ONNX Runtime"
+                     " / binface's packed engine (xor + popcount for every +-1 layer)")
     by = {r["model"]: r for r in rows}
     a, b = by.get("binaryfacenet (distilled)"), by.get("binaryfacenet (scratch)")
     if a and b:
@@ -225,5 +252,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None,
                    help="benchmark folder to use or create (default: the user cache)")
+    p.add_argument("--no-latency", action="store_true",
+                   help="skip the torch / onnx / packed latency columns")
     p.set_defaults(func=lambda a: run_demo(Path(a.out), a.quick, a.seed,
-                                           Path(a.data) if a.data else None) and 0)
+                                           Path(a.data) if a.data else None,
+                                           latency=not a.no_latency) and 0)
