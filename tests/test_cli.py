@@ -98,3 +98,13 @@ def test_profile_needs_a_name_or_a_table(capsys):
     assert code == 2 and "name a model" in err
     code, _, err = run(capsys, "profile", "quicknet", "--table", "binary")
     assert code == 2 and "not both" in err
+
+
+def test_worker_errors_are_cut_to_their_message():
+    from binface.cli import one_line
+
+    reraised = BinfaceError("Caught BinfaceError in DataLoader worker process 0.\n"
+                            "Original Traceback (most recent call last):\n  File \"x.py\"\n"
+                            "binface.errors.BinfaceError: train.rec: record 7: corrupt image")
+    assert one_line(reraised) == "train.rec: record 7: corrupt image"
+    assert one_line(BinfaceError("plain message")) == "plain message"

@@ -114,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of an error.
+
+    A DataLoader worker's error comes back re-raised with the worker's traceback in
+    its message; its last line holds the original "module.Error: message".
+    """
+    text = str(exc).strip()
+    if "\n" not in text:
+        return text
+    last = text.splitlines()[-1].strip()
+    head, sep, rest = last.partition(": ")
+    return rest if sep and "Error" in head.rsplit(".", 1)[-1] else last
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -123,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BinfaceError as exc:
-        print(f"binface {args.command}: error: {exc}", file=sys.stderr)
+        print(f"binface {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"binface {args.command}: interrupted", file=sys.stderr)

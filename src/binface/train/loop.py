@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -411,8 +412,7 @@ class Trainer:
                 self._tb = SummaryWriter(str(self.out / "tensorboard"))
             except Exception:  # tensorboard not installed: JSON lines only
                 self._tb = None
-            (self.out / "config.yaml").write_text(__import__("yaml").safe_dump(self.cfg,
-                                                                               sort_keys=False))
+            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
         batches = self._batches()
         val_every = tc["val_every"] or self.steps_per_epoch
         ckpt_every = tc["checkpoint_every"] or self.steps_per_epoch
