@@ -29,7 +29,7 @@ class Plan:
 
     identities: int
     images_per_identity: int
-    pack_pairs: int  # pairs generated per pack (10 folds)
+    pack_pairs: int | None  # pairs generated per pack; None: the real 6000 / 7000 / 6000
     eval_pairs: int  # pairs scored per pack
     batch_size: int
     teacher_steps: int
@@ -39,7 +39,7 @@ class Plan:
 
 # BinaryFaceNet trains at about 6 images/s on 2 cores in PyTorch (float emulation of its
 # binary layers at 112x112x64), MobileFaceNet at about 25: the full plan fits 20 minutes
-FULL = Plan(identities=300, images_per_identity=20, pack_pairs=6000, eval_pairs=200,
+FULL = Plan(identities=300, images_per_identity=20, pack_pairs=None, eval_pairs=200,
             batch_size=32, teacher_steps=160, student_steps=45)
 QUICK = Plan(identities=60, images_per_identity=8, pack_pairs=100, eval_pairs=100,
              batch_size=32, teacher_steps=10, student_steps=8)
@@ -60,7 +60,7 @@ def synth_data(plan: Plan, seed: int, data: Path | None = None) -> Path:
 
     if data is None:
         key = (f"synth-v{CACHE_VERSION}-{plan.identities}x{plan.images_per_identity}-"
-               f"p{plan.pack_pairs}-d{plan.difficulty:g}-s{seed}")
+               f"p{plan.pack_pairs or 'real'}-d{plan.difficulty:g}-s{seed}")
         data = cache_dir() / key
     done = data / "COMPLETE"
     if done.is_file():
@@ -68,7 +68,7 @@ def synth_data(plan: Plan, seed: int, data: Path | None = None) -> Path:
         return data
     print(f"[demo] generating the synthetic benchmark in {data} "
           f"({plan.identities} identities x {plan.images_per_identity} images, "
-          f"{plan.pack_pairs} pairs per pack)")
+          f"{plan.pack_pairs or '6000 / 7000 / 6000'} pairs per pack)")
     synth.generate(data, identities=plan.identities,
                    images_per_identity=plan.images_per_identity, seed=seed,
                    difficulty=plan.difficulty, pairs=plan.pack_pairs)
