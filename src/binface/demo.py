@@ -39,7 +39,7 @@ class Plan:
 
 # BinaryFaceNet trains at about 6 images/s on 2 cores in PyTorch (float emulation of its
 # binary layers at 112x112x64), MobileFaceNet at about 25: the full plan fits 20 minutes
-FULL = Plan(identities=300, images_per_identity=20, pack_pairs=None, eval_pairs=200,
+FULL = Plan(identities=300, images_per_identity=20, pack_pairs=None, eval_pairs=600,
             batch_size=32, teacher_steps=160, student_steps=45)
 QUICK = Plan(identities=60, images_per_identity=8, pack_pairs=100, eval_pairs=100,
              batch_size=32, teacher_steps=10, student_steps=8)
