@@ -36,6 +36,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return (values[0], values[-1])
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a positive integer, or a one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 # ---------------------------------------------------------------- models
 def _cmd_models(args: argparse.Namespace) -> int:
     from binface.models import list_models, model_info

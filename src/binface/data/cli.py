@@ -7,6 +7,8 @@ import json
 import warnings
 from pathlib import Path
 
+from binface.cli import positive_int
+
 
 def _cmd_pack(args: argparse.Namespace) -> int:
     from binface.data.folder import pack_folder
@@ -68,16 +70,6 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``data`` command and its sub-commands to the top-level parser."""
     p = sub.add_parser(
@@ -130,9 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "profile) and synth_agedb_30.bin (6000, large age gap). The same "
                         "seed gives byte-identical files.")
     q.add_argument("out_dir")
-    q.add_argument("--identities", type=_positive, default=1000, help="training identities "
+    q.add_argument("--identities", type=positive_int, default=1000, help="training identities "
                    "(default 1000)")
-    q.add_argument("--images-per-identity", type=_positive, default=20,
+    q.add_argument("--images-per-identity", type=positive_int, default=20,
                    help="training images per identity (default 20)")
     q.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
     q.add_argument("--difficulty", type=float, default=1.0,
@@ -140,7 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--pairs", type=int, default=None,
                    help="pairs per pack, a multiple of 20 (default: 6000/7000/6000 as the "
                    "real packs)")
-    q.add_argument("--workers", type=_positive, default=None,
+    q.add_argument("--workers", type=positive_int, default=None,
                    help="worker processes (default: CPU count; output does not depend on it)")
     q.add_argument("--contact-sheet", metavar="PNG", help="also write a PNG of sample identities")
     q.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from binface.cli import positive_int
 from binface.errors import BinfaceError
 
 
@@ -74,16 +75,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``export`` and ``bench`` commands to the top-level parser."""
     p = sub.add_parser(
@@ -100,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "NAME.onnx)")
     p.add_argument("--input-size", type=_size_type, default=None, metavar="H[xW]",
                    help="input image size (default: the model's, else 112)")
-    p.add_argument("--opset", type=_positive, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--check", action="store_true", help="compare the export with PyTorch on "
                    "random input")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -116,12 +107,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--runtime", default="torch,onnx,packed",
                    help="comma-separated runtimes: torch, onnx, packed, lce "
                    "(default torch,onnx,packed)")
-    b.add_argument("--threads", type=_positive, default=1, help="threads per runtime (default 1)")
-    b.add_argument("--batch", type=_positive, default=1, help="batch size (default 1)")
-    b.add_argument("--repeats", type=_positive, default=50, help="timed runs per runtime "
+    b.add_argument("--threads", type=positive_int, default=1,
+                   help="threads per runtime (default 1)")
+    b.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
+    b.add_argument("--repeats", type=positive_int, default=50, help="timed runs per runtime "
                    "(default 50)")
-    b.add_argument("--warmup", type=_positive, default=5, help="untimed runs first (default 5)")
-    b.add_argument("--rounds", type=_positive, default=5, help="turns the timed runs are split "
+    b.add_argument("--warmup", type=positive_int, default=5, help="untimed runs first (default 5)")
+    b.add_argument("--rounds", type=positive_int, default=5, help="turns the timed runs are split "
                    "into (default 5)")
     b.add_argument("--input-size", type=_size_type, default=None, metavar="H[xW]",
                    help="input image size (default: the model's, else 112)")
