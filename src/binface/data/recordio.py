@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from binface.data.files import read_bytes
 from binface.errors import BinfaceError
 
 MAGIC = 0xCED7230A
@@ -162,12 +163,7 @@ def rec_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 def read_index(idx_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Parse an ``.idx`` file into (keys, offsets) int64 arrays, in file order."""
     idx_path = Path(idx_path)
-    try:
-        text = idx_path.read_bytes()
-    except FileNotFoundError:
-        raise BinfaceError(f"{idx_path}: index file not found (a .rec needs its .idx)") from None
-    except OSError as exc:
-        raise BinfaceError(f"{idx_path}: cannot read ({exc.strerror})") from None
+    text = read_bytes(idx_path, "index file not found (a .rec needs its .idx)")
     tokens = text.split()
     try:  # fast path: the whole file at once
         if len(tokens) % 2:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from binface.data.files import read_bytes
 from binface.data.images import FACE_SIZE, decode_image, encode_jpeg, resize
 from binface.errors import BinfaceError
 
@@ -112,12 +113,7 @@ def _entry_image(entry: object, where: str) -> np.ndarray:
 def read_pack_raw(path: str | os.PathLike) -> tuple[list, np.ndarray]:
     """The pack's raw ``bins`` list and ``issame`` bool array, checked but not decoded."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BinfaceError(f"{path}: verification pack not found") from None
-    except OSError as exc:
-        raise BinfaceError(f"{path}: cannot read ({exc.strerror})") from None
+    data = read_bytes(path, "verification pack not found")
     obj = _unpickle(data, str(path))
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise BinfaceError(f"{path}: expected a pickled (bins, issame_list) pair, got "

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from binface.data.files import read_bytes
 from binface.errors import BinfaceError
 
 
@@ -40,10 +41,7 @@ class FolderDataset(Dataset):
         from binface.data.images import FACE_SIZE, decode_image, normalize, resize
 
         path, label = self.items[index]
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise BinfaceError(f"{path}: cannot read ({exc.strerror})") from None
+        data = read_bytes(path, "image file not found")
         image = resize(decode_image(data, str(path)), FACE_SIZE)
         return torch.from_numpy(normalize(image)), label
 
