@@ -25,11 +25,11 @@ from binface.errors import BinfaceError
 from binface.runtime.errors import RuntimeUnavailableError
 
 RUNTIMES = ("torch", "onnx", "packed", "lce")
-LCE_HINT = "the lce runtime needs the `lce` extra: pip install binface[lce]"
 NOTES = {
     "torch": "PyTorch eager, oneDNN (binary weights quantized ahead of time)",
     "onnx": "ONNX Runtime CPU (binary layers, if any, as float convs)",
     "packed": "binface packed engine, numba (binary layers as xor + popcount)",
+    "lce": "Larq Compute Engine 0.16 interpreter (LceBconv2d where LCE can; x86: portable C++)",
 }
 
 
@@ -43,28 +43,26 @@ def check_runtimes(names: list[str]) -> list[str]:
         if r not in RUNTIMES:
             raise RuntimeUnavailableError(f"unknown runtime {r!r}; known: {', '.join(RUNTIMES)}")
         if r == "lce":
-            try:
-                import larq_compute_engine  # noqa: F401
-            except ImportError:
-                raise RuntimeUnavailableError(LCE_HINT) from None
-            raise RuntimeUnavailableError("the lce runtime is not implemented in this binface "
-                                          "version yet")
+            from binface.runtime.lce import import_lce
+
+            import_lce()  # a one-line error saying how to install the extra
         if r not in out:
             out.append(r)
     if not out:
-        raise RuntimeUnavailableError("no runtime given (choose from torch, onnx, packed)")
+        raise RuntimeUnavailableError("no runtime given (choose from torch, onnx, packed, lce)")
     return out
 
 
 # ---------------------------------------------------------------- artifacts
 @dataclass
 class Artifacts:
-    """What each runtime needs: the model spec for torch, a .bfp, an .onnx."""
+    """What each runtime needs: the model spec for torch, a .bfp, an .onnx, a .tflite."""
 
     name: str
     spec: str | None  # registered name or checkpoint (torch); None for a bare file
     packed: str | None = None
     onnx: str | None = None
+    lce: str | None = None
     input_size: tuple[int, int] = (112, 112)
 
 
@@ -90,6 +88,14 @@ def prepare(spec: str, runtimes: list[str], workdir: str | os.PathLike,
         if not p.is_file():
             raise BinfaceError(f"{p}: no such file")
         return Artifacts(p.stem, None, onnx=str(p), input_size=input_size or (112, 112))
+    if p.suffix == ".tflite":
+        bad = [r for r in runtimes if r != "lce"]
+        if bad:
+            raise RuntimeUnavailableError(f"runtime {bad[0]} cannot run a .tflite file; give a "
+                                          "model name or checkpoint")
+        if not p.is_file():
+            raise BinfaceError(f"{p}: no such file")
+        return Artifacts(p.stem, None, lce=str(p), input_size=input_size or (112, 112))
     from binface.runtime.export import load_model
 
     lm = load_model(spec, input_size)
@@ -105,6 +111,11 @@ def prepare(spec: str, runtimes: list[str], workdir: str | os.PathLike,
 
         art.onnx = str(work / f"{lm.name}.onnx")
         export_onnx(lm.model, art.onnx, lm.input_size)
+    if "lce" in runtimes:
+        from binface.runtime.lce import export_lce
+
+        art.lce = str(work / f"{lm.name}.tflite")
+        export_lce(lm.model, art.lce, lm.input_size)
     return art
 
 
@@ -177,14 +188,14 @@ def _stats(runtime: str, times: list[float], batch: int, rss_mb: float) -> dict:
 def run_bench(spec: str, runtimes: list[str], threads: int = 1, batch: int = 1,
               repeats: int = 50, warmup: int = 5, rounds: int = 5,
               input_size: tuple[int, int] | None = None, progress: bool = False) -> dict:
-    """Benchmark ``spec`` (name, checkpoint, .bfp or .onnx) in every runtime, side by side."""
+    """Benchmark ``spec`` (name, checkpoint, .bfp, .onnx, .tflite) in each runtime, side by side."""
     runtimes = check_runtimes(runtimes)
     if threads < 1 or batch < 1 or repeats < 1:
         raise BinfaceError("threads, batch and repeats must be positive")
     rounds = max(1, min(rounds, repeats))
     with tempfile.TemporaryDirectory(prefix="binface-bench-") as tmp:
         art = prepare(spec, runtimes, tmp, input_size)
-        paths = {"torch": art.spec, "packed": art.packed, "onnx": art.onnx}
+        paths = {"torch": art.spec, "packed": art.packed, "onnx": art.onnx, "lce": art.lce}
         workers = [_Worker(r, str(paths[r]), threads, batch, art.input_size) for r in runtimes]
         try:
             for w in workers:
@@ -212,7 +223,7 @@ def measure(model_or_path, runtime: str, threads: int = 1, batch: int = 1,
             repeats: int = 50, warmup: int = 5) -> dict:
     """One runtime's latency: ``{"runtime", "median_ms", "p90_ms", "fps", "peak_rss_mb"}``.
 
-    ``model_or_path``: a registered name, a checkpoint, a .bfp or an .onnx file.
+    ``model_or_path``: a registered name, a checkpoint, a .bfp, an .onnx or a .tflite file.
     """
     if not isinstance(model_or_path, (str, os.PathLike)):
         raise BinfaceError("measure() takes a model name or a file path")
@@ -252,6 +263,12 @@ def _load_runner(runtime: str, artifact: str, threads: int, shape: tuple[int, ..
         dims = runner.input_shape[1:]
         return runner.run, tuple(int(d) for d in dims) if all(
             isinstance(d, int) for d in dims) else shape
+    if runtime == "lce":
+        from binface.runtime.lce import LceRunner
+
+        runner = LceRunner(artifact, threads)
+        _, h, w, c = runner.input_shape
+        return runner.run, (c, h, w)
     import torch
 
     from binface.runtime.capture import inference_copy

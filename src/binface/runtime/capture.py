@@ -287,6 +287,10 @@ class _Converter:
              n_out: int = 1) -> list[str]:
         outs = [node.name] if n_out == 1 else [f"{node.name}_{i}" for i in range(n_out)]
         self.g.nodes.append(Node(op, inputs, outs, attrs or {}))
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:  # the innermost module's path, for per-layer reports
+            path = str(list(stack.values())[-1][0])
+            self.g.meta.setdefault("sources", {})[outs[0]] = path
         val = node.meta.get("val")
         if n_out == 1:
             self.g.shapes[outs[0]] = _shape(val)

@@ -30,6 +30,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
         info = export_packed(lm.model, out, lm.input_size, name=lm.name)
         msg = (f"wrote {out}: {info['binary_layers']} binary layers (xor + popcount), "
                f"{info['nodes']} ops, {info['bytes'] / 1024:.1f} KiB")
+    elif fmt == "lce":
+        from binface.runtime.lce import export_lce
+
+        out = out or Path(f"{stem}.tflite")
+        info = export_lce(lm.model, out, lm.input_size, name=lm.name)
+        report = info.pop("report")
+        info["layers"] = report.to_dict()
+        if not args.json:
+            print(report.render(), end="")
+        t = report.totals
+        msg = (f"wrote {out}: LCE flatbuffer for ARM, NHWC input {info['input_shape']}, "
+               f"{t['binary_layers']} of {t['layers']} layers binary, "
+               f"{info['bytes'] / 1024:.1f} KiB")
     else:
         from binface.runtime.onnx_rt import export_onnx
 
@@ -41,6 +54,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         err = _check(lm, fmt, out)
         info["max_rel_error"] = err
         msg += f"; max relative error vs PyTorch {err:.2e}"
+        if fmt == "lce" and err > 1e-4 and info["layers"]["totals"]["layers"] and any(
+                r["kind"].startswith("binary") for r in info["layers"]["layers"]):
+            msg += (" (binary layers amplify float rounding: a pre-activation within rounding "
+                    "of 0 can take the other sign; see README, 'ARM deployment')")
     print(json.dumps(info) if args.json else msg)
     return 0
 
@@ -57,6 +74,10 @@ def _check(lm, fmt: str, path: Path) -> float:
         from binface.runtime.engine import load_packed
 
         got = load_packed(path).run(x)
+    elif fmt == "lce":
+        from binface.runtime.lce import LceRunner
+
+        got = LceRunner(path).run(x)
     else:
         from binface.runtime.onnx_rt import OnnxRunner
 
@@ -78,17 +99,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``export`` and ``bench`` commands to the top-level parser."""
     p = sub.add_parser(
-        "export", help="export a model to the packed binary format or to ONNX",
+        "export", help="export a model to the packed binary format, ONNX or LCE (.tflite)",
         description="Export a registered model (random init) or a checkpoint. --format packed "
         "writes a .bfp file (safetensors tensors + JSON graph) that the packed engine runs with "
         "numpy and numba only: every layer with +-1 operands as xor + popcount on 64-bit words, "
         "BatchNorm and activations folded into each layer's epilogue. --format onnx writes an "
-        "ONNX model (opset >= 17, dynamic batch) for ONNX Runtime.")
+        "ONNX model (opset >= 17, dynamic batch) for ONNX Runtime. --format lce (needs the `lce` "
+        "extra) translates the model to TensorFlow ops in the patterns the Larq Compute Engine "
+        "binarises, converts it for ARM and prints, per layer, whether LCE runs it in binary.")
     p.add_argument("model", help="registered model name or checkpoint (.pt)")
-    p.add_argument("--format", choices=["packed", "onnx"], default="packed",
+    p.add_argument("--format", choices=["packed", "onnx", "lce"], default="packed",
                    help="output format (default packed)")
-    p.add_argument("-o", "--output", metavar="PATH", help="output file (default NAME.bfp or "
-                   "NAME.onnx)")
+    p.add_argument("-o", "--output", metavar="PATH", help="output file (default NAME.bfp, "
+                   "NAME.onnx or NAME.tflite)")
     p.add_argument("--input-size", type=_size_type, default=None, metavar="H[xW]",
                    help="input image size (default: the model's, else 112)")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
@@ -103,7 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "each runtime asked, measured in turns so that background load hits all alike. Given a "
         "model name or checkpoint, exports what packed and onnx need into a temporary folder. "
         "onnx runs binary models as float; lce needs the `lce` extra.")
-    b.add_argument("model", help="registered model name, checkpoint, .bfp or .onnx file")
+    b.add_argument("model", help="registered model name, checkpoint, .bfp, .onnx or .tflite file")
     b.add_argument("--runtime", default="torch,onnx,packed",
                    help="comma-separated runtimes: torch, onnx, packed, lce "
                    "(default torch,onnx,packed)")
