@@ -25,6 +25,7 @@ from binface.errors import BinfaceError
 from binface.runtime.errors import RuntimeUnavailableError
 
 RUNTIMES = ("torch", "onnx", "packed", "lce")
+FILE_RUNTIMES = {".bfp": "packed", ".onnx": "onnx", ".tflite": "lce"}
 NOTES = {
     "torch": "PyTorch eager, oneDNN (binary weights quantized ahead of time)",
     "onnx": "ONNX Runtime CPU (binary layers, if any, as float convs)",
@@ -70,32 +71,22 @@ def prepare(spec: str, runtimes: list[str], workdir: str | os.PathLike,
             input_size: tuple[int, int] | None = None) -> Artifacts:
     """Export what the runtimes need into ``workdir`` (unless ``spec`` is already that file)."""
     p = Path(spec)
-    if p.suffix == ".bfp":
-        bad = [r for r in runtimes if r != "packed"]
+    runtime = FILE_RUNTIMES.get(p.suffix)
+    if runtime is not None:  # an exported file: only its own runtime can run it
+        bad = [r for r in runtimes if r != runtime]
         if bad:
-            raise RuntimeUnavailableError(f"runtime {bad[0]} cannot run a .bfp file; give a model "
-                                          "name or checkpoint")
-        from binface.runtime.bfp import read_bfp
+            article = "an" if p.suffix == ".onnx" else "a"
+            raise RuntimeUnavailableError(f"runtime {bad[0]} cannot run {article} {p.suffix} "
+                                          "file; give a model name or checkpoint")
+        if runtime == "packed":  # read_bfp names a missing or corrupt file itself
+            from binface.runtime.bfp import read_bfp
 
-        graph, _ = read_bfp(p)
-        return Artifacts(graph.get("model", p.stem), None, packed=str(p),
-                         input_size=tuple(graph.get("input_size", (112, 112))))
-    if p.suffix == ".onnx":
-        bad = [r for r in runtimes if r != "onnx"]
-        if bad:
-            raise RuntimeUnavailableError(f"runtime {bad[0]} cannot run an .onnx file; give a "
-                                          "model name or checkpoint")
+            graph, _ = read_bfp(p)
+            return Artifacts(graph.get("model", p.stem), None, packed=str(p),
+                             input_size=tuple(graph.get("input_size", (112, 112))))
         if not p.is_file():
             raise BinfaceError(f"{p}: no such file")
-        return Artifacts(p.stem, None, onnx=str(p), input_size=input_size or (112, 112))
-    if p.suffix == ".tflite":
-        bad = [r for r in runtimes if r != "lce"]
-        if bad:
-            raise RuntimeUnavailableError(f"runtime {bad[0]} cannot run a .tflite file; give a "
-                                          "model name or checkpoint")
-        if not p.is_file():
-            raise BinfaceError(f"{p}: no such file")
-        return Artifacts(p.stem, None, lce=str(p), input_size=input_size or (112, 112))
+        return Artifacts(p.stem, None, input_size=input_size or (112, 112), **{runtime: str(p)})
     from binface.runtime.export import load_model
 
     lm = load_model(spec, input_size)
