@@ -461,6 +461,10 @@ def test_cli_bench_errors(capsys, small_bfp):
     if not lce_available():
         code, _, err = run_cli(capsys, "bench", "quicknet", "--runtime", "lce")
         assert code == 2 and "pip install 'binface[lce]'" in err and err.count("\n") == 1
+        code, _, err = run_cli(capsys, "export", "quicknet", "--format", "lce", "-o",
+                               str(small_bfp.with_suffix(".tflite")))
+        assert code == 2 and "pip install 'binface[lce]'" in err and err.count("\n") == 1
+        assert not small_bfp.with_suffix(".tflite").exists()
     code, _, err = run_cli(capsys, "bench", "quicknet", "--runtime", "torch,tpu")
     assert code == 2 and "unknown runtime 'tpu'" in err and err.count("\n") == 1
     code, _, err = run_cli(capsys, "bench", str(small_bfp), "--runtime", "torch")
