@@ -130,7 +130,6 @@ def plan_qlayer(node, shapes: dict, consts: dict) -> Plan:
     w = consts[a["weight"]]
     if sign_scale(w) is None:
         return Plan(False, "float (not +-1) kernel")
-    c_in = shapes[node.inputs[0]][1]
     groups = int(a["groups"])
     cg = w.shape[1]
     note = ""
@@ -146,7 +145,6 @@ def plan_qlayer(node, shapes: dict, consts: dict) -> Plan:
         h, w_ = shapes[node.inputs[0]][2], shapes[node.inputs[0]][3]
         if pads != _same_pads(h, w_, a["kernel"], a["stride"], a["dilation"]):
             return Plan(False, "padding that is not TensorFlow's 'same'")
-    del c_in
     return Plan(True, "", note)
 
 
@@ -699,7 +697,6 @@ class TFBuilder:
         tf = self.tf
         v = self.x(node)
         shape = self.shapes[node.inputs[0]]
-        c = shape[1]
         t = self.canon(v)
         g = tf.reshape(t, [shape[0], int(groups), -1])
         mean = tf.reduce_mean(g, axis=2, keepdims=True)
@@ -711,7 +708,6 @@ class TFBuilder:
             y = y * self.channel_vec(self.ir.consts[weight], vc, 1)
         if bias is not None:
             y = y + self.channel_vec(self.ir.consts[bias], vc, 1)
-        del c
         self.out(node, y, _identity(len(shape)))
 
 
