@@ -148,6 +148,16 @@ def plan_qlayer(node, shapes: dict, consts: dict) -> Plan:
     return Plan(True, "", note)
 
 
+def resolve_plans(ir, n: int = 1) -> tuple[dict, dict[str, Plan]]:
+    """Concrete shapes for batch ``n`` and the plan of every ``qlayer`` node."""
+    from binface.runtime.engine import resolve
+
+    shapes = {k: resolve(v, n) for k, v in ir.shapes.items()}
+    plans = {node.outputs[0]: plan_qlayer(node, shapes, ir.consts) for node in ir.nodes
+             if node.op == "qlayer"}
+    return shapes, plans
+
+
 def _lce_sees_same(before: int, after: int, size: int, out: int, stride: int) -> bool:
     """LCE 0.16's test for "this explicit pad is 'same'" (``IsSamePadding1D``).
 
@@ -210,18 +220,12 @@ class TFBuilder:
     """Writes one IR graph as TensorFlow ops on an NHWC input of batch ``n``."""
 
     def __init__(self, ir, tf, n: int = 1) -> None:
-        from binface.runtime.engine import resolve
-
         self.ir = ir
         self.tf = tf
         self.n = n
-        self.shapes = {k: resolve(v, n) for k, v in ir.shapes.items()}
+        self.shapes, self.plans = resolve_plans(ir, n)
         self.env: dict[str, _V] = {}
-        self.plans: dict[str, Plan] = {}
         self.neg_inf_pads: dict[str, tuple] = {}
-        for node in ir.nodes:
-            if node.op == "qlayer":
-                self.plans[node.outputs[0]] = plan_qlayer(node, self.shapes, ir.consts)
 
     # -- layouts
     def to_perm(self, v: _V, target: tuple):
@@ -833,7 +837,7 @@ def _tflite_key(op: dict) -> tuple | None:
     return None
 
 
-def _ir_layers(ir, shapes: dict, plans: dict) -> list[dict]:
+def _ir_layers(ir, shapes: dict) -> list[dict]:
     """Every conv, dense and max-pool node of the IR, with its expected TFLite keys."""
     sources = ir.meta.get("sources", {})
     layers = []
@@ -842,16 +846,14 @@ def _ir_layers(ir, shapes: dict, plans: dict) -> list[dict]:
         a = node.attrs
         so = shapes[out]
         src = a.get("source") or sources.get(out, "") or out
-        if node.op == "qlayer" or node.op == "conv":
-            layer = a.get("layer", "conv")
-            if layer == "linear" or (node.op == "qlayer" and layer == "linear"):
-                w = ir.consts[a["weight"]]
-                tokens = int(np.prod(so[:-1]))
-                layers.append({"node": node, "source": src, "kind": "binary dense"
-                               if a.get("w_binary") else "dense",
-                               "keys": [("fc", w.shape[0], w.shape[1])],
-                               "macs": tokens * w.size})
-                continue
+        layer = a.get("layer", node.op)
+        if layer == "linear":  # a float dense node or a quantized dense layer
+            w = ir.consts[a["weight"]]
+            layers.append({"node": node, "source": src,
+                           "kind": "binary dense" if a.get("w_binary") else "dense",
+                           "keys": [("fc", w.shape[0], w.shape[1])],
+                           "macs": int(np.prod(so[:-1])) * w.size})
+        elif node.op in ("qlayer", "conv"):
             ho, wo = so[2], so[3]
             if layer == "sep":
                 dw, pw = ir.consts[a["dw_weight"]], ir.consts[a["pw_weight"]]
@@ -871,11 +873,6 @@ def _ir_layers(ir, shapes: dict, plans: dict) -> list[dict]:
             layers.append({"node": node, "source": src, "kind": f"{prefix}{shape} {kh}x{kw}",
                            "keys": [_conv_key(o, kh, kw, ho, wo)], "macs": ho * wo * w.size,
                            "cin": cg if groups == 1 else None})
-        elif node.op == "linear":
-            w = ir.consts[a["weight"]]
-            layers.append({"node": node, "source": src, "kind": "dense",
-                           "keys": [("fc", w.shape[0], w.shape[1])],
-                           "macs": int(np.prod(so[:-1])) * w.size})
         elif node.op == "maxpool":
             k = a["kernel"]
             layers.append({"node": node, "source": src, "kind": f"max-pool {k[0]}x{k[1]}",
@@ -885,15 +882,11 @@ def _ir_layers(ir, shapes: dict, plans: dict) -> list[dict]:
 
 def layer_report(ir, flatbuffer: bytes, batch: int = 1) -> LceReport:
     """Which kernel LCE runs for every conv, dense and max-pool layer of ``ir``."""
-    from binface.runtime.engine import resolve
-
-    shapes = {k: resolve(v, batch) for k, v in ir.shapes.items()}
-    plans = {n.outputs[0]: plan_qlayer(n, shapes, ir.consts) for n in ir.nodes
-             if n.op == "qlayer"}
+    shapes, plans = resolve_plans(ir, batch)
     ops = [(i, op, _tflite_key(op)) for i, op in enumerate(tflite_ops(flatbuffer))]
     used: set[int] = set()
     report = LceReport()
-    for idx, layer in enumerate(_ir_layers(ir, shapes, plans)):
+    for idx, layer in enumerate(_ir_layers(ir, shapes)):
         found = []
         for key in layer["keys"]:
             alts = [key]
