@@ -351,6 +351,35 @@ def test_cli_export_lce_and_bench(tmp_path, capsys):
     assert "cannot run a .tflite" in capsys.readouterr().err
 
 
+def test_bad_files_are_one_line_errors(tmp_path, capsys):
+    from binface.cli import main
+    from binface.errors import BinfaceError
+    from binface.runtime.lce import LceRunner
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer, only some bytes")
+    with pytest.raises(BinfaceError, match=r"bad\.tflite: not a TFLite flatbuffer"):
+        LceRunner(bad)
+    with pytest.raises(BinfaceError, match=r"missing\.tflite: no such TFLite model"):
+        LceRunner(tmp_path / "missing.tflite")
+    assert main(["bench", str(tmp_path / "missing.tflite"), "--runtime", "lce"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.tflite: no such file" in err and err.count("\n") == 1
+
+
+def test_untranslatable_layer_is_named(tmp_path):
+    from binface.runtime.errors import UnsupportedOpError
+    from binface.runtime.lce import export_lce
+
+    class Dilated(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.max_pool2d(x, 3, 1, dilation=2)
+
+    with pytest.raises(UnsupportedOpError, match="dilated max-pool is not supported"):
+        export_lce(Dilated(), tmp_path / "d.tflite", (16, 16))
+    assert not (tmp_path / "d.tflite").exists()
+
+
 def test_runner_rejects_wrong_shape(tmp_path):
     from binface.errors import InputShapeError
     from binface.runtime.lce import LceRunner

@@ -720,11 +720,16 @@ def convert_ir(ir, input_shape_nhwc: tuple[int, ...]) -> bytes:
     """The LCE flatbuffer (target "arm") of an IR graph on an NHWC float input."""
     tf, lce = import_lce()
     builder = TFBuilder(ir, tf, n=input_shape_nhwc[0])
+    untranslatable: list[BinfaceError] = []
 
     class _Model(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec(list(input_shape_nhwc), tf.float32)])
         def __call__(self, x):
-            return builder.build(x)
+            try:
+                return builder.build(x)
+            except BinfaceError as exc:  # tf.function re-raises it as "StagingError: in user code"
+                untranslatable.append(exc)
+                raise
 
     module = _Model()
     with tempfile.TemporaryDirectory(prefix="binface-lce-") as tmp, _quiet_fd2():
@@ -734,13 +739,15 @@ def convert_ir(ir, input_shape_nhwc: tuple[int, ...]) -> bytes:
         except BinfaceError:
             raise
         except Exception as exc:  # noqa: BLE001 - TensorFlow's messages run for pages
+            if untranslatable:
+                raise untranslatable[0] from None
             first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
             raise UnsupportedOpError(f"LCE conversion failed: {type(exc).__name__}: "
                                      f"{first[:200]}") from None
 
 
 # ---------------------------------------------------------------- reading the flatbuffer
-def tflite_ops(flatbuffer: bytes) -> list[dict]:
+def tflite_ops(flatbuffer: bytes, name: str = "the model") -> list[dict]:
     """The ops of a ``.tflite`` in execution order: code, tensor shapes/types, names."""
     import_lce()
     from tensorflow.lite.python import schema_py_generated as schema
@@ -748,7 +755,7 @@ def tflite_ops(flatbuffer: bytes) -> list[dict]:
     try:
         model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(flatbuffer, 0))
     except Exception:  # noqa: BLE001 - a corrupt flatbuffer raises anything
-        raise BinfaceError("not a TFLite flatbuffer") from None
+        raise BinfaceError(f"{name}: not a TFLite flatbuffer") from None
     builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     codes = []
     for oc in model.operatorCodes:
@@ -967,7 +974,8 @@ class LceRunner:
             from binface.data.files import read_bytes
 
             fb = read_bytes(Path(path_or_bytes), "no such TFLite model")
-        ops = tflite_ops(fb)
+        ops = tflite_ops(fb, "the model" if isinstance(path_or_bytes, bytes)
+                         else str(path_or_bytes))
         indirect = any(_grouped_bconv(op) for op in ops)
         from larq_compute_engine.tflite.python.interpreter import Interpreter
 
