@@ -95,8 +95,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = 
     from binface.eval.report import plot_roc, write_json, write_markdown
     from binface.eval.run import evaluate_pack, load_eval_pack
     from binface.models import model_info
+    from binface.models.loading import load_checkpoint, model_from_checkpoint
     from binface.profile import profile
-    from binface.train.checkpoint import load_checkpoint, model_from_checkpoint
 
     plan = plan or (QUICK if quick else FULL)
     t_start = time.perf_counter()

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from binface.eval.report import plot_roc, results_table, write_json, write_markdown
     from binface.eval.run import evaluate_pack, load_eval_pack
-    from binface.train.checkpoint import load_checkpoint, model_from_checkpoint
+    from binface.models.loading import load_checkpoint, model_from_checkpoint
 
     if args.batch_size <= 0:
         raise BinfaceError(f"--batch-size must be positive, got {args.batch_size}")

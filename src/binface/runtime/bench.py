@@ -87,7 +87,7 @@ def prepare(spec: str, runtimes: list[str], workdir: str | os.PathLike,
         if not p.is_file():
             raise BinfaceError(f"{p}: no such file")
         return Artifacts(p.stem, None, input_size=input_size or (112, 112), **{runtime: str(p)})
-    from binface.runtime.export import load_model
+    from binface.models.loading import load_model
 
     lm = load_model(spec, input_size)
     art = Artifacts(lm.name, spec, input_size=lm.input_size)
@@ -262,8 +262,8 @@ def _load_runner(runtime: str, artifact: str, threads: int, shape: tuple[int, ..
         return runner.run, (c, h, w)
     import torch
 
+    from binface.models.loading import load_model
     from binface.runtime.capture import inference_copy
-    from binface.runtime.export import load_model
 
     torch.set_num_threads(threads)
     model = inference_copy(load_model(artifact).model)

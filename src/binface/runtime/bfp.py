@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from binface.fileio import atomic_write
 from binface.runtime.errors import PackedFormatError
 
 FORMAT = "binface-packed"
@@ -77,12 +78,10 @@ def write_bfp(path: str | os.PathLike, graph: dict, tensors: dict[str, np.ndarra
     }
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         f.write(body)
-    os.replace(tmp, path)
 
 
 def read_bfp(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:

@@ -17,7 +17,7 @@ def _size_type(text: str) -> tuple[int, int]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from binface.runtime.export import load_model
+    from binface.models.loading import load_model
 
     fmt = args.format
     out = Path(args.output) if args.output else None

@@ -934,8 +934,9 @@ def export_lce(model, path: str | os.PathLike, input_size: tuple[int, int] | Non
     """
     import torch
 
+    from binface.fileio import write_bytes
+    from binface.models.loading import load_model
     from binface.runtime.capture import capture
-    from binface.runtime.export import load_model
 
     import_lce()
     lm = load_model(model, input_size)
@@ -947,13 +948,7 @@ def export_lce(model, path: str | os.PathLike, input_size: tuple[int, int] | Non
     fb = convert_ir(ir, (1, h, w, channels))
     report = layer_report(ir, fb)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(fb)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_bytes(path, fb)
     return {"model": lm.name, "path": str(path), "bytes": len(fb), "format": "lce",
             "input_shape": [1, h, w, channels], "report": report}
 

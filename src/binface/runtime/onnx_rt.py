@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from binface.errors import InputShapeError
+from binface.fileio import write_bytes
 from binface.runtime.errors import RuntimeUnavailableError, UnsupportedOpError
 
 OPSET = 17
@@ -35,8 +37,8 @@ def export_onnx(model, path: str | os.PathLike, input_size: tuple[int, int] | No
     """
     import torch
 
+    from binface.models.loading import load_model
     from binface.runtime.capture import inference_copy
-    from binface.runtime.export import load_model
 
     lm = load_model(model, input_size)
     m = inference_copy(lm.model)
@@ -44,34 +46,39 @@ def export_onnx(model, path: str | os.PathLike, input_size: tuple[int, int] | No
     x = torch.randn(2, 3, *lm.input_size)
     path = Path(path)
     errors = []
-    for dynamo in (False, True):
-        try:
-            with warnings.catch_warnings(), torch.no_grad(), _quiet():
-                warnings.simplefilter("ignore")
-                kw = {"dynamic_axes": {"input": {0: "batch"}, "embedding": {0: "batch"}}} \
-                    if not dynamo else {
-                        "dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=4096)},),
-                        "verbose": False}
-                if binary and not dynamo:
-                    kw["do_constant_folding"] = False
-                if binary and dynamo:
-                    kw["optimize"] = False
-                # the dynamo exporter writes opset 18 natively; asking it for less runs a
-                # down-converter that fails on some ops
-                torch.onnx.export(m, (x,), str(path), input_names=["input"],
-                                  output_names=["embedding"],
-                                  opset_version=max(opset, 18) if dynamo else opset,
-                                  dynamo=dynamo, **kw)
-            break
-        except Exception as exc:  # noqa: BLE001 - reported below if both exporters fail
-            errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")
-    else:
-        raise UnsupportedOpError(f"{lm.name} cannot be exported to ONNX ({'; '.join(errors)})")
-    _set_metadata(path, {"binface.model": lm.name, "binface.binary": "1" if binary else "0"})
-    data = Path(str(path) + ".data")
+    with tempfile.TemporaryDirectory(prefix="binface-onnx-") as tmpdir:
+        tmp = Path(tmpdir) / "model.onnx"
+        for dynamo in (False, True):
+            try:
+                with warnings.catch_warnings(), torch.no_grad(), _quiet():
+                    warnings.simplefilter("ignore")
+                    kw = {"dynamic_axes": {"input": {0: "batch"}, "embedding": {0: "batch"}}} \
+                        if not dynamo else {
+                            "dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=4096)},),
+                            "verbose": False}
+                    if binary and not dynamo:
+                        kw["do_constant_folding"] = False
+                    if binary and dynamo:
+                        kw["optimize"] = False
+                    # the dynamo exporter writes opset 18 natively; asking it for less runs a
+                    # down-converter that fails on some ops
+                    torch.onnx.export(m, (x,), str(tmp), input_names=["input"],
+                                      output_names=["embedding"],
+                                      opset_version=max(opset, 18) if dynamo else opset,
+                                      dynamo=dynamo, **kw)
+                break
+            except Exception as exc:  # noqa: BLE001 - reported below if both exporters fail
+                errors.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}")
+        else:
+            raise UnsupportedOpError(f"{lm.name} cannot be exported to ONNX "
+                                     f"({'; '.join(errors)})")
+        # one self-contained file (weights inline), written atomically with its metadata
+        blob = _with_metadata(tmp, {"binface.model": lm.name,
+                                    "binface.binary": "1" if binary else "0"})
+    write_bytes(path, blob)
     opset = max(opset, 18) if dynamo else opset
     return {"model": lm.name, "path": str(path), "opset": opset, "binary": binary,
-            "bytes": path.stat().st_size + (data.stat().st_size if data.exists() else 0)}
+            "bytes": path.stat().st_size}
 
 
 @contextlib.contextmanager
@@ -105,17 +112,18 @@ def _has_quantizers(model) -> bool:
     return any(isinstance(m, Quantizer) for m in model.modules())
 
 
-def _set_metadata(path: Path, props: dict[str, str]) -> None:
+def _with_metadata(path: Path, props: dict[str, str]) -> bytes:
+    """The ONNX file at ``path`` with external data inlined and ``props`` set, as bytes."""
     import onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = onnx.load(str(path), load_external_data=True)
     for k, v in props.items():
         entry = next((p for p in proto.metadata_props if p.key == k), None)
         if entry is None:
             entry = proto.metadata_props.add()
             entry.key = k
         entry.value = v
-    onnx.save(proto, str(path))
+    return proto.SerializeToString()
 
 
 # fusions that change a binary layer's exact zero sums (see the module docstring)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binface.errors import BinfaceError
-from binface.train.checkpoint import load_checkpoint, model_from_checkpoint
+from binface.models.loading import load_checkpoint, model_from_checkpoint
 from binface.train.config import DISTILL_LOSSES, distill_spec
 
 

@@ -1,0 +1,106 @@
+"""Writing files safely: every file binface writes goes through :func:`atomic_write`.
+
+A crash, a full disk or Ctrl-C mid-write must leave the previous file (or no file)
+at the target path, never a truncated one. So each writer writes a hidden temporary
+file beside the target (same filesystem, so the final rename is atomic), flushes
+and fsyncs it, then renames it over the target. On any failure the temporary file
+is removed. Temporary names start with ``.NAME.`` and end with ``.tmp`` so that a
+file left by a killed process is recognisable (:func:`stale_temporaries`).
+
+This module imports only the standard library: the packed runtime uses it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+from binface.errors import BinfaceError
+
+__all__ = ["atomic_write", "stale_temporaries", "write_bytes", "write_text", "write_with"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path``.
+
+    ``mode`` is ``"wb"`` (bytes) or ``"w"`` (UTF-8 text). Parent folders are
+    created. An unwritable destination is a one-line :class:`BinfaceError`.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write mode must be 'wb' or 'w', not {mode!r}")
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise BinfaceError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        kwargs = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically write ``data`` to ``path``."""
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write UTF-8 ``text`` to ``path``."""
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+
+
+def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
+    """Atomically produce ``path`` with a writer that only takes a file *name*.
+
+    For libraries that open the file themselves (``torch.onnx.export``,
+    ``matplotlib.savefig``): ``writer`` writes to a temporary path beside ``path``
+    (same suffix, so format detection by extension still works), which then
+    replaces ``path``.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
+                                   dir=path.parent)
+    except OSError as exc:
+        raise BinfaceError(f"cannot write {path}: {exc.strerror or exc}") from None
+    os.close(fd)
+    try:
+        writer(Path(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary files a killed writer of ``path`` may have left beside it."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(list(path.parent.glob(f".{path.name}.*.tmp"))
+                  + list(path.parent.glob(f".{path.stem}.*.tmp{path.suffix}")))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
