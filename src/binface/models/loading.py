@@ -19,6 +19,7 @@ that is not in the zoo is ``binary`` when any of its layers runs binary, else
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +30,15 @@ from binface.errors import BinfaceError, InputShapeError, UnknownModelError
 from binface.models.registry import create_model, model_info
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_SUFFIXES", "CHECKPOINT_VERSION", "LoadedModel",
+           "MAX_MODEL_ELEMENTS",
            "build_model", "family_of", "load_checkpoint", "load_model", "model_from_checkpoint"]
 
 CHECKPOINT_FORMAT = "binface-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+# the zoo's largest model (vit_s_face) holds about 22M weights: a builder asked for
+# 2^28 (a 1 GiB float model) has been handed absurd arguments
+MAX_MODEL_ELEMENTS = 2**28
 
 
 @dataclass
@@ -47,8 +52,22 @@ class LoadedModel:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, printable characters only."""
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return "".join(ch for ch in line if ch.isprintable())[:200]
+
+
+def _refusal(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without torch's advice to
+    load it unsafely (which would run whatever the file holds)."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if "Weights only load failed" in text or found:
+        what = f" ({found.group(1)})" if found else ""
+        return (f"{path} is refused: it holds objects a checkpoint never contains{what}; "
+                "nothing in it was run")
+    return f"{path} is not a readable binface checkpoint ({_first_line(exc)})"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -59,8 +78,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise BinfaceError(f"{path} is not a readable binface checkpoint "
-                           f"({_first_line(exc)})") from None
+        raise BinfaceError(_refusal(path, exc)) from None
     if not isinstance(ckpt, dict):
         raise BinfaceError(f"{path} is not a binface checkpoint (not a dict)")
     if "format" in ckpt and ckpt["format"] != CHECKPOINT_FORMAT:
@@ -87,6 +105,7 @@ def build_model(name: object, kwargs: object = None, where: str = "") -> nn.Modu
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         raise BinfaceError(f"{prefix}model_kwargs must be a dict of names to values")
     try:
+        _check_size(name, kwargs, prefix)
         return create_model(name, **kwargs)
     except UnknownModelError as exc:
         raise UnknownModelError(f"{prefix}{exc}") from None
@@ -95,6 +114,23 @@ def build_model(name: object, kwargs: object = None, where: str = "") -> nn.Modu
     except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
         raise BinfaceError(f"{prefix}cannot build {name!r} with {kwargs}: "
                            f"{_first_line(exc)}") from None
+
+
+def _check_size(name: str, kwargs: dict, prefix: str) -> None:
+    """Refuse arguments that would build an absurdly large model, before allocating it.
+
+    The model is first built on PyTorch's "meta" device, where tensors have shapes but
+    no storage. A builder that cannot run there (it copies data at init) is not checked.
+    """
+    try:
+        with torch.device("meta"):
+            shadow = create_model(name, **kwargs)
+    except Exception:  # noqa: BLE001 - the real build below reports argument errors
+        return
+    elements = sum(t.numel() for t in (*shadow.parameters(), *shadow.buffers()))
+    if elements > MAX_MODEL_ELEMENTS:
+        raise BinfaceError(f"{prefix}{name!r} with {kwargs} would hold {elements:,} weights "
+                           f"(limit {MAX_MODEL_ELEMENTS:,}); check model_kwargs")
 
 
 def model_from_checkpoint(ckpt: dict | str | os.PathLike, where: str = "") -> nn.Module:
