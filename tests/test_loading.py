@@ -162,3 +162,22 @@ def test_unwritable_destination_is_one_line(tmp_path):
     (tmp_path / "file").write_text("a regular file")
     with pytest.raises(BinfaceError, match="cannot write"):
         write_bytes(tmp_path / "file" / "below.bin", b"x")
+
+
+def test_check_outputs_refuses_existing_and_input_paths(tmp_path):
+    from binface.fileio import check_outputs
+
+    src = tmp_path / "last.pt"
+    src.write_bytes(b"ckpt")
+    check_outputs([tmp_path / "new.onnx"], inputs=[src])
+    with pytest.raises(BinfaceError, match="pass --overwrite"):
+        check_outputs([src])
+    check_outputs([src], overwrite=True)
+    with pytest.raises(BinfaceError, match="also an input"):
+        check_outputs([src], overwrite=True, inputs=[src])
+    (tmp_path / "link.pt").symlink_to(src)
+    with pytest.raises(BinfaceError, match="also an input"):
+        check_outputs([tmp_path / "link.pt"], overwrite=True, inputs=[src])
+    with pytest.raises(BinfaceError, match="is a folder"):
+        check_outputs([tmp_path], overwrite=True)
+    assert src.read_bytes() == b"ckpt"

@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 from binface.errors import BinfaceError
 
-__all__ = ["atomic_write", "stale_temporaries", "write_bytes", "write_text", "write_with"]
+__all__ = ["atomic_write", "check_outputs", "stale_temporaries", "write_bytes", "write_text", "write_with"]
 
 
 @contextlib.contextmanager
@@ -89,6 +89,33 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_outputs(outputs: Iterable[str | os.PathLike], overwrite: bool = False,
+                  inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work starts, to replace what exists or what is being read.
+
+    Each output that exists needs ``overwrite``; an output that is one of the
+    ``inputs`` (same file, by path or by inode) is refused even with ``overwrite``.
+    """
+    ins = [Path(p) for p in inputs]
+    for out in map(Path, outputs):
+        for src in ins:
+            if _same_file(out, src):
+                raise BinfaceError(f"the output {out} is also an input; write somewhere else")
+        if out.is_dir() and not out.is_symlink():
+            raise BinfaceError(f"the output {out} is a folder; give a file name")
+        if out.exists() and not overwrite:
+            raise BinfaceError(f"{out} exists; pass --overwrite to replace it")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def stale_temporaries(path: str | os.PathLike) -> list[Path]:
