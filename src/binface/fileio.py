@@ -21,7 +21,8 @@ from typing import IO
 
 from binface.errors import BinfaceError
 
-__all__ = ["atomic_write", "check_outputs", "stale_temporaries", "write_bytes", "write_text", "write_with"]
+__all__ = ["atomic_write", "check_outputs", "stale_temporaries", "write_bytes", "write_text",
+           "write_with"]
 
 
 @contextlib.contextmanager
