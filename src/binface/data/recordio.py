@@ -315,6 +315,10 @@ class RecordReader:
                 raise BinfaceError(f"{where} at offset {pos}: bad magic 0x{magic:08X} (expected "
                                    f"0x{MAGIC:08X}; not RecordIO, or the .idx does not match)")
             cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            left = max(self.size - pos - 8, 0)
+            if length > left:  # checked before reading: a buffered read allocates length
+                raise BinfaceError(f"{where} at offset {pos}: file is truncated (chunk needs "
+                                   f"{length} bytes, {left} left)")
             data = _read_at(fh, pos + 8, length)
             if len(data) < length:
                 raise BinfaceError(f"{where} at offset {pos}: file is truncated (chunk needs "

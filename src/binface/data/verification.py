@@ -13,6 +13,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -168,8 +169,25 @@ def _plain(obj: object) -> object:
     return obj.view(np.ndarray) if isinstance(obj, _PackArray) else obj
 
 
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _prescan(data: bytes) -> None:
+    """Walk the opcodes once before loading: a malformed pickle fails here, cheaply.
+
+    The C unpickler grows its memo table to any index a ``PUT`` names (a 10-byte
+    pickle could make it zero 4 GB) and allocates a counted string before reading
+    it; a real pickle numbers its memo entries from 0, so an index beyond the
+    opcode's offset in the file is refused.
+    """
+    for opcode, arg, pos in pickletools.genops(data):
+        if opcode.name in _MEMO_PUTS and isinstance(arg, int) and not 0 <= arg <= pos:
+            raise _Bomb(f"a memo index {arg} at byte {pos}")
+
+
 def _unpickle(data: bytes, where: str):
     try:
+        _prescan(data)
         return _PackUnpickler(data).load()
     except _RefusedGlobal as exc:
         raise BinfaceError(
