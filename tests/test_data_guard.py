@@ -8,6 +8,7 @@ import struct
 import time
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -434,3 +435,15 @@ def test_zero_pairs_and_bad_issame(tmp_path, capsys):
     for ok in ([1], [0], np.array([1], np.uint8), np.array([False]), [True]):
         (tmp_path / "s.bin").write_bytes(pickle.dumps(([good, good], ok)))
         assert read_pack_raw(tmp_path / "s.bin")[1].dtype == bool
+
+
+def test_refused_command_creates_nothing(tmp_path, capsys):
+    one_line_error(capsys, "data", "pack", str(tmp_path / "missing"),
+                   str(tmp_path / "new" / "deep" / "train"), "--quiet")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "train.rec").write_bytes(b"mine")
+    one_line_error(capsys, "data", "synth", str(tmp_path / "x"), "--identities", "1",
+                   "--images-per-identity", "1", "--pairs", "0", "--quiet",
+                   "--contact-sheet", str(tmp_path / "y" / "ids.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+    assert snapshot(tmp_path / "x") == {Path("train.rec"): b"mine"}

@@ -40,7 +40,7 @@ def check_outputs(
 
     An output that is also an input is refused even with ``overwrite``; one that
     exists is refused unless ``overwrite``; one whose folder cannot be created or
-    written is refused (a folder is created and probed with a temporary file).
+    written is refused.
     """
     outs = [Path(p) for p in outputs]
     ins = [Path(p) for p in inputs]
@@ -60,19 +60,20 @@ def check_outputs(
 
 
 def check_writable_dir(folder: str | os.PathLike) -> None:
-    """Create ``folder`` if needed and make sure a file can be written in it."""
+    """Make sure files can be written in ``folder`` (created later if missing).
+
+    The nearest existing folder on the way is probed with a temporary file; no
+    folder is created here, so a refused command leaves nothing behind.
+    """
     folder = Path(folder)
-    probe = None
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if existing is None:
+        existing = Path.cwd()
+    if not existing.is_dir():
+        raise BinfaceError(f"cannot write in {folder}: {existing} is a file, not a directory")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".binface-probe.", suffix=".tmp", dir=folder)
-        os.close(fd)
+        fd, probe = tempfile.mkstemp(prefix=".binface-probe.", suffix=".tmp", dir=existing)
     except OSError as exc:
-        blocker = next((p for p in [folder, *folder.parents] if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
-            raise BinfaceError(f"cannot write in {folder}: {blocker} is a file, "
-                               "not a directory") from None
         raise BinfaceError(f"cannot write in {folder}: {exc.strerror or exc}") from None
-    finally:
-        if probe is not None:
-            Path(probe).unlink(missing_ok=True)
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)
