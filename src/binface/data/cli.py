@@ -8,11 +8,38 @@ import warnings
 from pathlib import Path
 
 from binface.cli import positive_int
+from binface.data.files import OVERWRITE_FLAG, check_outputs
+from binface.errors import BinfaceError
+
+
+def jpeg_quality(text: str) -> int:
+    """An argparse type: a JPEG quality in Pillow's range 1..100, or a one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a JPEG quality in 1..100, got {text!r}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: a seed in 0..2**63-1, or a one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 1 << 63:
+        raise argparse.ArgumentTypeError(f"expected a seed in 0..2**63-1, got {text!r}")
+    return value
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
     from binface.data.folder import pack_folder
+    from binface.data.recordio import rec_paths
 
+    rec, idx = rec_paths(args.out_prefix)
+    check_outputs([rec, idx, rec.parent / "property"], [args.folder], args.overwrite)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _one_line_warning
@@ -28,6 +55,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 def _cmd_pairs(args: argparse.Namespace) -> int:
     from binface.data.folder import pairs_pack
 
+    check_outputs([args.out], [args.folder, args.pairs_file], args.overwrite)
     res = pairs_pack(args.folder, args.pairs_file, args.out, quality=args.quality,
                      progress=not args.quiet)
     print(f"wrote {args.out}: {res.images // 2} pairs of {res.classes} identities; "
@@ -36,10 +64,19 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from binface.data.recordio import rec_paths
     from binface.data.summary import format_summary, inspect_file
 
     path = Path(args.file)
     sheet = None if args.no_sheet else (args.sheet or path.with_name(path.name + ".png"))
+    if sheet is not None:
+        inputs = [path, *rec_paths(path)] if path.suffix in (".rec", ".idx") else [path]
+        try:
+            check_outputs([sheet], inputs, args.overwrite)
+        except BinfaceError as exc:
+            if "already exists" in str(exc):
+                raise BinfaceError(f"{exc} (or --no-sheet)") from None
+            raise
     info = inspect_file(path, sheet, progress=not args.quiet)
     print(json.dumps(info, indent=2) if args.json else format_summary(info))
     return 0
@@ -47,7 +84,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from binface.data.synth import generate, identity_sheet
+    from binface.data.synth.generate import output_files
 
+    outputs = output_files(args.out_dir, args.pairs)
+    check_outputs(outputs + ([Path(args.contact_sheet)] if args.contact_sheet else []),
+                  overwrite=args.overwrite)
     res = generate(args.out_dir, identities=args.identities,
                    images_per_identity=args.images_per_identity, seed=args.seed,
                    difficulty=args.difficulty, pairs=args.pairs, workers=args.workers,
@@ -87,9 +128,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "are not 112x112 are resized (and counted).")
     q.add_argument("folder", help="folder of identity subfolders")
     q.add_argument("out_prefix", help="output prefix, e.g. out/train")
-    q.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
+    q.add_argument("--quality", type=jpeg_quality, default=95,
+                   help="JPEG quality of re-encoded images (1..100)")
     q.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images with a warning instead of stopping")
+    q.add_argument(OVERWRITE_FLAG, action="store_true",
+                   help="replace OUT_PREFIX.rec/.idx and property if they exist")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_pack)
 
@@ -100,7 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("folder")
     q.add_argument("pairs_file", metavar="PAIRS.txt")
     q.add_argument("out", metavar="OUT.bin")
-    q.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
+    q.add_argument("--quality", type=jpeg_quality, default=95,
+                   help="JPEG quality of re-encoded images (1..100)")
+    q.add_argument(OVERWRITE_FLAG, action="store_true", help="replace OUT.bin if it exists")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_pairs)
 
@@ -112,6 +158,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--sheet", metavar="PNG", help="where to write the contact sheet")
     q.add_argument("--no-sheet", action="store_true", help="do not write a contact sheet")
     q.add_argument("--json", action="store_true", help="print JSON")
+    q.add_argument(OVERWRITE_FLAG, action="store_true",
+                   help="replace the contact sheet if it exists")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_inspect)
 
@@ -126,7 +174,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default 1000)")
     q.add_argument("--images-per-identity", type=positive_int, default=20,
                    help="training images per identity (default 20)")
-    q.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
+    q.add_argument("--seed", type=seed_int, default=0, help="master seed (default 0)")
     q.add_argument("--difficulty", type=float, default=1.0,
                    help="nuisance strength: 0 clean, 1 calibrated default, up to 3")
     q.add_argument("--pairs", type=int, default=None,
@@ -135,5 +183,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--workers", type=positive_int, default=None,
                    help="worker processes (default: CPU count; output does not depend on it)")
     q.add_argument("--contact-sheet", metavar="PNG", help="also write a PNG of sample identities")
+    q.add_argument(OVERWRITE_FLAG, action="store_true",
+                   help="replace files of an earlier benchmark in OUT_DIR")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_synth)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
-from binface.data.images import FACE_SIZE, decode_image, encode_jpeg, resize
+from binface.data.files import read_bytes
+from binface.data.images import (
+    FACE_SIZE,
+    check_quality,
+    decode_image,
+    encode_jpeg,
+    open_image,
+    resize,
+)
 from binface.data.recordio import FaceRecordWriter
 from binface.data.verification import write_pack
 from binface.errors import BinfaceError
@@ -34,14 +40,44 @@ def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
-def scan_folder(folder: str | os.PathLike) -> list[tuple[str, list[Path]]]:
-    """(identity name, sorted image paths) per subfolder, identities sorted by name."""
+def _is_broken_link(p: Path) -> bool:
+    return p.is_symlink() and not p.exists() and not p.name.startswith(".")
+
+
+def _broken(p: Path, skip_bad: bool) -> None:
+    """A dangling symbolic link where an image or identity was meant: refuse, or warn."""
+    try:
+        target = os.readlink(p)
+    except OSError:
+        target = "?"
+    message = f"{p}: broken symbolic link (its target {target} does not exist)"
+    if not skip_bad:
+        raise BinfaceError(message + "; fix or remove it, or skip bad images")
+    warnings.warn(message + "; skipped (--skip-bad)", stacklevel=3)
+
+
+def scan_folder(
+    folder: str | os.PathLike, skip_bad: bool = False
+) -> list[tuple[str, list[Path]]]:
+    """(identity name, sorted image paths) per subfolder, identities sorted by name.
+
+    A dangling symbolic link named like an image, or in place of an identity
+    folder, is an error (a warning with ``skip_bad``), never skipped silently.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise BinfaceError(f"{folder}: not a directory")
     classes = []
+    for p in sorted(folder.iterdir()):
+        if _is_broken_link(p):
+            _broken(p, skip_bad)
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in sub.iterdir() if _is_image(p))
+        files = []
+        for p in sorted(sub.iterdir()):
+            if _is_image(p):
+                files.append(p)
+            elif _is_broken_link(p) and p.suffix.lower() in IMAGE_EXTENSIONS:
+                _broken(p, skip_bad)
         if files:
             classes.append((sub.name, files))
     if not classes:
@@ -55,11 +91,11 @@ def face_jpeg(
     path: Path, size: tuple[int, int] = FACE_SIZE, quality: int = 95
 ) -> tuple[bytes, bool]:
     """(JPEG bytes at ``size``, whether it was resized); a JPEG already that size is kept."""
-    data = path.read_bytes()
+    data = read_bytes(path, "image file not found")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data, str(path)) as img:
             fmt, wh = img.format, img.size
-    except Exception:  # decode_image below gives the error message
+    except BinfaceError:  # decode_image below gives the error message
         fmt, wh = None, None
     if fmt == "JPEG" and wh == (size[1], size[0]):
         decode_image(data, str(path))  # catches a truncated or corrupt body
@@ -77,7 +113,8 @@ def pack_folder(
     progress: bool = True,
 ) -> PackResult:
     """One subfolder per identity -> ``OUT_PREFIX.rec/.idx`` + ``property``."""
-    classes = scan_folder(folder)
+    quality = check_quality(quality, "--quality (JPEG quality)")
+    classes = scan_folder(folder, skip_bad=skip_bad)
     total = sum(len(files) for _, files in classes)
     resized = skipped = 0
     with FaceRecordWriter(out_prefix) as writer, tqdm(
@@ -158,6 +195,7 @@ def pairs_pack(
     progress: bool = True,
 ) -> PackResult:
     """Build a verification pack from an aligned folder and an LFW-style pairs file."""
+    quality = check_quality(quality, "--quality (JPEG quality)")
     pairs = list(read_pairs(folder, pairs_file))
     if not pairs:
         raise BinfaceError(f"{pairs_file}: no pairs found")

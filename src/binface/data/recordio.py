@@ -17,6 +17,8 @@ identity whose labels are its image key range.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import struct
 from collections.abc import Iterable, Sequence
@@ -28,6 +30,7 @@ import numpy as np
 
 from binface.data.files import read_bytes
 from binface.errors import BinfaceError
+from binface.fileio import atomic_write, write_text
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -35,6 +38,8 @@ HEADER = struct.Struct("<IfQQ")
 _CHUNK = struct.Struct("<II")
 _LENGTH_MASK = (1 << 29) - 1
 MAX_RECORD = 1 << 29
+_INT64_MAX = (1 << 63) - 1
+MAX_LABEL = 1 << 31  # a class index never reaches this (Partial FC would need 2^31 rows)
 
 
 class IRHeader(NamedTuple):
@@ -116,14 +121,25 @@ def encode_chunks(payload: bytes) -> bytes:
 
 # ----------------------------------------------------------------------------- writer
 class RecordWriter:
-    """Write records and their ``.idx`` lines (``key<TAB>offset``) as mxnet does."""
+    """Write records and their ``.idx`` lines (``key<TAB>offset``) as mxnet does.
+
+    Both files are written to temporaries beside the targets (``binface.fileio``)
+    and renamed over them by ``close``; ``abort`` (or an exception inside a
+    ``with`` block) removes the temporaries and leaves any previous files as they were.
+    """
 
     def __init__(self, rec_path: str | os.PathLike, idx_path: str | os.PathLike | None = None):
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path else self.rec_path.with_suffix(".idx")
-        self._rec = open(self.rec_path, "wb")  # noqa: SIM115 - closed in close()
-        self._idx = open(self.idx_path, "w", encoding="ascii", newline="\n")  # noqa: SIM115
+        self._stack = contextlib.ExitStack()
+        try:
+            self._rec = self._stack.enter_context(atomic_write(self.rec_path, "wb"))
+            self._idx = self._stack.enter_context(atomic_write(self.idx_path, "w"))
+        except BaseException:
+            self._stack.close()
+            raise
         self._keys: set[int] = set()
+        self._done = False
 
     def write(self, key: int, payload: bytes) -> int:
         """Append one record under ``key``; return its byte offset."""
@@ -139,16 +155,31 @@ class RecordWriter:
     def tell(self) -> int:
         return self._rec.tell()
 
+    @property
+    def closed(self) -> bool:
+        return self._done
+
     def close(self) -> None:
-        if not self._rec.closed:
-            self._rec.close()
-            self._idx.close()
+        """Finish both files and move them into place."""
+        if not self._done:
+            self._done = True
+            self._stack.close()
+
+    def abort(self) -> None:
+        """Drop the temporaries; the target paths keep what they held before."""
+        if not self._done:
+            self._done = True
+            err = BinfaceError(f"{self.rec_path}: write aborted")
+            self._stack.__exit__(BinfaceError, err, None)
 
     def __enter__(self) -> RecordWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 # ----------------------------------------------------------------------------- reader
@@ -195,13 +226,18 @@ def _read_index_lines(idx_path: Path, text: bytes) -> tuple[np.ndarray, np.ndarr
         try:
             if len(parts) != 2:
                 raise ValueError
-            keys.append(int(parts[0]))
-            offsets.append(int(parts[1]))
+            key, offset = int(parts[0]), int(parts[1])
         except ValueError:
             shown = line[:60].decode("ascii", "replace")
             raise BinfaceError(
                 f"{idx_path}: line {lineno} is not 'key<TAB>offset' with integers: {shown!r}"
             ) from None
+        for what, value in (("key", key), ("offset", offset)):
+            if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
+                raise BinfaceError(f"{idx_path}: line {lineno}: {what} {str(value)[:30]} is "
+                                   "beyond the 64-bit range of a RecordIO index")
+        keys.append(key)
+        offsets.append(offset)
     return np.array(keys, dtype=np.int64), np.array(offsets, dtype=np.int64)
 
 
@@ -279,6 +315,10 @@ class RecordReader:
                 raise BinfaceError(f"{where} at offset {pos}: bad magic 0x{magic:08X} (expected "
                                    f"0x{MAGIC:08X}; not RecordIO, or the .idx does not match)")
             cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            left = max(self.size - pos - 8, 0)
+            if length > left:  # checked before reading: a buffered read allocates length
+                raise BinfaceError(f"{where} at offset {pos}: file is truncated (chunk needs "
+                                   f"{length} bytes, {left} left)")
             data = _read_at(fh, pos + 8, length)
             if len(data) < length:
                 raise BinfaceError(f"{where} at offset {pos}: file is truncated (chunk needs "
@@ -353,10 +393,17 @@ class FaceRecordReader(RecordReader):
         self.close()
 
     def _read_identities(self, rec0: Record) -> None:
-        id_start, id_end = (int(v) for v in rec0.labels[:2])
         where = f"{self.rec_path}: header record 0"
-        if not 1 <= id_start <= id_end:
-            raise BinfaceError(f"{where}: bad identity range ({id_start}, {id_end})")
+        id_start, id_end = (_key_label(v, where) for v in rec0.labels[:2])
+        if not 1 <= id_start < id_end:
+            raise BinfaceError(f"{where}: bad identity range ({id_start}, {id_end})"
+                               + (": no identities" if id_start == id_end else ""))
+        if id_start == 1:
+            raise BinfaceError(f"{where}: the header lists no images (identity range "
+                               f"({id_start}, {id_end}))")
+        if id_end > len(self.keys):  # keys 0 .. id_end - 1 must all be there
+            raise BinfaceError(f"{where}: identity range ({id_start}, {id_end}) needs "
+                               f"{id_end} records but the .idx lists {len(self.keys)}")
         missing = [k for k in (id_start - 1, id_end - 1) if k > 0 and k not in self]
         if missing:
             raise BinfaceError(f"{where} points to record {missing[0]}, which the .idx lacks")
@@ -366,7 +413,8 @@ class FaceRecordReader(RecordReader):
             if rec.header.flag < 2:
                 raise BinfaceError(f"{self.rec_path}: identity record {key} has no "
                                    "(first, end) image range")
-            a, b = int(rec.labels[0]), int(rec.labels[1])
+            a, b = (_key_label(v, f"{self.rec_path}: identity record {key}")
+                    for v in rec.labels[:2])
             if not 1 <= a <= b <= id_start:
                 raise BinfaceError(f"{self.rec_path}: identity record {key} has image range "
                                    f"({a}, {b}) outside 1..{id_start - 1}")
@@ -381,16 +429,44 @@ class FaceRecordReader(RecordReader):
 
     @property
     def num_classes(self) -> int | None:
-        """Classes from the header, else from the ``property`` file, else unknown."""
+        """Classes from the header, else from the ``property`` file, else unknown.
+
+        A ``property`` that claims more classes than there are images is refused:
+        every class has an image, and the count sizes the classifier.
+        """
         if self.identity_ranges is not None:
             return len(self.identity_ranges)
-        prop = read_property(self.rec_path.parent / "property")
-        return prop[0] if prop else None
+        if not hasattr(self, "_num_classes"):
+            path = self.rec_path.parent / "property"
+            prop = read_property(path)
+            if prop and prop[0] > self.num_images:
+                raise BinfaceError(f"{path}: claims {prop[0]} classes but {self.rec_path.name} "
+                                   f"holds only {self.num_images} images")
+            self._num_classes = prop[0] if prop else None
+        return self._num_classes
 
     def image(self, key: int) -> tuple[int, bytes]:
-        """(integer label, encoded image) of image record ``key``."""
+        """(integer label, encoded image) of image record ``key``; a bad label is refused."""
         rec = self.read_record(key)
-        return int(rec.labels[0]), rec.data
+        value = float(rec.labels[0])
+        classes = self.num_classes
+        limit = classes if classes is not None else MAX_LABEL
+        if not (math.isfinite(value) and value == int(value) and 0 <= value < limit):
+            shown = f"{value:g}" if math.isfinite(value) else str(value)
+            bound = (f"0..{classes - 1} ({classes} classes)" if classes is not None
+                     else f"0..{MAX_LABEL - 1}")
+            raise BinfaceError(f"{self.rec_path}: record {key} has label {shown}, expected an "
+                               f"integer class in {bound}")
+        return int(value), rec.data
+
+
+def _key_label(value: float, where: str) -> int:
+    """A record key stored as a float32 label: finite, integral, non-negative."""
+    value = float(value)
+    if not (math.isfinite(value) and value == int(value) and 0 <= value <= _INT64_MAX):
+        raise BinfaceError(f"{where}: label {value} is not a record key (a non-negative "
+                           "integer)")
+    return int(value)
 
 
 # ----------------------------------------------------------------------------- face writer
@@ -405,7 +481,6 @@ class FaceRecordWriter:
     def __init__(self, prefix: str | os.PathLike, image_size: tuple[int, int] = (112, 112)):
         self.rec_path, self.idx_path = rec_paths(prefix)
         self.image_size = image_size
-        self.rec_path.parent.mkdir(parents=True, exist_ok=True)
         self._w = RecordWriter(self.rec_path, self.idx_path)
         self._w.write(0, pack_record([0.0, 0.0], b"", id=0))
         self._key = 1
@@ -435,7 +510,7 @@ class FaceRecordWriter:
 
     def close(self) -> None:
         """Write identity records and the real header record 0, then the ``property`` file."""
-        if self._w._rec.closed:
+        if self._w.closed:
             return
         id_start = self._key
         ends = self._firsts[1:] + [id_start]
@@ -452,10 +527,8 @@ class FaceRecordWriter:
         write_property(self.rec_path.parent / "property", self.num_classes, self.image_size)
 
     def abort(self) -> None:
-        """Close and delete the half-written files."""
-        self._w.close()
-        self.rec_path.unlink(missing_ok=True)
-        self.idx_path.unlink(missing_ok=True)
+        """Drop the half-written files; files already at the paths stay as they were."""
+        self._w.abort()
 
     def __enter__(self) -> FaceRecordWriter:
         return self
@@ -480,8 +553,8 @@ def write_face_rec(
 
 
 def write_property(path: str | os.PathLike, num_classes: int, size: tuple[int, int]) -> None:
-    """insightface's ``property`` file: ``num_classes,H,W``."""
-    Path(path).write_text(f"{num_classes},{size[0]},{size[1]}\n", encoding="ascii")
+    """insightface's ``property`` file: ``num_classes,H,W`` (written atomically)."""
+    write_text(path, f"{num_classes},{size[0]},{size[1]}\n")
 
 
 def read_property(path: str | os.PathLike) -> tuple[int, int, int] | None:
@@ -489,9 +562,14 @@ def read_property(path: str | os.PathLike) -> tuple[int, int, int] | None:
     path = Path(path)
     if not path.is_file():
         return None
-    text = path.read_text(encoding="ascii", errors="replace").strip()
+    raw = read_bytes(path, "property file not found")
+    text = raw[:200].decode("ascii", errors="replace").strip()
     try:
+        if len(raw) > 200:
+            raise ValueError
         n, h, w = (int(v) for v in text.split(","))
     except ValueError:
         raise BinfaceError(f"{path}: expected 'num_classes,H,W', got {text[:40]!r}") from None
+    if n < 1 or not (1 <= h <= 1 << 16 and 1 <= w <= 1 << 16):
+        raise BinfaceError(f"{path}: bad values in 'num_classes,H,W': {text[:40]!r}")
     return n, h, w

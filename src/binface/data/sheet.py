@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from binface.errors import BinfaceError
+from binface.fileio import write_with
+
 _CAPTION = 14  # pixels under each tile
 
 
@@ -19,10 +22,10 @@ def contact_sheet(
     row_labels: Sequence[str] | None = None,
     gap: int = 4,
 ) -> Path:
-    """Save ``rows`` of ``(H, W, 3)`` uint8 tiles as one PNG; return its path."""
+    """Save ``rows`` of ``(H, W, 3)`` uint8 tiles as one PNG (atomically); return its path."""
     if not rows or not any(len(r) for r in rows):
-        raise ValueError("a contact sheet needs at least one tile")
-    h, w = rows[0][0].shape[:2]
+        raise BinfaceError(f"{path}: nothing to show, a contact sheet needs at least one tile")
+    h, w = next(r[0] for r in rows if len(r)).shape[:2]
     ncol = max(len(r) for r in rows)
     font = ImageFont.load_default()
     label_w = 0
@@ -43,6 +46,9 @@ def contact_sheet(
             if captions and r < len(captions) and c < len(captions[r]):
                 draw.text((x + 1, y + h + 1), captions[r][c], fill=(0, 0, 0), font=font)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, optimize=True)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise BinfaceError(f"{path}: unknown image extension {path.suffix!r} for a contact "
+                           "sheet (use .png)")
+    write_with(path, lambda tmp: sheet.save(tmp, format=fmt, optimize=True))
     return path

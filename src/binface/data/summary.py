@@ -24,7 +24,7 @@ def summarize_rec(path: str | os.PathLike, progress: bool = True) -> dict:
         labels = np.empty(len(reader.image_keys), dtype=np.int64)
         for i, key in enumerate(tqdm(reader.image_keys, desc="scan", unit="rec",
                                      disable=not progress)):
-            labels[i] = int(reader.read_record(int(key)).labels[0])
+            labels[i] = reader.image(int(key))[0]
         _, counts = np.unique(labels, return_counts=True)
     reader.close()
     return {

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from binface.data.files import check_writable_dir
 from binface.data.recordio import FaceRecordWriter
 from binface.data.synth.faces import Identity, render, sample_identity, sample_nuisance, to_jpeg
 from binface.data.verification import write_pack
@@ -209,9 +210,10 @@ def generate(
                            f"identities x {images_per_identity} images")
     if not 0 <= difficulty <= 3:
         raise BinfaceError(f"difficulty must be in [0, 3], got {difficulty}")
+    check_seed(seed)
     sizes = _pack_pairs(pairs)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(out)
     workers = max(1, int(workers if workers is not None else (os.cpu_count() or 1)))
     start = time.perf_counter()
     train_specs = [(gid, (_TAG_TRAIN, gid, j), "train", None)
@@ -241,6 +243,23 @@ def generate(
     return result
 
 
+def check_seed(seed: int) -> int:
+    """The master seed: an integer in 0 .. 2**63 - 1 (numpy seeds are non-negative)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (
+        0 <= seed < 1 << 63
+    ):
+        raise BinfaceError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+    return int(seed)
+
+
+def output_files(out_dir: str | os.PathLike, pairs: int | dict[str, int] | None = None
+                 ) -> list[Path]:
+    """The files ``generate`` writes into ``out_dir`` for these pack sizes."""
+    out = Path(out_dir)
+    return [out / "train.rec", out / "train.idx", out / "property",
+            *(out / PACKS[name][0] for name in _pack_pairs(pairs))]
+
+
 def identity_sheet(
     path: str | os.PathLike,
     identities: int = 8,
@@ -250,6 +269,8 @@ def identity_sheet(
 ) -> Path:
     """PNG of sample identities (rows) across nuisance, profile views and age (columns)."""
     from binface.data.sheet import contact_sheet
+
+    check_seed(seed)
 
     columns = ["train"] * max(images - 4, 1) + ["lfw", "cfp_profile", "agedb", "agedb"]
     columns = columns[-images:] if images < len(columns) else columns
