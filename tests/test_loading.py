@@ -174,10 +174,10 @@ def test_check_outputs_refuses_existing_and_input_paths(tmp_path):
         check_outputs([src])
     check_outputs([src], overwrite=True)
     with pytest.raises(BinfaceError, match="also an input"):
-        check_outputs([src], overwrite=True, inputs=[src])
+        check_outputs([src], inputs=[src], overwrite=True)
     (tmp_path / "link.pt").symlink_to(src)
     with pytest.raises(BinfaceError, match="also an input"):
-        check_outputs([tmp_path / "link.pt"], overwrite=True, inputs=[src])
-    with pytest.raises(BinfaceError, match="is a folder"):
+        check_outputs([tmp_path / "link.pt"], inputs=[src], overwrite=True)
+    with pytest.raises(BinfaceError, match="is a directory"):
         check_outputs([tmp_path], overwrite=True)
     assert src.read_bytes() == b"ckpt"

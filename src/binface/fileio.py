@@ -21,8 +21,10 @@ from typing import IO
 
 from binface.errors import BinfaceError
 
-__all__ = ["atomic_write", "check_outputs", "stale_temporaries", "write_bytes", "write_text",
-           "write_with"]
+OVERWRITE_FLAG = "--overwrite"
+
+__all__ = ["OVERWRITE_FLAG", "atomic_write", "check_outputs", "check_writable_dir",
+           "stale_temporaries", "write_bytes", "write_text", "write_with"]
 
 
 @contextlib.contextmanager
@@ -92,31 +94,61 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
         raise
 
 
-def check_outputs(outputs: Iterable[str | os.PathLike], overwrite: bool = False,
-                  inputs: Iterable[str | os.PathLike] = ()) -> None:
-    """Refuse, before any work starts, to replace what exists or what is being read.
-
-    Each output that exists needs ``overwrite``; an output that is one of the
-    ``inputs`` (same file, by path or by inode) is refused even with ``overwrite``.
-    """
-    ins = [Path(p) for p in inputs]
-    for out in map(Path, outputs):
-        for src in ins:
-            if _same_file(out, src):
-                raise BinfaceError(f"the output {out} is also an input; write somewhere else")
-        if out.is_dir() and not out.is_symlink():
-            raise BinfaceError(f"the output {out} is a folder; give a file name")
-        if out.exists() and not overwrite:
-            raise BinfaceError(f"{out} exists; pass --overwrite to replace it")
-
-
-def _same_file(a: Path, b: Path) -> bool:
+def _same(a: Path, b: Path) -> bool:
     try:
         if a.exists() and b.exists():
             return os.path.samefile(a, b)
     except OSError:
         pass
-    return os.path.abspath(a) == os.path.abspath(b)
+    return a.resolve() == b.resolve()
+
+
+def check_outputs(
+    outputs: Iterable[str | os.PathLike],
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+) -> None:
+    """Refuse, before any work starts, outputs that would lose or cannot hold a file.
+
+    An output that is also an input is refused even with ``overwrite``; one that
+    exists is refused unless ``overwrite``; one whose folder cannot be created or
+    written is refused.
+    """
+    outs = [Path(p) for p in outputs]
+    ins = [Path(p) for p in inputs]
+    for i, out in enumerate(outs):
+        for src in ins:
+            if _same(out, src):
+                raise BinfaceError(f"{out}: the output is also an input; choose another output")
+        for other in outs[:i]:
+            if _same(out, other):
+                raise BinfaceError(f"{out}: the same file is given for two outputs")
+        if out.is_dir():
+            raise BinfaceError(f"{out}: is a directory, expected a file path")
+        if (out.exists() or out.is_symlink()) and not overwrite:
+            raise BinfaceError(f"{out}: already exists; pass {OVERWRITE_FLAG} to replace it")
+    for folder in dict.fromkeys(out.parent for out in outs):
+        check_writable_dir(folder)
+
+
+def check_writable_dir(folder: str | os.PathLike) -> None:
+    """Make sure files can be written in ``folder`` (created later if missing).
+
+    The nearest existing folder on the way is probed with a temporary file; no
+    folder is created here, so a refused command leaves nothing behind.
+    """
+    folder = Path(folder)
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if existing is None:
+        existing = Path.cwd()
+    if not existing.is_dir():
+        raise BinfaceError(f"cannot write in {folder}: {existing} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".binface-probe.", suffix=".tmp", dir=existing)
+    except OSError as exc:
+        raise BinfaceError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)
 
 
 def stale_temporaries(path: str | os.PathLike) -> list[Path]:
