@@ -15,11 +15,16 @@ from binface.nn import (
     BinarySeparableConv2d,
     BlurPool2d,
     DoReFa,
+    MagnitudeAwareSign,
     MaxPool2dSame,
     QuantConv2d,
+    QuantizedLayer,
+    QuantLinear,
+    RSign,
     SteSign,
     apply_weight_clip,
     same_padding,
+    set_kernel_quantization,
 )
 
 
@@ -188,3 +193,92 @@ def test_batchnorm_trains_on_one_value_per_channel():
     bn1 = BatchNorm1d(4)
     assert bn1(torch.randn(1, 4)).shape == (1, 4)
     torch.testing.assert_close(bn1(torch.ones(5, 4)), torch.zeros(5, 4))  # normal path
+
+
+# ---------------------------------------------------------------- the shared base
+def _layers():
+    return {
+        "conv": BinaryConv2d(6, 4, 3, stride=2, padding="same", bias=True,
+                             kernel_quantizer=MagnitudeAwareSign()),
+        "dw": BinaryDepthwiseConv2d(6, 3, padding=1, depth_multiplier=2,
+                                    input_quantizer=DoReFa(1, "weights"),
+                                    depthwise_quantizer=DoReFa(1, "weights")),
+        "sep": BinarySeparableConv2d(6, 5, 3, stride=2, padding=1, bias=True),
+        "linear": BinaryLinear(9, 7, bias=True),
+        "float": QuantConv2d(6, 4, 3, padding="same"),
+    }
+
+
+def _input(name):
+    return torch.randn(2, 9) if name == "linear" else torch.randn(2, 6, 9, 9)
+
+
+def test_quantized_layers_share_one_base_and_take_keywords():
+    for layer in _layers().values():
+        assert isinstance(layer, QuantizedLayer)
+    with pytest.raises(TypeError):
+        BinaryConv2d(3, 3, 3, 2)  # stride and the rest are keyword arguments
+    with pytest.raises(TypeError):
+        BinaryDepthwiseConv2d(3, 3, groups=3)  # fixed by the layer
+    dw = BinaryDepthwiseConv2d(4, 3, depth_multiplier=2, kernel_clip=0.5, bias_clip=0.25)
+    assert (dw.groups, dw.out_channels, dw.kernel_clip, dw.bias_clip) == (4, 8, 0.5, 0.25)
+    assert isinstance(dw.kernel_quantizer, SteSign) and isinstance(dw.input_quantizer, SteSign)
+    assert QuantLinear(3, 2).kernel_quantizer is None and BinaryLinear(3, 2).kernel_clip == 1.0
+
+
+def test_state_dict_keys():
+    conv = BinaryConv2d(4, 4, 3, bias=True, input_quantizer=RSign(4))
+    assert list(conv.state_dict()) == ["weight", "bias", "input_quantizer.shift"]
+    sep = BinarySeparableConv2d(4, 4, 1, bias=True)
+    assert list(sep.state_dict()) == ["depthwise_weight", "pointwise_weight", "bias"]
+
+
+@pytest.mark.parametrize("name", list(_layers()))
+def test_output_shape_is_the_forward_shape(name):
+    layer = _layers()[name]
+    x = _input(name)
+    assert layer.output_shape(x.shape) == list(layer(x).shape)
+
+
+@pytest.mark.parametrize("name", list(_layers()))
+def test_freeze_weights_keeps_the_outputs(name):
+    torch.manual_seed(5)
+    layer = _layers()[name].eval()
+    x = _input(name)
+    with torch.no_grad():
+        before = layer(x)
+        layer.freeze_weights()
+        after = layer(x)
+    assert torch.equal(before, after)
+    assert all(getattr(layer, q) is None for _, q in layer.kernels)
+    assert layer.input_quantizer is not None or name == "float"
+
+
+def test_freeze_weights_in_stage_one_keeps_the_latent_weights():
+    layer = BinaryConv2d(3, 3, 3)
+    set_kernel_quantization(layer, False)
+    w = layer.weight.detach().clone()
+    layer.freeze_weights()
+    assert torch.equal(layer.weight.detach(), w) and layer.kernel_quantizer is None
+
+
+def test_runtime_layer_states_what_runs():
+    layers = _layers()
+    conv = layers["conv"].runtime_layer([2, 6, 8, 8])
+    assert conv.kind == "conv" and conv.binary and conv.input == {"kind": "pos"}
+    assert conv.attrs["pads"] == [0, 1, 0, 1]  # TensorFlow: the extra row at the bottom
+    assert conv.attrs["stride"] == [2, 2] and conv.attrs["groups"] == 1
+    w = conv.weights["weight"]
+    scale = layers["conv"].weight.abs().mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(w.abs(), scale.expand_as(w))  # MagnitudeAwareSign's value
+    dw = layers["dw"].runtime_layer([2, 6, 8, 8])
+    assert dw.input == {"kind": "neg"} and dw.attrs["groups"] == 6 and dw.binary
+    assert dw.attrs["pads"] == [1, 1, 1, 1]
+    sep = layers["sep"].runtime_layer([2, 6, 8, 8])
+    assert sep.kind == "sep" and set(sep.weights) == {"dw_weight", "pw_weight"}
+    assert sep.attrs["pads"] == [1, 1, 1, 1] and sep.bias is layers["sep"].bias
+    lin = layers["linear"].runtime_layer([2, 9])
+    assert lin.kind == "linear" and lin.attrs == {} and lin.binary
+    flt = layers["float"].runtime_layer([2, 6, 8, 8])
+    assert flt.input == {"kind": "none"} and not flt.binary
+    assert torch.equal(flt.weights["weight"], layers["float"].weight)

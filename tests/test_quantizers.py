@@ -1,20 +1,26 @@
-"""Each quantizer's forward value and gradient against its formula (REFERENCE section 4)."""
+"""Each quantizer's forward value and gradient against its formula (docs/quantizers.md),
+and what it says it computes at runtime."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+import binface.errors
+import binface.runtime.errors
 from binface.nn import (
     ApproxSign,
     DoReFa,
     MagnitudeAwareSign,
     RPReLU,
     RSign,
+    SignQuantizer,
     SteSign,
     SwishSign,
     get_quantizer,
 )
+from binface.nn.quantizers import runtime_spec_of
 
 X = torch.tensor([-2.0, -1.3, -1.2, -1.0, -0.7, -0.3, -0.01, 0.0, 0.01, 0.3, 0.7, 1.0, 1.2,
                   1.3, 2.0], dtype=torch.float64)
@@ -164,3 +170,75 @@ def test_inference_path_gives_the_training_value(q):
         plain = q(x)
     trained = q(x.clone().requires_grad_(True))
     assert torch.equal(plain, trained.detach())
+
+
+# ---------------------------------------------------------------- runtime meaning
+@pytest.mark.parametrize("q,spec", [
+    (SteSign(1.25), {"kind": "pos"}), (ApproxSign(), {"kind": "pos"}),
+    (SwishSign(), {"kind": "pos"}), (DoReFa(1, "weights"), {"kind": "neg"}),
+    (DoReFa(2), {"kind": "dorefa", "k_bit": 2}), (DoReFa(1), {"kind": "dorefa", "k_bit": 1}),
+    (None, {"kind": "none"}),
+])
+def test_runtime_spec(q, spec):
+    assert runtime_spec_of(q) == spec
+
+
+@pytest.mark.parametrize("q", [SteSign(), ApproxSign(), SwishSign(), DoReFa(1, "weights"),
+                               DoReFa(3), RSign(4)])
+def test_runtime_spec_gives_the_forward_value(q):
+    """The engine's float meaning of each spec is the quantizer's own forward value."""
+    from binface.runtime.engine import quantize
+
+    if isinstance(q, RSign):
+        with torch.no_grad():
+            q.shift.copy_(torch.tensor([0.5, -0.25, 0.0, 1.0]))
+    x = torch.randn(2, 4, 5, 5)
+    x[0, :, 0, 0] = 0.0
+    x[1, :, 0, 0] = -0.0
+    spec = q.runtime_spec()
+    xs = x + spec["shift"].view(1, -1, 1, 1) if "shift" in spec else x
+    with torch.no_grad():
+        assert np.array_equal(quantize(xs.numpy(), spec), q(x).numpy())
+
+
+def test_rsign_runtime_shift_is_a_copy():
+    q = RSign(3)
+    shift = q.runtime_spec()["shift"]
+    assert torch.equal(shift, q.shift.detach()) and not shift.requires_grad
+    shift.add_(1.0)
+    assert torch.equal(q.shift.detach(), torch.zeros(3))
+
+
+@pytest.mark.parametrize("q,word", [(MagnitudeAwareSign(), "MagnitudeAwareSign"),
+                                    (DoReFa(2, "weights"), "DoReFa")])
+def test_runtime_spec_refuses_what_no_runtime_runs(q, word):
+    with pytest.raises(binface.errors.UnsupportedOpError, match=word) as e:
+        q.runtime_spec()
+    assert isinstance(e.value, binface.errors.BinfaceError) and "\n" not in str(e.value)
+    # one class, importable from where the runtimes always had it
+    assert binface.runtime.errors.UnsupportedOpError is binface.errors.UnsupportedOpError
+
+
+class _HardTanhSign(SignQuantizer):
+    """A quantizer that is new to binface: sign forward, hard-tanh gradient, defined here."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(-1, 1) + (torch.sign(x).add(0.5).sign() - x.clamp(-1, 1)).detach()
+
+
+def test_a_new_quantizer_runs_in_the_engine_without_registration(tmp_path):
+    """Capture asks the quantizer what it is: defining it is enough to export it."""
+    from torch import nn
+
+    from binface.nn import BinaryConv2d
+    from binface.runtime import export_packed, load_packed
+
+    torch.manual_seed(0)
+    model = nn.Sequential(BinaryConv2d(8, 4, 3, padding="same", input_quantizer=_HardTanhSign(),
+                                       kernel_quantizer=_HardTanhSign())).eval()
+    export_packed(model, tmp_path / "m.bfp", input_size=(5, 5), channels=8)
+    eng = load_packed(tmp_path / "m.bfp")
+    assert [op.node["op"] for op in eng.ops] == ["pack", "bconv"]
+    x = np.random.default_rng(0).standard_normal((2, 8, 5, 5), dtype=np.float32)
+    with torch.no_grad():
+        assert np.array_equal(eng.run(x), model(torch.from_numpy(x)).numpy())

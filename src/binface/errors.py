@@ -21,3 +21,11 @@ class UnknownModelError(BinfaceError, KeyError):
 
 class InputShapeError(BinfaceError, ValueError):
     """A tensor whose shape a model cannot take."""
+
+
+class UnsupportedOpError(BinfaceError, NotImplementedError):
+    """An operation or module the packed engine (or an exporter) cannot run; names it.
+
+    Defined here, not in ``binface.runtime``, so that layers and quantizers can say
+    themselves what a runtime cannot run (``binface.runtime.errors`` re-exports it).
+    """

@@ -9,8 +9,8 @@
 - ``MapToTokenAttention`` / ``TokenToMapAttention``: Mobile-Former's light-weight
   cross attention between a feature map and a few global tokens.
 
-Dense layers are constructor factories (``linear=nn.Linear``) so a later issue
-can binarise them. Products of two activations (QK^T, AV, ...) carry no weights,
+Dense layers are constructor factories (``linear=nn.Linear``): ``linear=BinaryLinear``
+binarises them. Products of two activations (QK^T, AV, ...) carry no weights,
 so the larq convention does not count them; each module reports them through
 ``extra_macs(inputs, output)`` (per sample, the profiler runs at batch 1) and the
 profiler sums them into ``macs_matmul``.

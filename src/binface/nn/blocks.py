@@ -1,9 +1,11 @@
 """Float building blocks of the lightweight face CNNs and hybrids (seed Table 1).
 
 Every block takes its convolutions and dense layers as constructor *factories*
-(``conv=nn.Conv2d``, ``linear=nn.Linear``) so that a later issue can binarise a
-block by passing a quantized layer class instead, without rewriting the block.
-A factory is called with the keyword arguments of ``nn.Conv2d`` / ``nn.Linear``.
+(``conv=nn.Conv2d``, ``linear=nn.Linear``). A factory is called with the keyword
+arguments of ``nn.Conv2d`` / ``nn.Linear`` (integer padding included), which the
+quantized layers take too: passing ``conv=BinaryConv2d`` (or a
+``functools.partial`` of it with other quantizers) and ``linear=BinaryLinear``
+makes a block binary without rewriting it (tests/test_binary_blocks.py).
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 A margin turns the cosine logits ``cos(theta_j)`` (normalised embedding against
 normalised class centre) into the target logit ``cos(m1 * theta_y + m2) - m3`` and
-scales everything by ``s`` (REFERENCE section 2). ArcFace is (1, 0.5, 0) with
-s = 64, CosFace (1, 0, 0.4). AdaFace adapts the margin to each sample's feature
-norm, a proxy for image quality.
+scales everything by ``s`` (docs/training.md, "Margin head and Partial FC").
+ArcFace is (1, 0.5, 0) with s = 64, CosFace (1, 0, 0.4). AdaFace adapts the margin
+to each sample's feature norm, a proxy for image quality.
 
 :class:`PartialFC` owns the class centres. Under ``torch.distributed`` each rank
 keeps a shard of them; the embeddings of the whole global batch are gathered, each

@@ -1,6 +1,6 @@
 """Quantizers: small modules with a forward value and a straight-through gradient.
 
-Each quantizer follows larq's definition (REFERENCE section 4). Without autograd
+Each quantizer follows larq's definition (docs/quantizers.md). Without autograd
 (inference, ``torch.export``, ONNX) a quantizer is only its forward value, a plain
 tensor op. When a gradient is needed, the sign quantizers run as small
 ``autograd.Function``s that keep one tensor for the backward pass (a mask, or x):
@@ -15,12 +15,20 @@ Attributes the profiler and the runtimes read:
   factor applied afterwards is allowed, see ``scaled``), so a layer with such
   quantizers on both operands runs as xor + popcount.
 - ``scaled``: ``True`` when the +-1 values are multiplied by a per-channel scale.
+- :meth:`Quantizer.runtime_spec`: what the quantizer computes on activations in a
+  runtime's terms (which sign rule, a learned shift), or a one-line
+  ``UnsupportedOpError``. The runtimes read only this, so a new quantizer is added
+  here alone.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from binface.errors import UnsupportedOpError
 
 
 def sign_pos(x: torch.Tensor) -> torch.Tensor:
@@ -109,21 +117,44 @@ class _DoReFa1Fn(torch.autograd.Function):
 
 
 class Quantizer(nn.Module):
-    """Base class: subclasses set ``precision``, ``pm_one`` and implement ``forward``."""
+    """Base class: subclasses set ``precision``, ``pm_one``, implement ``forward`` and,
+    when a runtime can run them on activations, :meth:`runtime_spec`."""
 
     precision: int = 32
     pm_one: bool = False
     scaled: bool = False
 
+    def runtime_spec(self) -> dict[str, Any]:
+        """What this quantizer computes on activations, in runtime terms.
+
+        ``{"kind": "pos"}``: sign with sign(0) = +1; ``{"kind": "neg"}``: sign with
+        sign(0) = -1; ``{"kind": "dorefa", "k_bit": k}``: k-bit DoReFa activations (a
+        float op). An optional ``"shift"`` (a per-channel tensor) is added to the
+        input before the sign. Quantizers no runtime can run raise a one-line
+        ``UnsupportedOpError``; this default does. See docs/quantizers.md.
+        """
+        raise UnsupportedOpError(f"quantizer {type(self).__name__} ({self.extra_repr()}) is "
+                                 "not supported by the packed engine")
+
     def extra_repr(self) -> str:
         return f"precision={self.precision}"
 
 
-class SteSign(Quantizer):
-    """sign(x) (sign(0) = +1); gradient 1 where |x| <= clip_value, else 0."""
+class SignQuantizer(Quantizer):
+    """A sign with sign(0) = +1 forward (larq's ste_sign value); subclasses pick the gradient.
+
+    Every such quantizer runs as the same ``pos`` sign: the gradient is training-only.
+    """
 
     precision = 1
     pm_one = True
+
+    def runtime_spec(self) -> dict[str, Any]:
+        return {"kind": "pos"}
+
+
+class SteSign(SignQuantizer):
+    """sign(x) (sign(0) = +1); gradient 1 where |x| <= clip_value, else 0."""
 
     def __init__(self, clip_value: float = 1.0) -> None:
         super().__init__()
@@ -138,25 +169,19 @@ class SteSign(Quantizer):
         return f"clip_value={self.clip_value}"
 
 
-class ApproxSign(Quantizer):
+class ApproxSign(SignQuantizer):
     """sign(x) (sign(0) = +1); gradient 2(1 - |x|) on [-1, 1] (Bi-Real Net)."""
-
-    precision = 1
-    pm_one = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _ApproxSignFn.apply(x) if _needs_grad(x) else sign_pos(x)
 
 
-class SwishSign(Quantizer):
+class SwishSign(SignQuantizer):
     """sign(x) (sign(0) = +1); gradient of the swish-shaped sign, beta (BNN+).
 
     d/dx = beta * (2 - beta * x * tanh(beta * x / 2)) / (1 + cosh(beta * x)),
     the derivative of 2 * sigmoid(beta x) * (1 + beta x (1 - sigmoid(beta x))) - 1.
     """
-
-    precision = 1
-    pm_one = True
 
     def __init__(self, beta: float = 5.0) -> None:
         super().__init__()
@@ -207,6 +232,20 @@ class DoReFa(Quantizer):
         t = t / (2.0 * t.abs().max()) + 0.5
         return 2.0 * _round_ste(t, levels) - 1.0
 
+    def runtime_spec(self) -> dict[str, Any]:
+        """``neg`` at one bit in weights mode, ``dorefa`` in activations mode.
+
+        The float formula at one bit also sends positive values below 2^-24 max|tanh x|
+        (of the whole batch) to -1, as 0.5 + tiny rounds to 0.5; ``neg`` does not copy
+        that rounding artefact (it would need a batch-wide max before any sign).
+        Multi-bit weights mode is a weight quantizer only.
+        """
+        if self.pm_one:
+            return {"kind": "neg"}
+        if self.mode == "activations":
+            return {"kind": "dorefa", "k_bit": self.k_bit}
+        return super().runtime_spec()
+
     def extra_repr(self) -> str:
         return f"k_bit={self.k_bit}, mode={self.mode!r}"
 
@@ -232,18 +271,20 @@ class MagnitudeAwareSign(Quantizer):
         scale = w.abs().mean(dim=dims, keepdim=True).detach() if dims else w.abs().detach()
         return scale * self._sign(w)
 
+    def runtime_spec(self) -> dict[str, Any]:
+        """A weight quantizer only: on activations its scale would depend on the batch."""
+        raise UnsupportedOpError("MagnitudeAwareSign as an input quantizer is not supported "
+                                 "by the packed engine (its scale depends on the batch)")
+
     def extra_repr(self) -> str:
         return f"clip_value={self.clip_value}"
 
 
-class RSign(Quantizer):
+class RSign(SignQuantizer):
     """ReActNet's RSign: a learnable per-channel shift, then sign (ApproxSign gradient).
 
     Output is sign(x + beta_c), sign(0) = +1; input is (N, C, ...).
     """
-
-    precision = 1
-    pm_one = True
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -253,6 +294,9 @@ class RSign(Quantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return self._sign(x + self.shift.view(shape))
+
+    def runtime_spec(self) -> dict[str, Any]:
+        return {"kind": "pos", "shift": self.shift.detach().float().clone()}
 
     def extra_repr(self) -> str:
         return f"channels={self.shift.numel()}"
@@ -296,6 +340,11 @@ def get_quantizer(spec: str | Quantizer | None, **kwargs) -> Quantizer | None:
 def precision_of(q: Quantizer | None) -> int:
     """Bits a quantizer produces; 32 for no quantizer (a float operand)."""
     return 32 if q is None else int(q.precision)
+
+
+def runtime_spec_of(q: Quantizer | None) -> dict[str, Any]:
+    """:meth:`Quantizer.runtime_spec`, and ``{"kind": "none"}`` for no quantizer."""
+    return {"kind": "none"} if q is None else q.runtime_spec()
 
 
 def is_pm_one(q: Quantizer | None) -> bool:

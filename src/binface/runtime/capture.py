@@ -1,9 +1,9 @@
 """Trace a PyTorch model into binface's runtime IR (torch side of the exporters).
 
 ``torch.export`` gives an ATen graph with a symbolic batch dimension. Before
-tracing, every quantized layer (``QuantConv2d``, ``BinarySeparableConv2d``,
-``QuantLinear``) and every free-standing quantizer is swapped, for the duration of
-the trace, for an opaque custom op, so the graph keeps one node per binary layer
+tracing, every quantized layer (a ``binface.nn.layers.QuantizedLayer``) and every
+free-standing quantizer is swapped, for the duration of the trace, for an opaque
+custom op, so the graph keeps one node per binary layer
 instead of its sign / pad / conv decomposition; the lowering (``lower.py``) then
 turns each such node into a packed xor + popcount op. Every other ATen op is
 mapped to an IR op with numpy semantics; subgraphs that depend on constants only
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import operator
 import types
 import warnings
@@ -31,16 +30,8 @@ import torch
 from torch import nn
 
 from binface.errors import BinfaceError
-from binface.nn.layers import BinarySeparableConv2d, QuantConv2d, QuantLinear, same_padding
-from binface.nn.quantizers import (
-    ApproxSign,
-    DoReFa,
-    MagnitudeAwareSign,
-    Quantizer,
-    RSign,
-    SteSign,
-    SwishSign,
-)
+from binface.nn.layers import QuantizedLayer
+from binface.nn.quantizers import Quantizer, runtime_spec_of
 from binface.runtime.errors import UnsupportedOpError
 
 Dim = int | list  # int, or [a, b] = a * N + b
@@ -67,32 +58,14 @@ class IRGraph:
 
 # ---------------------------------------------------------------- quantizer kinds
 def quantizer_kind(q: Quantizer | None) -> dict:
-    """What a quantizer computes, in runtime terms.
+    """What a quantizer computes, in runtime terms: the quantizer says it itself.
 
     ``pos``: sign with sign(0) = +1; ``neg``: sign with sign(0) = -1 (DoReFa at one
     bit); ``dorefa``: k-bit DoReFa activations, a float op; ``none``: no quantizer.
-    RSign's learned shift is returned as ``shift`` (added before the sign).
-
-    DoReFa's float formula also sends positive values below 2^-24 max|tanh x| (of the
-    whole batch) to -1, as 0.5 + tiny rounds to 0.5; ``neg`` does not copy that
-    rounding artefact (it needs a batch-wide max before any sign).
+    RSign's learned shift is ``shift`` (added before the sign). See
+    ``Quantizer.runtime_spec`` and docs/quantizers.md.
     """
-    if q is None:
-        return {"kind": "none"}
-    if isinstance(q, RSign):
-        return {"kind": "pos", "shift": q.shift.detach().float().numpy().copy()}
-    if isinstance(q, (SteSign, ApproxSign, SwishSign)):
-        return {"kind": "pos"}
-    if isinstance(q, DoReFa):
-        if q.k_bit == 1 and q.mode == "weights":
-            return {"kind": "neg"}
-        if q.mode == "activations":
-            return {"kind": "dorefa", "k_bit": q.k_bit}
-    if isinstance(q, MagnitudeAwareSign):
-        raise UnsupportedOpError("MagnitudeAwareSign as an input quantizer is not supported "
-                                 "by the packed engine (its scale depends on the batch)")
-    raise UnsupportedOpError(f"quantizer {type(q).__name__} ({q.extra_repr()}) is not "
-                             "supported by the packed engine")
+    return runtime_spec_of(q)
 
 
 # ---------------------------------------------------------------- inference copies
@@ -107,16 +80,8 @@ def inference_copy(model: nn.Module) -> nn.Module:
     """
     m = copy.deepcopy(model).eval()
     for mod in m.modules():
-        if isinstance(mod, (QuantConv2d, QuantLinear)) and mod.kernel_quantizer is not None:
-            mod.weight.copy_(mod.kernel_quantizer(mod.weight))
-            mod.kernel_quantizer = None
-        elif isinstance(mod, BinarySeparableConv2d):
-            for wname, qname in (("depthwise_weight", "depthwise_quantizer"),
-                                 ("pointwise_weight", "pointwise_quantizer")):
-                q = getattr(mod, qname)
-                if q is not None:
-                    getattr(mod, wname).copy_(q(getattr(mod, wname)))
-                    setattr(mod, qname, None)
+        if isinstance(mod, QuantizedLayer):
+            mod.freeze_weights()
     return m
 
 
@@ -124,20 +89,8 @@ def inference_copy(model: nn.Module) -> nn.Module:
 _LAYERS: dict[int, nn.Module] = {}
 
 
-def _out_hw(h: int, w: int, k, s, d, mode: str) -> tuple[int, int]:
-    if mode == "same":
-        return math.ceil(h / s[0]), math.ceil(w / s[1])
-    return ((h - (d[0] * (k[0] - 1) + 1)) // s[0] + 1, (w - (d[1] * (k[1] - 1) + 1)) // s[1] + 1)
-
-
 def _layer_out_shape(m: nn.Module, x: torch.Tensor) -> list:
-    if isinstance(m, QuantLinear):
-        return [*x.shape[:-1], m.out_features]
-    if isinstance(m, Quantizer):
-        return list(x.shape)
-    h, w = int(x.shape[-2]), int(x.shape[-1])
-    ho, wo = _out_hw(h, w, m.kernel_size, m.stride, m.dilation, m.pad_mode)
-    return [x.shape[0], m.out_channels, ho, wo]
+    return m.output_shape(x.shape) if isinstance(m, QuantizedLayer) else list(x.shape)
 
 
 @torch.library.custom_op("binface_rt::qlayer", mutates_args=())
@@ -151,7 +104,7 @@ def _qlayer_fake(x: torch.Tensor, index: int) -> torch.Tensor:
 
 
 def _is_opaque(m: nn.Module) -> bool:
-    return isinstance(m, (QuantConv2d, BinarySeparableConv2d, QuantLinear, Quantizer))
+    return isinstance(m, (QuantizedLayer, Quantizer))
 
 
 @contextlib.contextmanager
@@ -160,7 +113,7 @@ def opaque_quantized_layers(model: nn.Module):
     patched: list[nn.Module] = []
     inner: set[int] = set()
     for m in model.modules():
-        if isinstance(m, (QuantConv2d, BinarySeparableConv2d, QuantLinear)):
+        if isinstance(m, QuantizedLayer):
             inner.update(id(q) for q in m.modules() if q is not m)
     try:
         for m in model.modules():
@@ -373,52 +326,22 @@ class _Converter:
             k = quantizer_kind(m)
             self.emit("quant", [x], node, {"q": _jsonable_q(k)})
             if "shift" in k:
-                self.g.nodes[-1].attrs["shift"] = self.const(torch.from_numpy(k["shift"]))
+                self.g.nodes[-1].attrs["shift"] = self.const(k["shift"])
             return
         with torch.no_grad():
-            if isinstance(m, BinarySeparableConv2d):
-                attrs = {
-                    "layer": "sep", "in_q": None,
-                    "dw_weight": self.const(_qw(m.depthwise_quantizer, m.depthwise_weight)),
-                    "pw_weight": self.const(_qw(m.pointwise_quantizer, m.pointwise_weight)),
-                    "dw_binary": m.depthwise_quantizer is not None
-                    and bool(m.depthwise_quantizer.pm_one),
-                    "pw_binary": m.pointwise_quantizer is not None
-                    and bool(m.pointwise_quantizer.pm_one),
-                    "groups": m.in_channels,
-                }
-            elif isinstance(m, QuantConv2d):
-                attrs = {"layer": "conv", "weight": self.const(m.quantized_weight()),
-                         "groups": m.groups}
-            else:
-                attrs = {"layer": "linear", "weight": self.const(m.quantized_weight())}
-            attrs["w_binary"] = bool(getattr(m, "runtime_binary", False)) or (
-                attrs["layer"] == "sep" and attrs["dw_binary"] and attrs["pw_binary"])
+            spec = m.runtime_layer(shape_in)
+            attrs = {"layer": spec.kind}
+            attrs.update({name: self.const(w) for name, w in spec.weights.items()})
+            attrs["w_binary"] = spec.binary
             attrs["module"] = type(m).__name__
             attrs["source"] = self.paths.get(id(m), "")
-            k = quantizer_kind(m.input_quantizer)
-            attrs["in_q"] = _jsonable_q(k)
-            if "shift" in k:
-                attrs["in_shift"] = self.const(torch.from_numpy(k["shift"]))
-            if m.bias is not None:
-                attrs["bias"] = self.const(m.bias)
-            if attrs["layer"] != "linear":
-                kh, kw = m.kernel_size
-                sh, sw = m.stride
-                dh, dw = m.dilation
-                h, w = shape_in[2], shape_in[3]
-                if m.pad_mode == "same":
-                    pt, pb = same_padding(h, kh, sh, dh)
-                    pl, pr = same_padding(w, kw, sw, dw)
-                else:
-                    pt = pb = pl = pr = 0
-                attrs.update(kernel=[kh, kw], stride=[sh, sw], dilation=[dh, dw],
-                             pads=[pt, pb, pl, pr], pad_value=float(m.pad_values))
+            attrs["in_q"] = _jsonable_q(spec.input)
+            if "shift" in spec.input:
+                attrs["in_shift"] = self.const(spec.input["shift"])
+            if spec.bias is not None:
+                attrs["bias"] = self.const(spec.bias)
+            attrs.update(spec.attrs)
         self.emit("qlayer", [x], node, attrs)
-
-
-def _qw(q: Quantizer | None, w: torch.Tensor) -> torch.Tensor:
-    return q(w) if q is not None else w
 
 
 def _jsonable_q(k: dict) -> dict:

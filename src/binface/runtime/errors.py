@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from binface.errors import BinfaceError, InputShapeError
+from binface.errors import BinfaceError, InputShapeError, UnsupportedOpError
 
 
 class PackedFormatError(BinfaceError, ValueError):
     """A ``.bfp`` file that is corrupt, truncated, not ours, or of another format version."""
-
-
-class UnsupportedOpError(BinfaceError, NotImplementedError):
-    """An operation or module the packed engine (or an exporter) cannot run; names it."""
 
 
 class RuntimeUnavailableError(BinfaceError, RuntimeError):
