@@ -41,6 +41,7 @@ class TrainingError(BinfaceError):
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch: the weights and the head start from `seed`."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
