@@ -282,3 +282,38 @@ def test_train_cli_on_an_image_folder(tmp_path, capsys):
     assert main(args) == 2  # the run exists: never overwritten without asking
     assert "already holds a run" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
+
+
+# ---------------------------------------------------------------- construction
+def test_every_attribute_is_set_in_init_and_config_yaml_is_written(tmp_path):
+    t = Trainer(cfg_for(tmp_path, "train.max_steps=2"), model=TinyNet(), train_set=RandomFaces(),
+                progress=False)
+    before = set(vars(t))
+    assert t.family == "cnn" and t.optim_name == "sgd" and t.tb is None
+    assert (t.steps_per_epoch, t.total_steps, t.stop_step) == (6, 12, 2)
+    t.fit()
+    assert set(vars(t)) == before  # fit() adds no attribute of its own
+    assert t.tb is None  # closed at the end
+    assert load_config(tmp_path / "config.yaml") == t.cfg
+
+
+def test_family_of_an_unregistered_binary_module_picks_adam(tmp_path):
+    class Unregistered(TinyBinaryNet):
+        family = None  # judged from its layers, as binface.models.loading.family_of does
+
+    t = Trainer(cfg_for(tmp_path, "optim.name=auto", "optim.lr=auto"), model=Unregistered(),
+                train_set=RandomFaces(), progress=False)
+    assert t.family == "binary" and isinstance(t.opt, torch.optim.Adam)
+    assert t.opt.param_groups[0]["lr"] == 1e-3
+
+
+def test_epoch_batches_split_one_permutation_over_ranks():
+    from binface.train.data import EpochBatches
+
+    one = [i for b in EpochBatches(48, 8, 0, 1, seed=3, epoch=1) for i in b]
+    ranks = [list(EpochBatches(48, 4, r, 2, seed=3, epoch=1)) for r in range(2)]
+    merged = [i for b0, b1 in zip(*ranks, strict=True) for i in b0 + b1]
+    assert merged == one and len(one) == 48
+    resumed = [i for b in EpochBatches(48, 8, 0, 1, seed=3, epoch=1, start=2) for i in b]
+    assert resumed == one[16:]
+    assert one != [i for b in EpochBatches(48, 8, 0, 1, seed=3, epoch=2) for i in b]

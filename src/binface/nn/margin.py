@@ -16,6 +16,7 @@ shards. With one process and ``sample_rate=1.0`` it is the plain margin head.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -110,18 +111,21 @@ class AdaFace(nn.Module):
         return f"s={self.s}, m={self.m}, h={self.h}"
 
 
+MARGINS: dict[str, Callable[..., nn.Module]] = {
+    # name -> builder(s, m1, m2, m3, m); ``m`` None takes the head's own default
+    "arcface": lambda s, m1, m2, m3, m: ArcFace(s, 0.5 if m is None else m),
+    "cosface": lambda s, m1, m2, m3, m: CosFace(s, 0.4 if m is None else m),
+    "combined": lambda s, m1, m2, m3, m: CombinedMargin(s, m1, m2, m3),
+    "adaface": lambda s, m1, m2, m3, m: AdaFace(s, 0.4 if m is None else m),
+}
+
+
 def make_margin(name: str, s: float = 64.0, m1: float = 1.0, m2: float = 0.5, m3: float = 0.0,
                 m: float | None = None) -> nn.Module:
-    """A margin by name: ``arcface``, ``cosface``, ``combined`` or ``adaface``."""
-    if name == "arcface":
-        return ArcFace(s, 0.5 if m is None else m)
-    if name == "cosface":
-        return CosFace(s, 0.4 if m is None else m)
-    if name == "combined":
-        return CombinedMargin(s, m1, m2, m3)
-    if name == "adaface":
-        return AdaFace(s, 0.4 if m is None else m)
-    raise ValueError(f"unknown margin {name!r}; known: arcface, cosface, combined, adaface")
+    """A margin by name, one of :data:`MARGINS` (``arcface``, ``cosface``, ...)."""
+    if name not in MARGINS:
+        raise ValueError(f"unknown margin {name!r}; known: {', '.join(MARGINS)}")
+    return MARGINS[name](s, m1, m2, m3, m)
 
 
 # ---------------------------------------------------------------- distributed pieces

@@ -1,6 +1,11 @@
-"""Training configuration: defaults, then an experiment file, then ``key=value`` overrides.
+"""Training configuration: one schema, then an experiment file, then ``key=value`` overrides.
 
-The defaults below are the base config (``binface train --print-config`` shows it).
+:data:`SCHEMA` declares every key once: its default, its type (with choices or a
+range) and a line of help. The defaults (:data:`DEFAULTS`, ``binface train
+--print-config``), the validation and the key table (``binface train --list-keys``)
+are all derived from it; choices that mirror a registry (models, margins,
+optimisers, schedules) are read from that registry. See docs/training.md.
+
 An experiment file is YAML with the same nesting and may name another file as
 ``base:`` (relative to itself), which it then updates. Overrides on the command
 line use dotted keys (``optim.lr=0.01``) and YAML values (``data.val=[a.bin,b.bin]``).
@@ -9,113 +14,353 @@ Unknown keys and values of the wrong type or range are one-line errors.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from binface.errors import BinfaceError
+from binface.nn.margin import MARGINS
+from binface.train.optim import LR_SCHEDULES, OPTIMIZERS, WEIGHT_SCHEDULES
 
-DEFAULTS: dict[str, Any] = {
-    "model": "mobilefacenet",  # a name from `binface models`
-    "model_kwargs": {},  # extra arguments for create_model (e.g. embedding_size)
-    "data": {
-        "train": None,  # a .rec file (with .idx beside it) or a folder of identity folders
-        "val": [],  # verification packs (.bin) checked during training
-        "val_pairs": None,  # score only this many pairs per pack (10-fold layout kept)
-        "workers": 0,  # DataLoader worker processes
-        "skip_bad": False,  # skip unreadable training records with a warning
-    },
-    "head": {
-        "margin": "arcface",  # arcface | cosface | combined | adaface
-        "s": 64.0,
-        "m": None,  # the margin of arcface/cosface/adaface (None: 0.5 / 0.4 / 0.4)
-        "m1": 1.0,  # combined margin cos(m1 theta + m2) - m3
-        "m2": 0.5,
-        "m3": 0.0,
-        "sample_rate": 1.0,  # Partial FC: fraction of negative class centres per step
-    },
-    "optim": {
-        "name": "auto",  # sgd | adamw | adam | auto (adam for binary networks, else sgd)
-        "lr": "auto",  # auto: sgd 0.1 x global batch / 1024, adam(w) 1e-3
-        "momentum": 0.9,
-        "weight_decay": 5.0e-4,
-        "betas": [0.9, 0.999],
-    },
-    "schedule": {
-        "name": "polynomial",  # polynomial | cosine | constant
-        "power": 1.0,
-        "warmup_epochs": 0.0,
-        "min_lr": 0.0,
-    },
-    "train": {
-        "epochs": 20,  # may be fractional (0.5: half an epoch)
-        "batch_size": 128,  # per process
-        "grad_clip": 5.0,  # max gradient norm (0: off)
-        "amp": "none",  # none | bf16 | fp16 (fp16 on CUDA only)
-        "grad_accum": 1,
-        "seed": 0,
-        "two_stage": False,  # binary: real weights + binary activations first, then both
-        "stage1_fraction": 0.5,  # fraction of the steps in stage one
-        "max_steps": None,  # stop after this many optimiser steps
-        "log_every": 10,  # steps between log lines
-        "val_every": None,  # steps between verifications (None: at each epoch end)
-        "checkpoint_every": None,  # steps between "last" checkpoints (None: each epoch end)
-        "channels_last": False,
-        "device": "auto",  # auto | cpu | cuda
-    },
-    "output": "runs/experiment",
-    "teacher": None,  # a binface checkpoint (any family) to distil from
-    "distill": {
-        # each loss: a weight, or {weight: w, schedule: constant|linear_decay|linear_warmup}
-        "cosine": 0.0,  # 1 - cos(student, teacher) embedding
-        "l2": 0.0,  # MSE between embeddings
-        "margin": 0.0,  # MarginDistillation: towards the teacher's angles to its centres
-        "logit_kd": 0.0,  # KL of softened logits over the teacher's class centres
-        "temperature": 4.0,
-        "margin_m": 0.5,  # largest class margin of MarginDistillation
-    },
+
+def _bad(key: str, value: Any, want: str) -> BinfaceError:
+    return BinfaceError(f"config value {key}={value!r} is invalid: expected {want}")
+
+
+# ---------------------------------------------------------------- value types
+class Type:
+    """A kind of value: ``check`` returns it (normalised) or raises ValueError.
+
+    :class:`Key` turns the ValueError into the one-line error naming the key.
+    """
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def check(self, key: str, value: Any) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Int(Type):
+    lo: int | None = None
+
+    def describe(self) -> str:
+        return {None: "an integer", 0: "an integer >= 0", 1: "a positive integer"}.get(
+            self.lo, f"an integer >= {self.lo}")
+
+    def check(self, key: str, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or \
+                (self.lo is not None and value < self.lo):
+            raise ValueError
+        return value
+
+
+@dataclass(frozen=True)
+class Number(Type):
+    """A finite number in a range; '5e-4' is read as 5e-4 (YAML 1.1 leaves it a string)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself excluded
+
+    def describe(self) -> str:
+        if self.lo is None and self.hi is None:
+            return "a number"
+        if self.hi is None:
+            return f"a number {'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"a number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+
+    def check(self, key: str, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError from None  # no number: Key names what it expects
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value):
+            raise ValueError
+        low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+        if low or (self.hi is not None and value > self.hi):
+            raise ValueError
+        return value
+
+
+@dataclass(frozen=True)
+class Bool(Type):
+    def describe(self) -> str:
+        return "true or false"
+
+    def check(self, key: str, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError
+        return value
+
+
+@dataclass(frozen=True)
+class Text(Type):
+    """A string such as a path (a number is taken as its text: ``output=2024``)."""
+
+    what: str = "a string"
+
+    def describe(self) -> str:
+        return self.what
+
+    def check(self, key: str, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value:
+            raise ValueError
+        return value
+
+
+@dataclass(frozen=True)
+class OneOf(Type):
+    """One of fixed names, or of a registry's names (``choices`` a callable, read late)."""
+
+    choices: Sequence[str] | Callable[[], Sequence[str]]
+    what: str | None = None  # describes a long list instead of spelling it out
+
+    def names(self) -> list[str]:
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+    def describe(self) -> str:
+        return self.what or "one of " + ", ".join(self.names())
+
+    def check(self, key: str, value: Any) -> Any:
+        names = self.names()
+        if not isinstance(value, str) or value not in names:
+            close = difflib.get_close_matches(str(value), names, n=3, cutoff=0.6)
+            raise ValueError(f"did you mean {', '.join(close)}?" if close and self.what else "")
+        return value
+
+
+@dataclass(frozen=True)
+class Paths(Type):
+    """A list of paths; one path alone is read as a list of one."""
+
+    def describe(self) -> str:
+        return "a list of .bin paths"
+
+    def check(self, key: str, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError
+        return value
+
+
+@dataclass(frozen=True)
+class Mapping(Type):
+    """Free-form keyword arguments; ``key.name=value`` overrides set one of them."""
+
+    def describe(self) -> str:
+        return "a mapping"
+
+    def check(self, key: str, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError
+        return value
+
+
+@dataclass(frozen=True)
+class Betas(Type):
+    def describe(self) -> str:
+        return "two numbers in [0, 1)"
+
+    def check(self, key: str, value: Any) -> Any:
+        if not (isinstance(value, (list, tuple)) and len(value) == 2 and
+                all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                    for b in value)):
+            raise ValueError
+        return value
+
+
+@dataclass(frozen=True)
+class LossWeight(Type):
+    """A distillation loss: a weight, or ``{weight: w, schedule: name}``."""
+
+    def describe(self) -> str:
+        return "a weight >= 0, or {weight, schedule: " + "|".join(WEIGHT_SCHEDULES) + "}"
+
+    def check(self, key: str, value: Any) -> Any:
+        weight, schedule = distill_spec(value, key)
+        if weight < 0:
+            raise _bad(key, value, "a weight >= 0")
+        if schedule not in WEIGHT_SCHEDULES:
+            raise _bad(f"{key}.schedule", schedule, "one of " + ", ".join(WEIGHT_SCHEDULES))
+        return value
+
+
+def distill_spec(spec: Any, key: str) -> tuple[float, str]:
+    """(weight, schedule) of one distillation loss (``key`` e.g. distill.cosine)."""
+    if not key.startswith("distill."):
+        key = f"distill.{key}"
+    if isinstance(spec, bool):
+        raise _bad(key, spec, "a weight or {weight, schedule}")
+    if isinstance(spec, (int, float)):
+        return float(spec), "constant"
+    if isinstance(spec, dict) and set(spec) <= {"weight", "schedule"}:
+        w = spec.get("weight", 1.0)
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            raise _bad(f"{key}.weight", w, "a number")
+        return float(w), str(spec.get("schedule", "constant"))
+    raise _bad(key, spec, "a weight or {weight, schedule}")
+
+
+# ---------------------------------------------------------------- the schema
+@dataclass(frozen=True)
+class Key:
+    """One config key: default, type, one line of help; ``null``/``auto`` also accepted."""
+
+    default: Any
+    type: Type
+    help: str
+    null: bool = False  # null (None) is a valid value
+    auto: bool = False  # the string "auto" is a valid value
+
+    def describe(self) -> str:
+        text = self.type.describe()
+        if self.auto:
+            text = f"'auto' or {text}"
+        return f"{text} or null" if self.null else text
+
+    def check(self, key: str, value: Any) -> Any:
+        if (value is None and self.null) or (value == "auto" and self.auto):
+            return value
+        try:
+            return self.type.check(key, value)
+        except ValueError as exc:
+            hint = f" ({exc})" if str(exc) else ""
+            raise _bad(key, value, self.describe() + hint) from None
+
+
+def _models() -> list[str]:
+    from binface.models import list_models
+
+    return list_models()
+
+
+POSITIVE = Int(1)
+NONNEG = Number(0.0)
+FRACTION = Number(0.0, 1.0)
+
+SCHEMA: dict[str, Key] = {
+    "model": Key("mobilefacenet", OneOf(_models, "a model name from `binface models`"),
+                 "the network to train, by registry name"),
+    "model_kwargs": Key({}, Mapping(), "extra builder arguments (e.g. embedding_size)"),
+    "data.train": Key(None, Text("a .rec file or an image folder"),
+                      "a .rec file (with .idx beside it) or a folder of identity folders",
+                      null=True),
+    "data.val": Key([], Paths(), "verification packs (.bin) checked during training"),
+    "data.val_pairs": Key(None, POSITIVE, "score only this many pairs per pack (10-fold "
+                          "layout kept)", null=True),
+    "data.workers": Key(0, Int(0), "DataLoader worker processes"),
+    "data.skip_bad": Key(False, Bool(), "skip unreadable training records with a warning"),
+    "head.margin": Key("arcface", OneOf(lambda: list(MARGINS)), "the margin of the softmax head"),
+    "head.s": Key(64.0, NONNEG, "the logit scale s"),
+    "head.m": Key(None, Number(0.0, 2.0), "the margin of arcface/cosface/adaface (null: 0.5 "
+                  "/ 0.4 / 0.4)", null=True),
+    "head.m1": Key(1.0, Number(), "combined margin cos(m1 theta + m2) - m3: m1"),
+    "head.m2": Key(0.5, Number(), "combined margin: m2"),
+    "head.m3": Key(0.0, Number(), "combined margin: m3"),
+    "head.sample_rate": Key(1.0, Number(1e-6, 1.0), "Partial FC: fraction of negative class "
+                            "centres per step"),
+    "optim.name": Key("auto", OneOf(lambda: ["auto", *OPTIMIZERS]),
+                      "the optimiser (auto: adam for binary networks, else sgd)"),
+    "optim.lr": Key("auto", NONNEG, "learning rate (auto: sgd 0.1 x images per step / 1024, "
+                    "adam(w) 1e-3)", auto=True),
+    "optim.momentum": Key(0.9, FRACTION, "SGD momentum"),
+    "optim.weight_decay": Key(5.0e-4, NONNEG, "weight decay"),
+    "optim.betas": Key([0.9, 0.999], Betas(), "Adam(W) betas"),
+    "schedule.name": Key("polynomial", OneOf(lambda: list(LR_SCHEDULES)),
+                         "learning-rate schedule after the warm-up (per step)"),
+    "schedule.power": Key(1.0, NONNEG, "power of the polynomial decay"),
+    "schedule.warmup_epochs": Key(0.0, NONNEG, "linear warm-up length in epochs"),
+    "schedule.min_lr": Key(0.0, NONNEG, "learning rate at the end of the schedule"),
+    "train.epochs": Key(20, Number(0.0, lo_open=True), "epochs; may be fractional (0.5: half "
+                        "an epoch)"),
+    "train.batch_size": Key(128, POSITIVE, "images per micro-batch, per process"),
+    "train.grad_clip": Key(5.0, NONNEG, "max gradient norm (0: off)"),
+    "train.amp": Key("none", OneOf(("none", "bf16", "fp16")),
+                     "autocast precision (fp16 on CUDA only)"),
+    "train.grad_accum": Key(1, POSITIVE, "micro-batches per optimiser step"),
+    "train.seed": Key(0, Int(), "seed of the weights, the data order and the flips"),
+    "train.two_stage": Key(False, Bool(), "binary: real weights + binary activations first, "
+                           "then both binary"),
+    "train.stage1_fraction": Key(0.5, FRACTION, "fraction of the steps in stage one"),
+    "train.max_steps": Key(None, POSITIVE, "stop after this many optimiser steps", null=True),
+    "train.log_every": Key(10, POSITIVE, "steps between log lines"),
+    "train.val_every": Key(None, POSITIVE, "steps between verifications (null: each epoch "
+                           "end)", null=True),
+    "train.checkpoint_every": Key(None, POSITIVE, "steps between 'last' checkpoints (null: "
+                                  "each epoch end)", null=True),
+    "train.channels_last": Key(False, Bool(), "channels-last memory format"),
+    "train.device": Key("auto", OneOf(("auto", "cpu", "cuda")), "where to train (auto: CUDA "
+                        "when available)"),
+    "output": Key("runs/experiment", Text("a folder"), "the run's folder (checkpoints, "
+                  "log.jsonl, config.yaml)"),
+    "teacher": Key(None, Text("a checkpoint path"), "a binface checkpoint (any family) to "
+                   "distil from", null=True),
+    "distill.cosine": Key(0.0, LossWeight(), "1 - cos(student, teacher) embedding"),
+    "distill.l2": Key(0.0, LossWeight(), "MSE between embeddings"),
+    "distill.margin": Key(0.0, LossWeight(), "MarginDistillation: towards the teacher's angles "
+                          "to its centres"),
+    "distill.logit_kd": Key(0.0, LossWeight(), "KL of softened logits over the teacher's class "
+                            "centres"),
+    "distill.temperature": Key(4.0, Number(0.0, lo_open=True), "temperature of logit_kd"),
+    "distill.margin_m": Key(0.5, Number(0.0, 2.0), "largest class margin of MarginDistillation"),
 }
 
-CHOICES = {
-    "head.margin": ("arcface", "cosface", "combined", "adaface"),
-    "optim.name": ("auto", "sgd", "adamw", "adam"),
-    "schedule.name": ("polynomial", "cosine", "constant"),
-    "train.amp": ("none", "bf16", "fp16"),
-    "train.device": ("auto", "cpu", "cuda"),
-}
-SCHEDULES = ("constant", "linear_decay", "linear_warmup")
-DISTILL_LOSSES = ("cosine", "l2", "margin", "logit_kd")
+DISTILL_LOSSES = tuple(k.split(".", 1)[1] for k, v in SCHEMA.items()
+                       if isinstance(v.type, LossWeight))
+SECTIONS = tuple(dict.fromkeys(k.split(".")[0] for k in SCHEMA if "." in k))
+MAPPINGS = {k for k, v in SCHEMA.items() if isinstance(v.type, Mapping)}
 
 
-def _walk(d: dict, prefix: str = ""):
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *path, last = key.split(".")
+        node = out
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
+
+
+DEFAULTS: dict[str, Any] = _nest({k: v.default for k, v in SCHEMA.items()})
+
+
+def _walk(d: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every key, descending into the sections only."""
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and key not in ("model_kwargs",):
+        if isinstance(v, dict) and key in SECTIONS:
             yield from _walk(v, key + ".")
         else:
             yield key, v
 
 
-ALL_KEYS = {k for k, _ in _walk(DEFAULTS)}
-SECTIONS = {k for k, v in DEFAULTS.items() if isinstance(v, dict)}
-
-
 def _unknown(key: str, where: str) -> BinfaceError:
-    close = difflib.get_close_matches(key, sorted(ALL_KEYS | SECTIONS), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(key, [*SCHEMA, *SECTIONS], n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return BinfaceError(f"unknown config key {key!r} in {where}{hint}")
 
 
+# ---------------------------------------------------------------- layering
 def _merge(base: dict, update: dict, where: str, prefix: str = "") -> None:
     for k, v in update.items():
         key = f"{prefix}{k}"
         if k not in base:
             raise _unknown(key, where)
-        if isinstance(base[k], dict) and key != "model_kwargs":
+        if key in SECTIONS:
             if not isinstance(v, dict):
                 raise BinfaceError(f"config key {key!r} in {where} must be a mapping, got {v!r}")
             _merge(base[k], v, where, key + ".")
@@ -162,129 +407,34 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _set(cfg: dict, key: str, value: Any, where: str) -> None:
-    parts = key.split(".")
-    node = cfg
-    for i, p in enumerate(parts[:-1]):
-        sub = ".".join(parts[: i + 1])
-        if sub == "model_kwargs":
-            node = node.setdefault("model_kwargs", {})
-            continue
-        if p not in node or not isinstance(node[p], dict):
-            raise _unknown(key, where)
-        node = node[p]
-    last = parts[-1]
-    if not key.startswith("model_kwargs.") and last not in node:
+    """Set a dotted key; below a mapping-typed key (``model_kwargs.x``) any name goes."""
+    if key in SECTIONS:
+        raise BinfaceError(f"config key {key!r} in {where} is a section: set its keys "
+                           f"(e.g. {next(k for k in SCHEMA if k.startswith(key + '.'))}=...)")
+    mapping = next((m for m in MAPPINGS if key.startswith(m + ".")), None)
+    if key not in SCHEMA and mapping is None:
         raise _unknown(key, where)
+    *path, last = key.split(".")
+    node = cfg
+    for p in path:
+        node = node.setdefault(p, {})
     node[last] = value
 
 
-def _type_error(key: str, value: Any, want: str) -> BinfaceError:
-    return BinfaceError(f"config value {key}={value!r} is invalid: expected {want}")
-
-
-def _coerce_floats(cfg: dict) -> None:
-    """Read '5e-4' as 5e-4: PyYAML (YAML 1.1) leaves exponents without a dot as strings."""
-    for key, default in _walk(DEFAULTS):
-        if isinstance(default, float) or key in ("optim.lr", "head.m"):
-            *path, last = key.split(".")
-            node = cfg
-            for p in path:
-                node = node[p]
-            value = node[last]
-            if isinstance(value, str) and value != "auto":
-                with contextlib.suppress(ValueError):  # else validate() reports the type
-                    node[last] = float(value)
-
-
 def validate(cfg: dict) -> dict:
-    """Check types and ranges of every known key; returns ``cfg``."""
-    _coerce_floats(cfg)
-    flat = dict(_walk(cfg))
-    for key, choices in CHOICES.items():
-        if flat[key] not in choices:
-            raise _type_error(key, flat[key], "one of " + ", ".join(choices))
-
-    def positive_int(key: str, allow_none: bool = False) -> None:
-        v = flat[key]
-        if v is None and allow_none:
-            return
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise _type_error(key, v, "a positive integer" + (" or null" if allow_none else ""))
-
-    def number(key: str, lo: float | None = None, hi: float | None = None,
-               allow_none: bool = False) -> None:
-        v = flat[key]
-        if v is None and allow_none:
-            return
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise _type_error(key, v, "a number")
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            rng = f"in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-            raise _type_error(key, v, "a number " + rng)
-
-    for key in ("train.batch_size", "train.grad_accum", "train.log_every"):
-        positive_int(key)
-    number("train.epochs", 1e-9)
-    for key in ("train.max_steps", "train.val_every", "train.checkpoint_every", "data.val_pairs"):
-        positive_int(key, allow_none=True)
-    if isinstance(flat["data.workers"], bool) or not isinstance(flat["data.workers"], int) or \
-            flat["data.workers"] < 0:
-        raise _type_error("data.workers", flat["data.workers"], "an integer >= 0")
-    number("head.s", 0.0)
-    number("head.m", 0.0, 2.0, allow_none=True)
-    for k in ("head.m1", "head.m2", "head.m3"):
-        number(k)
-    number("head.sample_rate", 1e-6, 1.0)
-    if flat["optim.lr"] != "auto":
-        number("optim.lr", 0.0)
-    number("optim.momentum", 0.0, 1.0)
-    number("optim.weight_decay", 0.0)
-    number("schedule.power", 0.0)
-    number("schedule.warmup_epochs", 0.0)
-    number("schedule.min_lr", 0.0)
-    number("train.grad_clip", 0.0)
-    number("train.stage1_fraction", 0.0, 1.0)
-    number("distill.temperature", 1e-6)
-    number("distill.margin_m", 0.0, 2.0)
-    if not isinstance(flat["train.seed"], int) or isinstance(flat["train.seed"], bool):
-        raise _type_error("train.seed", flat["train.seed"], "an integer")
-    betas = flat["optim.betas"]
-    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and
-            all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
-        raise _type_error("optim.betas", betas, "two numbers in [0, 1)")
-    if not isinstance(cfg["model"], str):
-        raise _type_error("model", cfg["model"], "a model name")
-    if not isinstance(cfg["model_kwargs"], dict):
-        raise _type_error("model_kwargs", cfg["model_kwargs"], "a mapping")
-    val = cfg["data"]["val"]
-    if isinstance(val, str):
-        cfg["data"]["val"] = val = [val]
-    if not isinstance(val, list) or not all(isinstance(v, str) for v in val):
-        raise _type_error("data.val", val, "a list of .bin paths")
-    for name in DISTILL_LOSSES:
-        spec = cfg["distill"][name]
-        weight, sched = distill_spec(spec, name)
-        if weight < 0:
-            raise _type_error(f"distill.{name}", spec, "a weight >= 0")
-        if sched not in SCHEDULES:
-            raise _type_error(f"distill.{name}.schedule", sched, "one of " + ", ".join(SCHEDULES))
+    """Check every key against :data:`SCHEMA` (normalising in place); returns ``cfg``."""
+    for key, _ in _walk(cfg):
+        if key not in SCHEMA:
+            raise _unknown(key, "the config")
+    for key, spec in SCHEMA.items():
+        *path, last = key.split(".")
+        node = cfg
+        for p in path:
+            node = node[p]
+        node[last] = spec.check(key, node.get(last, copy.deepcopy(spec.default)))
     if cfg["train"]["amp"] == "fp16" and cfg["train"]["device"] == "cpu":
-        raise _type_error("train.amp", "fp16", "bf16 or none on CPU (fp16 needs CUDA)")
+        raise _bad("train.amp", "fp16", "bf16 or none on CPU (fp16 needs CUDA)")
     return cfg
-
-
-def distill_spec(spec: Any, name: str) -> tuple[float, str]:
-    """(weight, schedule) of one distillation loss from a number or a mapping."""
-    if isinstance(spec, bool):
-        raise _type_error(f"distill.{name}", spec, "a weight or {weight, schedule}")
-    if isinstance(spec, (int, float)):
-        return float(spec), "constant"
-    if isinstance(spec, dict) and set(spec) <= {"weight", "schedule"}:
-        w = spec.get("weight", 1.0)
-        if isinstance(w, bool) or not isinstance(w, (int, float)):
-            raise _type_error(f"distill.{name}.weight", w, "a number")
-        return float(w), str(spec.get("schedule", "constant"))
-    raise _type_error(f"distill.{name}", spec, "a weight or {weight, schedule}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:
@@ -300,3 +450,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
 
 def dump_config(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+
+
+def list_keys() -> str:
+    """The key table of ``binface train --list-keys``: key, type, default, help."""
+    rows = [("key", "type", "default", "help")]
+    rows += [(k, v.describe(), yaml.safe_dump([v.default], default_flow_style=True).strip()[1:-1],
+              v.help) for k, v in SCHEMA.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True))
+                     + "  " + r[3] for r in rows) + "\n"

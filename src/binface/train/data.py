@@ -1,9 +1,15 @@
-"""Training sets from a path: an insightface ``.rec`` or an aligned image folder."""
+"""Training data: a set from a path (``.rec`` or image folder) and its resumable batches.
+
+The data order and the flips are drawn from generators seeded by (seed, epoch),
+and flips are applied by the sampler's (index, flip) items rather than inside the
+workers, so a resumed run reads exactly the batches the uninterrupted run would.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -73,3 +79,49 @@ def open_train_dataset(path: str | os.PathLike, skip_bad: bool = False) -> Datas
         return RecordDataset(p if p.suffix == ".rec" else p.with_suffix(".rec"), train=False,
                              skip_bad=skip_bad)
     raise BinfaceError(f"training data {p} is neither a .rec file nor an image folder")
+
+
+class FlipIndexed(Dataset):
+    """Items addressed as (index, flip): flips come from the sampler, not the worker.
+
+    That makes augmentation a function of (seed, epoch) and so resumable exactly.
+    """
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+        if hasattr(base, "flip"):
+            base.flip = False
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, item: tuple[int, bool]):
+        index, flip = item
+        x, y = self.base[int(index)]
+        return (x.flip(-1) if flip else x), int(y)
+
+
+class EpochBatches:
+    """Per-process batches of (index, flip) for one epoch, from micro-batch ``start``.
+
+    Rank ``r`` of ``world`` takes every ``world``-th slice of ``batch`` images of one
+    permutation, so the processes together read the same images as one process
+    with a ``world`` times larger batch.
+    """
+
+    def __init__(self, n: int, batch: int, rank: int, world: int, seed: int, epoch: int,
+                 start: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        self.perm = torch.randperm(n, generator=g)
+        self.flips = torch.rand(n, generator=g) < 0.5
+        self.batch, self.rank, self.world, self.start = batch, rank, world, start
+        self.count = n // (batch * world)  # micro-batches per epoch (last partial dropped)
+
+    def __len__(self) -> int:
+        return self.count - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        for b in range(self.start, self.count):
+            lo = (b * self.world + self.rank) * self.batch
+            idx = self.perm[lo:lo + self.batch]
+            yield [(int(i), bool(self.flips[i])) for i in idx]

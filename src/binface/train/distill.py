@@ -1,7 +1,8 @@
 """Distillation from a trained binface model (any family) into the student being trained.
 
-The seed paper proposes a transformer teacher and a binary student. Losses, each
-with its own weight and schedule (config ``distill``):
+A typical pairing is a transformer teacher and a binary student (docs/training.md).
+The losses, each with its own weight and schedule (config ``distill``; the
+schedules are :data:`binface.train.optim.WEIGHT_SCHEDULES`):
 
 - ``cosine``: 1 - cos(P s, t) between the student's embedding s (projected by a
   learned linear map P when the sizes differ) and the teacher's t.
@@ -25,16 +26,7 @@ from torch import nn
 from binface.errors import BinfaceError
 from binface.models.loading import load_checkpoint, model_from_checkpoint
 from binface.train.config import DISTILL_LOSSES, distill_spec
-
-
-def weight_at(weight: float, schedule: str, step: int, total: int) -> float:
-    """A loss weight at ``step`` of ``total`` under its schedule."""
-    progress = min(max(step / max(total, 1), 0.0), 1.0)
-    if schedule == "linear_decay":
-        return weight * (1.0 - progress)
-    if schedule == "linear_warmup":  # ramps up over the first 20% of the run
-        return weight * min(1.0, progress / 0.2)
-    return weight
+from binface.train.optim import weight_at
 
 
 class Distiller(nn.Module):
@@ -43,7 +35,7 @@ class Distiller(nn.Module):
     def __init__(self, teacher_path: str, student_dim: int, cfg: dict, scale: float = 64.0):
         super().__init__()
         ckpt = load_checkpoint(teacher_path)
-        self.teacher = model_from_checkpoint(ckpt)
+        self.teacher = model_from_checkpoint(ckpt, where=f"teacher {teacher_path}")
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher_name = ckpt["model"]

@@ -1,9 +1,10 @@
 """The training loop: margin head, optimiser, schedule, checkpoints, verification, DDP.
 
-Short and readable in the spirit of insightface's arcface_torch. One optimiser
-step reads ``grad_accum`` micro-batches of ``batch_size`` images per process. The
-data order and the flips are drawn from generators seeded by (seed, epoch), so a
-resumed run reads exactly the batches that the uninterrupted run would have read.
+Short and readable in the spirit of insightface's arcface_torch (docs/training.md
+describes the recipe). :class:`Trainer` builds its parts in named steps (data,
+model, head, schedule, optimiser); :meth:`Trainer.fit` then runs the loop. One
+optimiser step reads ``grad_accum`` micro-batches of ``batch_size`` images per
+process, in an order that a resumed run reproduces exactly (:mod:`binface.train.data`).
 """
 
 from __future__ import annotations
@@ -18,85 +19,36 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from binface.errors import BinfaceError
+from binface.fileio import write_text
+from binface.models.loading import build_model, family_of, load_checkpoint
 from binface.nn import PartialFC, apply_weight_clip, make_margin, set_kernel_quantization
 from binface.train import distributed as D
-from binface.train.checkpoint import FORMAT, VERSION, load_checkpoint, save_atomic
+from binface.train.checkpoint import FORMAT, VERSION, save_atomic
+from binface.train.config import dump_config
+from binface.train.data import EpochBatches, FlipIndexed, open_train_dataset
+from binface.train.optim import OPTIMIZERS, lr_lambda
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingError(BinfaceError):
     """Training stopped (NaN loss, ...): the message says where and what was kept."""
 
 
-class FlipIndexed(Dataset):
-    """Items addressed as (index, flip): flips come from the sampler, not the worker.
-
-    That makes augmentation a function of (seed, epoch) and so resumable exactly.
-    """
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-        if hasattr(base, "flip"):
-            base.flip = False
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, item: tuple[int, bool]):
-        index, flip = item
-        x, y = self.base[int(index)]
-        return (x.flip(-1) if flip else x), int(y)
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch: the weights and the head start from `seed`."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
-class EpochBatches:
-    """Per-process batches of (index, flip) for one epoch, from micro-batch ``start``."""
-
-    def __init__(self, n: int, batch: int, rank: int, world: int, seed: int, epoch: int,
-                 start: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        self.perm = torch.randperm(n, generator=g)
-        self.flips = torch.rand(n, generator=g) < 0.5
-        self.batch, self.rank, self.world, self.start = batch, rank, world, start
-        self.count = n // (batch * world)  # micro-batches per epoch (last partial dropped)
-
-    def __len__(self) -> int:
-        return self.count - self.start
-
-    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
-        for b in range(self.start, self.count):
-            lo = (b * self.world + self.rank) * self.batch
-            idx = self.perm[lo:lo + self.batch]
-            yield [(int(i), bool(self.flips[i])) for i in idx]
-
-
-def lr_lambda(step: int, total: int, warmup: int, name: str, power: float,
-              min_ratio: float) -> float:
-    """Multiplier of the base learning rate at ``step`` (per iteration)."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if name == "constant":
-        return 1.0
-    progress = min(max((step - warmup) / max(total - warmup, 1), 0.0), 1.0)
-    if name == "cosine":
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return min_ratio + (1 - min_ratio) * (1 - progress) ** power
-
-
-def _family(name: str) -> str:
-    from binface.models import model_info
-
-    try:
-        return model_info(name).family
-    except BinfaceError:
-        return "custom"
-
-
-def _embedding_size(model: nn.Module, device: torch.device) -> int:
+def embedding_size(model: nn.Module, device: torch.device) -> int:
+    """The model's ``embedding_size``, or the width of its output on one 112x112 image."""
     size = getattr(model, "embedding_size", None)
     if size:
         return int(size)
@@ -119,88 +71,30 @@ class Trainer:
                  train_set: Dataset | None = None, resume: bool = False,
                  overwrite: bool = False, progress: bool = True) -> None:
         self.cfg = cfg
-        tc = cfg["train"]
-        self.info = D.setup(tc["device"])
+        self.info = D.setup(cfg["train"]["device"])
         self.device = self.info.device
         self.progress = progress and self.info.main
         self.out = Path(cfg["output"])
-        self._check_output(resume, overwrite)
-        self._seed(tc["seed"])
-
-        from binface.models import create_model
-        from binface.train.data import open_train_dataset
-
-        if train_set is None:
-            if not cfg["data"]["train"]:
-                raise BinfaceError("config key data.train is not set: give a .rec file or an "
-                                   "image folder (e.g. data.train=/data/ms1m/train.rec)")
-            train_set = open_train_dataset(cfg["data"]["train"], skip_bad=cfg["data"]["skip_bad"])
-        self.num_classes = int(getattr(train_set, "num_classes", 0) or 0)
-        if self.num_classes <= 0:
-            raise BinfaceError("the training set does not say how many classes it has")
-        self.data = FlipIndexed(train_set)
-        self.model_name = (cfg["model"] if model is None
-                           else getattr(model, "model_name", None) or type(model).__name__)
-        self.model = (model if model is not None
-                      else create_model(cfg["model"], **cfg["model_kwargs"])).to(self.device)
-        if tc["channels_last"]:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.family = getattr(self.model, "family", None) or _family(self.model_name)
-        self.embedding_size = _embedding_size(self.model, self.device)
-
-        hc = cfg["head"]
-        margin = make_margin(hc["margin"], hc["s"], hc["m1"], hc["m2"], hc["m3"], hc["m"])
-        self.head = PartialFC(margin, self.embedding_size, self.num_classes,
-                              hc["sample_rate"], seed=tc["seed"]).to(self.device)
-        self.distiller = None
-        if cfg["teacher"]:
-            from binface.train.distill import Distiller
-
-            self.distiller = Distiller(cfg["teacher"], self.embedding_size, cfg["distill"],
-                                       hc["s"]).to(self.device)
-            self.distiller.check_classes(self.num_classes)
-
-        self.global_batch = tc["batch_size"] * self.info.world
-        self.micro_per_epoch = len(self.data) // self.global_batch
-        if self.micro_per_epoch < tc["grad_accum"]:
-            raise BinfaceError(f"the training set has {len(self.data)} images: too few for one "
-                               f"step of {self.global_batch * tc['grad_accum']} (batch_size x "
-                               "processes x grad_accum)")
-        self.steps_per_epoch = self.micro_per_epoch // tc["grad_accum"]
-        self.total_steps = max(1, int(round(tc["epochs"] * self.steps_per_epoch)))
-        self.stop_step = min(self.total_steps, tc["max_steps"] or self.total_steps)
-        self.stage1_steps = (int(tc["stage1_fraction"] * self.total_steps)
-                             if tc["two_stage"] else 0)
-
-        self.opt = self._optimizer()
-        sc = cfg["schedule"]
-        warm = int(sc["warmup_epochs"] * self.steps_per_epoch)
-        base = self.opt.param_groups[0]["lr"]
-        min_ratio = sc["min_lr"] / base if base > 0 else 0.0
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_lambda(s, self.total_steps, warm, sc["name"], sc["power"],
-                                          min_ratio))
-        self.ddp = None
-        if self.info.world > 1:
-            self.ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        amp = tc["amp"]
-        if amp == "fp16" and self.device.type != "cuda":
-            raise BinfaceError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-
+        self._prepare_output(resume, overwrite)
+        seed_everything(cfg["train"]["seed"])
+        self._build_data(train_set)
+        self._build_model(model)
+        self._build_head()
+        self._build_schedule()
+        self._build_optimizer()
+        # the run's state: what a checkpoint saves and --resume restores
         self.step = 0
         self.epoch = 0
         self.micro_in_epoch = 0
         self.best: dict = {"accuracy": -1.0, "step": None, "results": {}}
         self.history: list[dict] = []
-        self.packs = None
+        self.packs: list | None = None  # verification packs, read at the first validation
+        self.tb = None  # a TensorBoard writer while fit() runs (when tensorboard is installed)
         if resume:
             self._resume()
 
-    # ------------------------------------------------------------------ setup helpers
-    def _check_output(self, resume: bool, overwrite: bool) -> None:
+    # ------------------------------------------------------------------ construction steps
+    def _prepare_output(self, resume: bool, overwrite: bool) -> None:
         last = self.out / "last.pt"
         if resume:
             if not last.is_file():
@@ -214,32 +108,90 @@ class Trainer:
                 for f in ("log.jsonl", "best.pt", "last.pt"):
                     (self.out / f).unlink(missing_ok=True)
 
-    @staticmethod
-    def _seed(seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+    def _build_data(self, train_set: Dataset | None) -> None:
+        """The training set (flips drawn by the sampler) and its number of classes."""
+        dc = self.cfg["data"]
+        if train_set is None:
+            if not dc["train"]:
+                raise BinfaceError("config key data.train is not set: give a .rec file or an "
+                                   "image folder (e.g. data.train=/data/ms1m/train.rec)")
+            train_set = open_train_dataset(dc["train"], skip_bad=dc["skip_bad"])
+        self.num_classes = int(getattr(train_set, "num_classes", 0) or 0)
+        if self.num_classes <= 0:
+            raise BinfaceError("the training set does not say how many classes it has")
+        self.data = FlipIndexed(train_set)
 
-    def _optimizer(self) -> torch.optim.Optimizer:
-        oc = self.cfg["optim"]
-        name = oc["name"]
-        if name == "auto":
-            name = "adam" if self.family == "binary" else "sgd"
-        self.optim_name = name
-        lr = oc["lr"]
-        if lr == "auto":
-            lr = 0.1 * self.global_batch * self.cfg["train"]["grad_accum"] / 1024 \
-                if name == "sgd" else 1e-3
+    def _build_model(self, model: nn.Module | None) -> None:
+        """The student: the given module or the config's registry model; DDP around it."""
+        tc = self.cfg["train"]
+        if model is None:
+            self.model_name = self.cfg["model"]
+            model = build_model(self.model_name, self.cfg["model_kwargs"], where="config")
+        else:
+            self.model_name = getattr(model, "model_name", None) or type(model).__name__
+        self.model = model.to(self.device)
+        if tc["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.family = family_of(self.model, self.model_name)
+        self.embedding_size = embedding_size(self.model, self.device)
+        self.ddp = None
+        if self.info.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _build_head(self) -> None:
+        """The margin head over (a shard of) the class centres, and the distiller if any."""
+        hc = self.cfg["head"]
+        margin = make_margin(hc["margin"], hc["s"], hc["m1"], hc["m2"], hc["m3"], hc["m"])
+        self.head = PartialFC(margin, self.embedding_size, self.num_classes,
+                              hc["sample_rate"], seed=self.cfg["train"]["seed"]).to(self.device)
+        self.distiller = None
+        if self.cfg["teacher"]:
+            from binface.train.distill import Distiller
+
+            self.distiller = Distiller(self.cfg["teacher"], self.embedding_size,
+                                       self.cfg["distill"], hc["s"]).to(self.device)
+            self.distiller.check_classes(self.num_classes)
+
+    def _build_schedule(self) -> None:
+        """Step counts: per epoch, in the whole run, where to stop, where stage two begins."""
+        tc = self.cfg["train"]
+        self.global_batch = tc["batch_size"] * self.info.world
+        self.images_per_step = self.global_batch * tc["grad_accum"]
+        micro_per_epoch = len(self.data) // self.global_batch
+        if micro_per_epoch < tc["grad_accum"]:
+            raise BinfaceError(f"the training set has {len(self.data)} images: too few for one "
+                               f"step of {self.images_per_step} (batch_size x processes x "
+                               "grad_accum)")
+        self.steps_per_epoch = micro_per_epoch // tc["grad_accum"]
+        self.total_steps = max(1, int(round(tc["epochs"] * self.steps_per_epoch)))
+        self.stop_step = min(self.total_steps, tc["max_steps"] or self.total_steps)
+        self.stage1_steps = (int(tc["stage1_fraction"] * self.total_steps)
+                             if tc["two_stage"] else 0)
+        self.val_every = tc["val_every"] or self.steps_per_epoch
+        self.checkpoint_every = tc["checkpoint_every"] or self.steps_per_epoch
+
+    def _build_optimizer(self) -> None:
+        """Optimiser (auto: Adam for binary networks), LR schedule, mixed precision."""
+        oc, sc, tc = self.cfg["optim"], self.cfg["schedule"], self.cfg["train"]
+        self.optim_name = oc["name"] if oc["name"] != "auto" else (
+            "adam" if self.family == "binary" else "sgd")
+        entry = OPTIMIZERS[self.optim_name]
+        lr = entry.auto_lr(self.images_per_step) if oc["lr"] == "auto" else oc["lr"]
         params = [p for p in self.model.parameters() if p.requires_grad]
         params += list(self.head.parameters())
         if self.distiller is not None:
-            params += [p for p in self.distiller.proj.parameters()]
-        wd = oc["weight_decay"]
-        if name == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=oc["momentum"], weight_decay=wd)
-        if name == "adamw":
-            return torch.optim.AdamW(params, lr=lr, betas=tuple(oc["betas"]), weight_decay=wd)
-        return torch.optim.Adam(params, lr=lr, betas=tuple(oc["betas"]), weight_decay=wd)
+            params += list(self.distiller.proj.parameters())
+        self.opt = entry.build(params, lr, oc)
+        warm = int(sc["warmup_epochs"] * self.steps_per_epoch)
+        min_ratio = sc["min_lr"] / lr if lr > 0 else 0.0
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_lambda(s, self.total_steps, warm, sc["name"], sc["power"],
+                                          min_ratio))
+        if tc["amp"] == "fp16" and self.device.type != "cuda":
+            raise BinfaceError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
+        self.amp_dtype = AMP_DTYPES[tc["amp"]]
+        self.scaler = torch.amp.GradScaler("cuda") if tc["amp"] == "fp16" else None
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
@@ -342,56 +294,62 @@ class Trainer:
             self.micro_in_epoch = 0
 
     def _log(self, record: dict) -> None:
+        """Keep ``record`` in ``history``; append it to log.jsonl (and TensorBoard) on rank 0."""
         self.history.append(record)
         if self.info.main:
-            with open(self.out / "log.jsonl", "a") as fh:
+            with open(self.out / "log.jsonl", "a") as fh:  # one line per record, as it comes
                 fh.write(json.dumps(record) + "\n")
-            if self._tb is not None:
+            if self.tb is not None:
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k != "step":
-                        self._tb.add_scalar(k, v, record["step"])
+                        self.tb.add_scalar(k, v, record["step"])
 
-    def _train_step(self, batches) -> tuple[float, dict]:
-        tc = self.cfg["train"]
-        net = self.ddp or self.model
+    def _open_run(self) -> None:
+        """Write the resolved config.yaml and open TensorBoard (rank 0)."""
+        if not self.info.main:
+            return
+        write_text(self.out / "config.yaml", dump_config(self.cfg))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        except Exception:  # tensorboard not installed: JSON lines only
+            self.tb = None
+
+    def _close_run(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+    def _train_mode(self) -> None:
+        """Modules in training mode; the binary recipe's stage two quantizes the kernels."""
         self.model.train()
         self.head.train()
         if self.distiller is not None:
             self.distiller.train()
         if self.stage1_steps:
             set_kernel_quantization(self.model, self.step >= self.stage1_steps)
-        self.opt.zero_grad(set_to_none=True)
-        total, parts = 0.0, {}
-        accum = tc["grad_accum"]
-        for micro in range(accum):
-            x, y = next(batches)
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device)
-            if tc["channels_last"]:
-                x = x.contiguous(memory_format=torch.channels_last)
-            sync = (self.ddp.no_sync() if self.ddp is not None and micro < accum - 1
-                    else nullcontext())
-            autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
-                        if self.amp_dtype is not None else nullcontext())
-            with sync:
-                with autocast:
-                    emb = net(x)
-                emb = emb.float().reshape(x.shape[0], -1)
-                loss = self.head(emb, y)
-                if self.distiller is not None:
-                    extra, logged = self.distiller(emb, x, y, self.step, self.total_steps)
-                    loss = loss + extra
-                    for k, v in logged.items():
-                        parts[k] = parts.get(k, 0.0) + v / accum
-                if not torch.isfinite(loss):
-                    return float(loss.detach()), parts
-                scaled = loss / accum
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            total += float(loss.detach()) / accum
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Margin loss (plus distillation) of one micro-batch; the logged distill parts."""
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
+                    if self.amp_dtype is not None else nullcontext())
+        with autocast:
+            emb = (self.ddp or self.model)(x)
+        emb = emb.float().reshape(x.shape[0], -1)
+        loss = self.head(emb, y)
+        if self.distiller is None:
+            return loss, {}
+        extra, logged = self.distiller(emb, x, y, self.step, self.total_steps)
+        return loss + extra, logged
+
+    def _optimizer_step(self) -> None:
+        """Unscale (fp16), clip the gradient norm, step, advance the schedule, clip weights."""
         if self.scaler:
             self.scaler.unscale_(self.opt)
-        if tc["grad_clip"]:
+        if self.cfg["train"]["grad_clip"]:
             params = [p for g in self.opt.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
+            torch.nn.utils.clip_grad_norm_(params, self.cfg["train"]["grad_clip"])
         if self.scaler:
             self.scaler.step(self.opt)
             self.scaler.update()
@@ -399,60 +357,85 @@ class Trainer:
             self.opt.step()
         self.sched.step()
         apply_weight_clip(self.model)
+
+    def _train_step(self, batches: Iterator) -> tuple[float, dict]:
+        """One optimiser step over ``grad_accum`` micro-batches: (mean loss, distill parts).
+
+        A non-finite loss returns at once, before any gradient is applied.
+        """
+        self._train_mode()
+        accum = self.cfg["train"]["grad_accum"]
+        self.opt.zero_grad(set_to_none=True)
+        total, parts = 0.0, {}
+        for micro in range(accum):
+            x, y = next(batches)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device)
+            if self.cfg["train"]["channels_last"]:
+                x = x.contiguous(memory_format=torch.channels_last)
+            # under DDP, gradients are all-reduced once, after the last micro-batch
+            sync = (self.ddp.no_sync() if self.ddp is not None and micro < accum - 1
+                    else nullcontext())
+            with sync:
+                loss, logged = self._loss(x, y)
+                for k, v in logged.items():
+                    parts[k] = parts.get(k, 0.0) + v / accum
+                if not torch.isfinite(loss):
+                    return float(loss.detach()), parts
+                scaled = loss / accum
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += float(loss.detach()) / accum
+        self._optimizer_step()
         return total, parts
+
+    def _stopped(self, loss: float) -> TrainingError:
+        kept = self.out / "last.pt"
+        where = (f"the last good checkpoint {kept} is kept" if kept.exists()
+                 else "no checkpoint had been written yet")
+        return TrainingError(f"loss is {loss} at step {self.step + 1} (epoch {self.epoch}): "
+                             f"training stopped; {where}. Lower optim.lr or set train.grad_clip")
+
+    def _due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.stop_step
+
+    def _verify(self) -> None:
+        """Verification on ``data.val``; a new best mean accuracy writes best.pt."""
+        results = self.validate()
+        if not results:
+            return
+        mean = float(np.mean([r["accuracy"] for r in results.values()]))
+        self._log({"step": self.step, "val": results, "val_mean": mean})
+        if mean > self.best["accuracy"]:
+            self.best = {"accuracy": mean, "step": self.step, "results": results}
+            self.save("best.pt")
 
     def fit(self) -> dict:
         """Train until ``stop_step``; returns the best verification results and paths."""
-        tc = self.cfg["train"]
-        self._tb = None
-        if self.info.main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.out / "tensorboard"))
-            except Exception:  # tensorboard not installed: JSON lines only
-                self._tb = None
-            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg, sort_keys=False))
+        self._open_run()
         batches = self._batches()
-        val_every = tc["val_every"] or self.steps_per_epoch
-        ckpt_every = tc["checkpoint_every"] or self.steps_per_epoch
         bar = tqdm(total=self.stop_step, initial=self.step, disable=not self.progress,
                    desc=f"train {self.model_name}", unit="step", dynamic_ncols=True)
-        images_per_step = self.global_batch * tc["grad_accum"]
         t0, seen = time.perf_counter(), 0
         try:
             while self.step < self.stop_step:
                 lr = self.opt.param_groups[0]["lr"]
                 loss, parts = self._train_step(batches)
                 if not math.isfinite(loss):
-                    kept = self.out / "last.pt"
-                    where = (f"the last good checkpoint {kept} is kept" if kept.exists()
-                             else "no checkpoint had been written yet")
-                    raise TrainingError(
-                        f"loss is {loss} at step {self.step + 1} (epoch {self.epoch}): training "
-                        f"stopped; {where}. Lower optim.lr or set train.grad_clip")
+                    raise self._stopped(loss)
                 self.step += 1
-                seen += images_per_step
+                seen += self.images_per_step
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
-                if self.step % tc["log_every"] == 0 or self.step == self.stop_step:
+                if self._due(self.cfg["train"]["log_every"]):
                     self._log({"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr,
                                "images_per_s": rate, **parts})
-                if self.step % val_every == 0 or self.step == self.stop_step:
-                    results = self.validate()
-                    if results:
-                        mean = float(np.mean([r["accuracy"] for r in results.values()]))
-                        self._log({"step": self.step, "val": results, "val_mean": mean})
-                        if mean > self.best["accuracy"]:
-                            self.best = {"accuracy": mean, "step": self.step, "results": results}
-                            self.save("best.pt")
-                if self.step % ckpt_every == 0 or self.step == self.stop_step:
+                if self._due(self.val_every):
+                    self._verify()
+                if self._due(self.checkpoint_every):
                     self.save("last.pt")
         finally:
             bar.close()
-            if self._tb is not None:
-                self._tb.close()
+            self._close_run()
         if self.stage1_steps:
             set_kernel_quantization(self.model, True)
         summary = {"model": self.model_name, "steps": self.step, "epochs": self.epoch,
