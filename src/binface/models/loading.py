@@ -63,10 +63,11 @@ def _refusal(path: Path, exc: BaseException) -> str:
     load it unsafely (which would run whatever the file holds)."""
     text = str(exc)
     found = re.search(r"GLOBAL ([\w.]+)", text)
-    if "Weights only load failed" in text or found:
-        what = f" ({found.group(1)})" if found else ""
-        return (f"{path} is refused: it holds objects a checkpoint never contains{what}; "
-                "nothing in it was run")
+    if found:
+        return (f"{path} is refused: it holds objects a checkpoint never contains "
+                f"({found.group(1)}); nothing in it was run")
+    if "Weights only load failed" in text or isinstance(exc, (KeyError, EOFError)):
+        return f"{path} is not a readable binface checkpoint (not a PyTorch file, or damaged)"
     return f"{path} is not a readable binface checkpoint ({_first_line(exc)})"
 
 
