@@ -7,7 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
-from binface.cli import positive_int
+from binface.cli_args import positive_int
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:

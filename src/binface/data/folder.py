@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
 
 from binface.data.images import FACE_SIZE, decode_image, encode_jpeg, resize
 from binface.data.recordio import FaceRecordWriter
 from binface.data.verification import write_pack
 from binface.errors import BinfaceError
+from binface.progress import progress as progress_bar
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -80,7 +80,7 @@ def pack_folder(
     classes = scan_folder(folder)
     total = sum(len(files) for _, files in classes)
     resized = skipped = 0
-    with FaceRecordWriter(out_prefix) as writer, tqdm(
+    with FaceRecordWriter(out_prefix) as writer, progress_bar(
         total=total, desc="pack", unit="img", disable=not progress
     ) as bar:
         label = 0  # an identity whose images were all skipped gets no label
@@ -164,7 +164,7 @@ def pairs_pack(
     bins: list[bytes] = []
     issame: list[bool] = []
     resized = 0
-    for a, b, same in tqdm(pairs, desc="pairs", unit="pair", disable=not progress):
+    for a, b, same in progress_bar(pairs, desc="pairs", unit="pair", disable=not progress):
         for p in (a, b):
             jpeg, was_resized = face_jpeg(p, quality=quality)
             bins.append(jpeg)

@@ -21,10 +21,10 @@ import torch
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from binface.errors import BinfaceError
 from binface.nn import PartialFC, apply_weight_clip, make_margin, set_kernel_quantization
+from binface.progress import progress as progress_bar
 from binface.train import distributed as D
 from binface.train.checkpoint import FORMAT, VERSION, load_checkpoint, save_atomic
 
@@ -416,8 +416,8 @@ class Trainer:
         batches = self._batches()
         val_every = tc["val_every"] or self.steps_per_epoch
         ckpt_every = tc["checkpoint_every"] or self.steps_per_epoch
-        bar = tqdm(total=self.stop_step, initial=self.step, disable=not self.progress,
-                   desc=f"train {self.model_name}", unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=self.stop_step, initial=self.step, disable=not self.progress,
+                           desc=f"train {self.model_name}", unit="step", dynamic_ncols=True)
         images_per_step = self.global_batch * tc["grad_accum"]
         t0, seen = time.perf_counter(), 0
         try:
