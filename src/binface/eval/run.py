@@ -1,4 +1,7 @@
-"""Embedding images and scoring verification packs (flip test, batches, subsets)."""
+"""Embedding images and scoring verification packs (flip test, batches, subsets).
+
+Preprocessing, flip test and pair subsets are described in docs/protocol.md.
+"""
 
 from __future__ import annotations
 
