@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from binface import __version__
+from binface.cli_args import parse_size
 from binface.errors import BinfaceError
 
 
@@ -20,31 +21,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``112`` or ``112x96`` -> (H, W); anything else is a one-line argparse error."""
-    parts = text.lower().split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2) or min(values) <= 0:
-        raise argparse.ArgumentTypeError(
-            f"input size must be a positive integer or HxW of integers, got {text!r}"
-        )
-    return (values[0], values[-1])
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a positive integer, or a one-line error."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 # ---------------------------------------------------------------- models

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from binface.errors import BinfaceError
+from binface.fileio import write_text, write_with
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def synth_data(plan: Plan, seed: int, data: Path | None = None) -> Path:
     synth.generate(data, identities=plan.identities,
                    images_per_identity=plan.images_per_identity, seed=seed,
                    difficulty=plan.difficulty, pairs=plan.pack_pairs)
-    done.write_text(json.dumps(asdict(plan)) + "\n")
+    write_text(done, json.dumps(asdict(plan)) + "\n")
     return data
 
 
@@ -92,7 +93,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = 
     """Run the demo; returns the table rows and writes the reports into ``out``."""
     import torch
 
-    from binface.eval.report import plot_roc, write_json, write_markdown
+    from binface.eval.report import plot_roc, write_report_json, write_report_markdown
     from binface.eval.run import evaluate_pack, load_eval_pack
     from binface.models import model_info
     from binface.models.loading import load_checkpoint, model_from_checkpoint
@@ -154,10 +155,10 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = 
             "data": str(data), "eval pairs per pack": plan.eval_pairs,
             "protocol": "insightface 10-fold, flip test", "minutes": round(elapsed / 60, 1)}
     table = demo_table(rows, plan)
-    (out / "table.txt").write_text(table)
-    write_json(results, out / "report.json", meta)
-    write_markdown(results, out / "report.md", "binface demo", meta)
-    (out / "demo.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_text(out / "table.txt", table)
+    write_report_json(results, out / "report.json", meta)
+    write_report_markdown(results, out / "report.md", "binface demo", meta)
+    write_text(out / "demo.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     plot_roc(results, out / "roc.png", "binface demo: synthetic benchmark")
     plot_accuracy_vs_cost(rows, out / "accuracy_vs_macs.png")
     print(table, end="")
@@ -238,8 +239,10 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
     ax.set_title("binface demo: accuracy against cost")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        write_with(path, fig.savefig)
+    finally:
+        plt.close(fig)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

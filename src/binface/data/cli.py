@@ -7,7 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
-from binface.cli import positive_int
+from binface.cli_args import positive_int
 from binface.data.files import OVERWRITE_FLAG, check_outputs
 from binface.errors import BinfaceError
 

@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from binface.data.files import read_bytes
 from binface.data.images import (
     FACE_SIZE,
@@ -22,6 +20,7 @@ from binface.data.images import (
 from binface.data.recordio import FaceRecordWriter
 from binface.data.verification import write_pack
 from binface.errors import BinfaceError
+from binface.progress import progress as progress_bar
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -117,7 +116,7 @@ def pack_folder(
     classes = scan_folder(folder, skip_bad=skip_bad)
     total = sum(len(files) for _, files in classes)
     resized = skipped = 0
-    with FaceRecordWriter(out_prefix) as writer, tqdm(
+    with FaceRecordWriter(out_prefix) as writer, progress_bar(
         total=total, desc="pack", unit="img", disable=not progress
     ) as bar:
         label = 0  # an identity whose images were all skipped gets no label
@@ -202,7 +201,7 @@ def pairs_pack(
     bins: list[bytes] = []
     issame: list[bool] = []
     resized = 0
-    for a, b, same in tqdm(pairs, desc="pairs", unit="pair", disable=not progress):
+    for a, b, same in progress_bar(pairs, desc="pairs", unit="pair", disable=not progress):
         for p in (a, b):
             jpeg, was_resized = face_jpeg(p, quality=quality)
             bins.append(jpeg)

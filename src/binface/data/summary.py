@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from binface.data.images import decode_image, resize
 from binface.data.recordio import FaceRecordReader
 from binface.data.sheet import contact_sheet
 from binface.data.verification import load_pack, sha256
 from binface.errors import BinfaceError
+from binface.progress import progress as progress_bar
 
 
 def summarize_rec(path: str | os.PathLike, progress: bool = True) -> dict:
@@ -22,7 +22,7 @@ def summarize_rec(path: str | os.PathLike, progress: bool = True) -> dict:
         counts = np.diff(reader.identity_ranges, axis=1)[:, 0]
     else:  # im2rec style: read every label
         labels = np.empty(len(reader.image_keys), dtype=np.int64)
-        for i, key in enumerate(tqdm(reader.image_keys, desc="scan", unit="rec",
+        for i, key in enumerate(progress_bar(reader.image_keys, desc="scan", unit="rec",
                                      disable=not progress)):
             labels[i] = reader.image(int(key))[0]
         _, counts = np.unique(labels, return_counts=True)

@@ -31,7 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from binface.eval.report import plot_roc, results_table, write_json, write_markdown
+    from binface.eval.report import (
+        plot_roc,
+        results_table,
+        write_report_json,
+        write_report_markdown,
+    )
     from binface.eval.run import evaluate_pack, load_eval_pack
     from binface.models.loading import load_checkpoint, model_from_checkpoint
 
@@ -52,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"checkpoint": str(ckpt_path), "model": ck["model"], "step": ck.get("step"),
             "protocol": args.protocol, "flip": not args.no_flip}
-    write_json(rows, out / "report.json", meta)
-    write_markdown(rows, out / "report.md", f"Verification of {ckpt_path.name}", meta)
+    write_report_json(rows, out / "report.json", meta)
+    write_report_markdown(rows, out / "report.md", f"Verification of {ckpt_path.name}", meta)
     plot_roc(rows, out / "roc.png", f"{ck['model']} ({ckpt_path.name})")
     print(results_table(rows), end="")
     print(f"reports: {out / 'report.json'}, {out / 'report.md'}, {out / 'roc.png'}")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from binface.fileio import write_text, write_with
+
 
 def results_table(rows: list[dict]) -> str:
     """One line per (model, pack): accuracy +- std, VAL@FAR=1e-3, TAR@FAR=1e-4, pairs."""
@@ -36,12 +38,15 @@ def _slim(r: dict) -> dict:
     return {k: v for k, v in r.items() if k != "roc"}
 
 
-def write_json(rows: list[dict], path: Path, meta: dict | None = None) -> None:
+def write_report_json(rows: list[dict], path: Path, meta: dict | None = None) -> None:
+    """``{"meta": ..., "results": [...]}``: every result without its ROC arrays."""
     payload = {"meta": meta or {}, "results": [_slim(r) for r in rows]}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
-def write_markdown(rows: list[dict], path: Path, title: str, meta: dict | None = None) -> None:
+def write_report_markdown(rows: list[dict], path: Path, title: str,
+                          meta: dict | None = None) -> None:
+    """A Markdown table of the results, with each pack's sha256 and the protocols used."""
     lines = [f"# {title}", ""]
     for k, v in (meta or {}).items():
         lines.append(f"- {k}: {v}")
@@ -56,7 +61,7 @@ def write_markdown(rows: list[dict], path: Path, title: str, meta: dict | None =
             f"{100 * r['tar_at_far']['1e-04']:.2f} | {pairs} | `{r.get('sha256', '')[:16]}` |")
     lines += ["", "Protocols:", ""]
     lines += [f"- {p}" for p in sorted({r["protocol_description"] for r in rows})]
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def plot_roc(rows: list[dict], path: Path, title: str = "ROC") -> None:
@@ -81,5 +86,7 @@ def plot_roc(rows: list[dict], path: Path, title: str = "ROC") -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        write_with(path, fig.savefig)
+    finally:
+        plt.close(fig)

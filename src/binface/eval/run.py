@@ -1,4 +1,7 @@
-"""Embedding images and scoring verification packs (flip test, batches, subsets)."""
+"""Embedding images and scoring verification packs (flip test, batches, subsets).
+
+Preprocessing, flip test and pair subsets are described in docs/protocol.md.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from binface.errors import BinfaceError
 from binface.eval.verification import verification_from_pack_embeddings
+from binface.progress import progress as progress_bar
 
 
 @dataclass
@@ -90,8 +93,8 @@ def embed_images(
     out = []
     desc = progress if isinstance(progress, str) else "embedding"
     try:
-        for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress,
-                          unit="batch", leave=False):
+        for start in progress_bar(range(0, len(images), batch_size), desc=desc,
+                                  disable=not progress, unit="batch", leave=False):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
             x = chunk.to(device).permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)
             if channels_last:

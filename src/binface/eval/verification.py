@@ -1,7 +1,7 @@
 """Face verification protocols on pairs of embeddings.
 
 The default, ``"insightface"``, is what papers report for LFW, CFP-FP and AgeDB-30
-(REFERENCE section 1.3): L2-normalised embeddings, squared L2 distance, thresholds
+(docs/protocol.md): L2-normalised embeddings, squared L2 distance, thresholds
 0.00 .. 3.99 step 0.01, 10 contiguous unshuffled folds; for each fold the threshold
 with the best accuracy on the other nine (first maximum on ties) scores the held-out
 fold; mean and population std (ddof=0) of the fold accuracies. VAL@FAR=1e-3 uses

@@ -3,8 +3,8 @@
 Float stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool), dense blocks whose layers are
 BN then a binary 3x3 conv (SteSign clip 1.3, zero padding) to 64 channels
 concatenated to their input, and float transitions that shrink the channels by
-``reduction`` (to a multiple of 32) after a 2x2 max-pool. Layout per REFERENCE
-section 4; blocks run at 28, 14, 7 and 3 pixels.
+``reduction`` (to a multiple of 32) after a 2x2 max-pool; blocks run at 28, 14, 7
+and 3 pixels. Layout: docs/architectures.md.
 """
 
 from __future__ import annotations

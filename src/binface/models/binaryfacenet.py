@@ -4,7 +4,7 @@ Every "qconv" is a conv with DoReFa(k=1, mode="weights") on input and kernel (bo
 +-1, sign(0) = -1), weight clip, no bias, then BN and, unless said, a PReLU with
 one slope per channel. The SE block squeezes with a chain of strided grouped
 qconvs instead of global pooling; a global and two local feature blocks follow,
-then two float embedding convs down to 1x1x128. Layout per REFERENCE section 4.
+then two float embedding convs down to 1x1x128. Layout: docs/architectures.md.
 
 The embedding convs belong to the backbone: the original Keras model ends with
 them and the seed's Table 2 counts them (336,640 of its 340,744 32-bit parameters

@@ -2,7 +2,7 @@
 
 Float stem and float transitions; every residual block is one binary 3x3 conv
 (SteSign clip 1.25 on input and kernel, "same" padding with +1, which LCE runs
-natively). Sections run at 28, 14, 7 and 3 pixels. Layout per REFERENCE section 4.
+natively). Sections run at 28, 14, 7 and 3 pixels. Layout: docs/architectures.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Complexity accounting in the larq convention (the seed's Table 2), from the real forward pass.
 
-Rules (REFERENCE section 3):
+Rules (docs/counting.md):
 
 - MACs are counted for convolutions and dense layers only: for every non-bias
   weight tensor, elements x output pixels (H x W for a conv, the token count for a

@@ -1,8 +1,8 @@
 """The seed paper's Table 2 (binary networks) beside binface's own count.
 
 The seed's Table 2 columns are ``larq.models.summary`` output, printed rounded in
-the paper (431.7M, 2.21 MB...); the exact figures below are those of REFERENCE
-section 3 (backbone only, 112x112x3, larq convention). binface's figures come from
+the paper (431.7M, 2.21 MB...); the exact figures below (backbone only, 112x112x3,
+larq convention) are listed in docs/counting.md. binface's figures come from
 walking the real forward pass (:func:`binface.profile.profile`).
 """
 

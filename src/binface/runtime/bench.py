@@ -195,9 +195,9 @@ def run_bench(spec: str, runtimes: list[str], threads: int = 1, batch: int = 1,
                          for i in range(rounds)]
             it = range(rounds)
             if progress:
-                from tqdm import tqdm
+                from binface.progress import progress as progress_bar
 
-                it = tqdm(it, desc=f"bench {art.name}", unit="round", leave=False)
+                it = progress_bar(it, desc=f"bench {art.name}", unit="round", leave=False)
             for i in it:
                 for w in workers:
                     w.times += w.ask({"cmd": "time", "n": per_round[i]})["times"]

@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from binface.cli import positive_int
+from binface.cli_args import positive_int
 from binface.errors import BinfaceError
 
 
 def _size_type(text: str) -> tuple[int, int]:
-    from binface.cli import parse_size
+    from binface.cli_args import parse_size
 
     return parse_size(text)
 

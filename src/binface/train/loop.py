@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from binface.errors import BinfaceError
 from binface.fileio import write_text
 from binface.models.loading import build_model, family_of, load_checkpoint
 from binface.nn import PartialFC, apply_weight_clip, make_margin, set_kernel_quantization
+from binface.progress import progress as progress_bar
 from binface.train import distributed as D
 from binface.train.checkpoint import FORMAT, VERSION, save_atomic
 from binface.train.config import dump_config
@@ -412,8 +412,8 @@ class Trainer:
         """Train until ``stop_step``; returns the best verification results and paths."""
         self._open_run()
         batches = self._batches()
-        bar = tqdm(total=self.stop_step, initial=self.step, disable=not self.progress,
-                   desc=f"train {self.model_name}", unit="step", dynamic_ncols=True)
+        bar = progress_bar(total=self.stop_step, initial=self.step, disable=not self.progress,
+                           desc=f"train {self.model_name}", unit="step", dynamic_ncols=True)
         t0, seen = time.perf_counter(), 0
         try:
             while self.step < self.stop_step:

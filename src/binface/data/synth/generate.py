@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from binface.data.files import check_writable_dir
 from binface.data.recordio import FaceRecordWriter
 from binface.data.synth.faces import Identity, render, sample_identity, sample_nuisance, to_jpeg
 from binface.data.verification import write_pack
 from binface.errors import BinfaceError
+from binface.progress import progress as progress_bar
 
 # pack name -> (file, real number of pairs)
 PACKS = {
@@ -227,7 +227,7 @@ def generate(
     renderer = _Renderer(min(workers, max(1, total // _CHUNK)))
     result = SynthResult(out, len(train_specs), identities)
     try:
-        with tqdm(total=total, desc="synth", unit="img", disable=not progress) as bar:
+        with progress_bar(total=total, desc="synth", unit="img", disable=not progress) as bar:
             with FaceRecordWriter(out / "train") as writer:
                 for (gid, *_), jpeg in zip(
                     train_specs, renderer.map(seed, difficulty, train_specs, bar), strict=True
