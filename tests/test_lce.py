@@ -321,7 +321,7 @@ def test_report_known_mix(tmp_path):
 
 
 def test_binaryfacenet_runs_no_binary_op(tmp_path):
-    """REFERENCE 5: LCE executes BinaryFaceNet with zero binary ops (DoReFa everywhere)."""
+    """docs/lce.md: LCE executes BinaryFaceNet with zero binary ops (DoReFa everywhere)."""
     from binface.runtime.lce import export_lce
 
     info = export_lce("binaryfacenet", tmp_path / "bfn.tflite")
