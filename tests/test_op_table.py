@@ -128,13 +128,13 @@ def test_every_aten_name_converts_to_its_op_once():
     assert set(aten.CONVERTERS) == set(names) | set(aten.PASSTHROUGH)
 
 
+_ATEN_FUNCS = {n.name: n for n in ast.parse(Path(aten.__file__).read_text()).body
+               if isinstance(n, ast.FunctionDef)}
+
+
 def _literal_calls_of(fn) -> set[str]:
     """The ops a converter function (and the helpers it calls by name) emits."""
-    import inspect
-
-    src = inspect.getsource(aten)
-    tree = ast.parse(src)
-    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    funcs = _ATEN_FUNCS
     seen, todo, ops = set(), [fn.__name__], set()
     while todo:
         name = todo.pop()
