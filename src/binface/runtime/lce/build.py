@@ -236,9 +236,11 @@ class TFBuilder:
 
     def op_unary(self, node, fn):
         v = self.x(node)
-        if fn not in UNARY:
-            raise UnsupportedOpError(f"LCE export: unary {fn!r} is not supported")
-        self.out(node, UNARY[fn].tf(self.tf, v.t), v.perm)
+        entry = UNARY.get(fn)
+        if entry is None or entry.tf is None:
+            why = f" ({entry.lce_refusal})" if entry is not None else ""
+            raise UnsupportedOpError(f"LCE export: unary {fn!r} is not supported{why}")
+        self.out(node, entry.tf(self.tf, v.t), v.perm)
 
     def op_clamp(self, node, min=None, max=None):  # noqa: A002 - IR attribute names
         tf = self.tf

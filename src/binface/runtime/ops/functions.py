@@ -24,11 +24,15 @@ _F32 = np.float32
 
 @dataclass(frozen=True)
 class Unary:
-    """``y = f(x)``: ATen op names, numpy function, TensorFlow function ``tf(tf, x)``."""
+    """``y = f(x)``: ATen op names, numpy function, TensorFlow function ``tf(tf, x)``.
+
+    ``tf`` is None when LCE export refuses the function; ``lce_refusal`` says why.
+    """
 
     aten: tuple[str, ...]
     np: Callable[[np.ndarray], np.ndarray]
-    tf: Callable[[Any, Any], Any]
+    tf: Callable[[Any, Any], Any] | None
+    lce_refusal: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,8 @@ UNARY: dict[str, Unary] = {
     "sqrt": Unary(("sqrt",), np.sqrt, lambda tf, z: tf.sqrt(z)),
     "rsqrt": Unary(("rsqrt",), lambda x: _F32(1) / np.sqrt(x), lambda tf, z: tf.math.rsqrt(z)),
     "abs": Unary(("abs",), np.abs, lambda tf, z: tf.abs(z)),
-    "erf": Unary(("erf",), K.erf, lambda tf, z: tf.math.erf(z)),
+    "erf": Unary(("erf",), K.erf, None, "TFLite has no erf kernel (the converter writes a "
+                 "custom 'Erf' op that LCE's interpreter cannot run)"),
     "reciprocal": Unary(("reciprocal",), lambda x: _F32(1) / x, lambda tf, z: 1.0 / z),
     "log": Unary(("log",), np.log, lambda tf, z: tf.math.log(z)),
     "sin": Unary(("sin",), np.sin, lambda tf, z: tf.sin(z)),
