@@ -96,6 +96,8 @@ UNARY: dict[str, Unary] = {
     "sin": Unary(("sin",), np.sin, lambda tf, z: tf.sin(z)),
     "cos": Unary(("cos",), np.cos, lambda tf, z: tf.cos(z)),
     "sign_raw": Unary(("sign",), np.sign, lambda tf, z: tf.sign(z)),
+    "mish": Unary(("mish",), lambda x: x * np.tanh(np.logaddexp(_F32(0), x)),
+                  lambda tf, z: z * tf.tanh(tf.math.softplus(z))),
 }
 
 BINARY: dict[str, Binary] = {
