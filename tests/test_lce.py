@@ -247,6 +247,44 @@ def test_float_layer_kinds(name, tmp_path):
     assert all(r.lce_op != "-" or "folded" in r.reason for r in report.rows)
 
 
+class _Unary(nn.Module):
+    """Unary functions of the runtime's table on one input in (0.5, 1.5), stacked on axis 1."""
+
+    def __init__(self, fns: list[str]) -> None:
+        super().__init__()
+        self.fns = fns
+
+    def forward(self, x):
+        from binface.runtime.ops.functions import UNARY
+
+        x = torch.sigmoid(x) + 0.5
+        # each function reads its own tensor: the converter matches TFLite's GELU only
+        # when the exact and the tanh form share no subexpression (docs/lce.md)
+        xs = [x + 0.01 * i for i in range(len(self.fns))]
+        return torch.stack([torch.ops.aten.gelu(xi, approximate="tanh") if fn == "gelu_tanh"
+                            else getattr(torch.ops.aten, UNARY[fn].aten[0])(xi)
+                            for fn, xi in zip(self.fns, xs, strict=True)], 1)
+
+
+def test_every_unary_function_converts_or_is_refused(tmp_path):
+    from binface.runtime.errors import UnsupportedOpError
+    from binface.runtime.lce import LceRunner, export_lce
+    from binface.runtime.ops.functions import UNARY
+
+    fns = sorted(fn for fn, entry in UNARY.items() if entry.tf is not None)
+    model = _Unary(fns).eval()
+    export_lce(model, tmp_path / "u.tflite", (3, 2), channels=2)
+    x = np.random.default_rng(0).standard_normal((2, 2, 3, 2)).astype(np.float32)
+    got = LceRunner(tmp_path / "u.tflite").run(x)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    for i, fn in enumerate(fns):
+        np.testing.assert_allclose(got[:, i], want[:, i], rtol=TOL, atol=TOL, err_msg=fn)
+    for fn in sorted(set(UNARY) - set(fns)):
+        with pytest.raises(UnsupportedOpError, match=f"unary '{fn}' is not supported"):
+            export_lce(_Unary([fn]), tmp_path / f"{fn}.tflite", (3, 2), channels=2)
+
+
 # ---------------------------------------------------------------- one model per family
 @pytest.mark.parametrize("name", ["mobilefacenet", "edgeface_xs"])
 def test_float_family_model(name, tmp_path):
@@ -321,7 +359,7 @@ def test_report_known_mix(tmp_path):
 
 
 def test_binaryfacenet_runs_no_binary_op(tmp_path):
-    """REFERENCE 5: LCE executes BinaryFaceNet with zero binary ops (DoReFa everywhere)."""
+    """docs/lce.md: LCE executes BinaryFaceNet with zero binary ops (DoReFa everywhere)."""
     from binface.runtime.lce import export_lce
 
     info = export_lce("binaryfacenet", tmp_path / "bfn.tflite")

@@ -1,13 +1,17 @@
-"""Runtimes: a bit-packed binary engine, ONNX export, and ``binface bench``.
+"""Runtimes: a bit-packed binary engine, ONNX and LCE export, and ``binface bench``.
 
 - ``export_packed(model, path)`` writes a ``.bfp`` (torch needed);
   ``load_packed(path)`` returns a :class:`~binface.runtime.engine.PackedEngine`
   whose ``run(x)`` needs numpy and numba only.
 - ``export_onnx(model, path)`` and ``load_onnx(path)`` (ONNX Runtime).
+- ``export_lce(model, path)`` writes an LCE ``.tflite`` for ARM; ``load_lce(path)``
+  returns an :class:`~binface.runtime.lce.LceRunner`; ``lce_available()`` says whether
+  the ``lce`` extra (TensorFlow, LCE) is installed.
 - ``measure(model_or_path, runtime, threads=1, batch=1, repeats=50)`` and
   ``run_bench(...)``: latency side by side.
 
-Names resolve lazily, so importing this package (for the engine) loads no torch.
+Names resolve lazily, so importing this package (for the engine) loads neither torch
+nor TensorFlow. The runtime's ops are declared in ``binface.runtime.ops.table``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ _API = {
     "export_onnx": "binface.runtime.onnx_rt",
     "load_onnx": "binface.runtime.onnx_rt",
     "OnnxRunner": "binface.runtime.onnx_rt",
+    "export_lce": "binface.runtime.lce",
+    "load_lce": "binface.runtime.lce",
+    "LceRunner": "binface.runtime.lce",
+    "lce_available": "binface.runtime.lce",
     "measure": "binface.runtime.bench",
     "run_bench": "binface.runtime.bench",
     "RUNTIMES": "binface.runtime.bench",

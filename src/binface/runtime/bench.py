@@ -339,12 +339,12 @@ def layer_times(engine, x: np.ndarray, repeats: int = 20) -> list[dict]:
 
     Runs in this process (no worker): meant for per-layer figures, not end to end.
     """
-    from binface.runtime.engine import _Ctx
+    from binface.runtime.engine import RunContext
 
     engine.run(x)
     samples: dict[int, list[float]] = {i: [] for i in range(len(engine.ops))}
     for _ in range(repeats):
-        ctx = _Ctx(x.shape[0], False)
+        ctx = RunContext(x.shape[0], False)
         env = dict(engine.consts)
         env[engine.input_name] = engine.check_input(x)
         for i, op in enumerate(engine.ops):

@@ -11,15 +11,15 @@ alone so that deployment needs no torch:
 
   - ``"format"``: ``"binface-packed"``;
   - ``"version"``: ``"1"`` (a reader refuses any other version);
-  - ``"graph"``: the graph as JSON (ops, attributes and tensor names; see
-    ``binface.runtime.engine`` for the op set);
+  - ``"graph"``: the graph as JSON (ops, attributes and tensor names; the op set
+    is ``binface.runtime.ops.table``);
   - ``"sha256"``: hex digest of the data section, so a corrupt file is refused;
 - the data section: each tensor's bytes in C order, little-endian.
 
 Binary weights are stored packed: ``uint64`` words, bit ``i`` of a word is input
 channel ``64 w + i`` of a group, bit set = -1 (the sign bit), so a layer's dot
-product is ``K - 2 popcount(x xor w)``. ``FORMAT.md`` beside this file specifies
-the graph and every op's tensors.
+product is ``K - 2 popcount(x xor w)``. docs/packed-format.md specifies the graph
+and every op's tensors.
 """
 
 from __future__ import annotations

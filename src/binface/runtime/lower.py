@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from binface.runtime.capture import IRGraph, Node
-from binface.runtime.engine import pack_bits
 from binface.runtime.errors import UnsupportedOpError
+from binface.runtime.ir import IRGraph, Node
+from binface.runtime.ops.layout import pack_bits
 
 CONV_LIKE = ("bconv", "bdwconv", "conv", "ewise")
 

@@ -1,0 +1,365 @@
+"""The engine's thin float ops: numpy semantics of the PyTorch op of the same name.
+
+The element-wise functions (``unary``, ``binary``, ``reduce``) come from
+:mod:`binface.runtime.ops.functions`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from binface.runtime.errors import UnsupportedOpError
+from binface.runtime.ops.base import Op
+from binface.runtime.ops.functions import BINARY, REDUCE, UNARY
+from binface.runtime.ops.layout import _F32, as_nchw, resolve
+
+
+class LinearOp(Op):
+    def __init__(self, node, tensors, graph) -> None:
+        super().__init__(node, tensors, graph)
+        self.w = self.t("weight")  # [K, O]
+        self.b = self.t("bias")
+
+    def __call__(self, env, ctx) -> None:
+        y = np.matmul(env[self.inputs[0]], self.w)
+        if self.b is not None:
+            y += self.b
+        env[self.outputs[0]] = y
+
+
+def _channel_shape(ndim: int, axis: int) -> tuple[int, ...]:
+    return (-1,) + (1,) * (ndim - axis - 1)
+
+
+class AffineOp(Op):
+    def __init__(self, node, tensors, graph) -> None:
+        super().__init__(node, tensors, graph)
+        self.scale, self.shift = self.t("scale"), self.t("shift")
+        self.axis = int(self.attrs.get("axis", 1))
+
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        s = _channel_shape(x.ndim, self.axis)
+        env[self.outputs[0]] = x * self.scale.reshape(s) + self.shift.reshape(s)
+
+
+class PReLUOp(Op):
+    def __init__(self, node, tensors, graph) -> None:
+        super().__init__(node, tensors, graph)
+        self.slope = self.t("slope")
+        self.axis = int(self.attrs.get("axis", 1))
+
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        s = self.slope
+        if s.size > 1:
+            s = s.reshape(_channel_shape(x.ndim, self.axis))
+        env[self.outputs[0]] = np.where(x >= 0, x, x * s)
+
+
+class UnaryOp(Op):
+    def __init__(self, node, tensors, graph) -> None:
+        super().__init__(node, tensors, graph)
+        fn = self.attrs["fn"]
+        if fn not in UNARY:
+            raise UnsupportedOpError(f"packed engine: unary function {fn!r} is not supported")
+        self.fn = UNARY[fn].np
+
+    def __call__(self, env, ctx) -> None:
+        env[self.outputs[0]] = self.fn(env[self.inputs[0]])
+
+
+class BinaryOp(Op):
+    def __init__(self, node, tensors, graph) -> None:
+        super().__init__(node, tensors, graph)
+        fn = self.attrs["fn"]
+        if fn not in BINARY:
+            raise UnsupportedOpError(f"packed engine: binary function {fn!r} is not supported")
+        self.fn = BINARY[fn].np
+
+    def __call__(self, env, ctx) -> None:
+        a, b = env[self.inputs[0]], env[self.inputs[1]]
+        y = self.fn(a, b)
+        env[self.outputs[0]] = y if y.dtype == _F32 else y.astype(_F32)
+
+
+class ClampOp(Op):
+    def __call__(self, env, ctx) -> None:
+        lo, hi = self.attrs.get("min"), self.attrs.get("max")
+        x = env[self.inputs[0]]
+        env[self.outputs[0]] = np.clip(x, None if lo is None else _F32(lo),
+                                       None if hi is None else _F32(hi))
+
+
+class QuantOp(Op):
+    """A free-standing quantizer on floats (when no binary layer consumes it)."""
+
+    def __init__(self, node, tensors, graph) -> None:
+        super().__init__(node, tensors, graph)
+        self.q = self.attrs["q"]
+        self.shift = self.t("shift")
+
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        if self.shift is not None:
+            x = x + self.shift.reshape(_channel_shape(x.ndim, 1))
+        env[self.outputs[0]] = quantize(x, self.q)
+
+
+def quantize(x: np.ndarray, q: dict) -> np.ndarray:
+    """The float value of a quantizer (``capture.quantizer_kind``) applied to ``x``."""
+    kind = q["kind"]
+    one, m1 = _F32(1), _F32(-1)
+    if kind == "pos":
+        return np.where(x >= 0, one, m1)
+    if kind == "neg":
+        return np.where(x > 0, one, m1)
+    if kind == "dorefa":
+        levels = _F32(2 ** q["k_bit"] - 1)
+        return (np.round(np.clip(x, _F32(0), one) * levels) / levels).astype(_F32)
+    if kind == "none":
+        return x
+    raise UnsupportedOpError(f"packed engine: quantizer kind {kind!r} is not supported")
+
+
+class SoftmaxOp(Op):
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        d = int(self.attrs["dim"])
+        e = np.exp(x - x.max(axis=d, keepdims=True))
+        env[self.outputs[0]] = e / e.sum(axis=d, keepdims=True)
+
+
+class LayerNormOp(Op):
+    def __init__(self, node, tensors, graph) -> None:
+        super().__init__(node, tensors, graph)
+        self.w, self.b = self.t("weight"), self.t("bias")
+
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        axes = tuple(range(x.ndim - int(self.attrs["ndim"]), x.ndim))
+        mu = x.mean(axis=axes, keepdims=True)
+        d = x - mu
+        var = (d * d).mean(axis=axes, keepdims=True)
+        y = d / np.sqrt(var + _F32(self.attrs["eps"]))
+        if self.w is not None:
+            y = y * self.w
+        if self.b is not None:
+            y = y + self.b
+        env[self.outputs[0]] = y
+
+
+class GroupNormOp(Op):
+    def __init__(self, node, tensors, graph) -> None:
+        super().__init__(node, tensors, graph)
+        self.w, self.b = self.t("weight"), self.t("bias")
+
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        n, c = x.shape[:2]
+        g = int(self.attrs["groups"])
+        xr = x.reshape(n, g, -1)
+        mu = xr.mean(axis=2, keepdims=True)
+        d = xr - mu
+        var = (d * d).mean(axis=2, keepdims=True)
+        y = (d / np.sqrt(var + _F32(self.attrs["eps"]))).reshape(x.shape)
+        s = _channel_shape(x.ndim, 1)
+        if self.w is not None:
+            y = y * self.w.reshape(s)
+        if self.b is not None:
+            y = y + self.b.reshape(s)
+        env[self.outputs[0]] = y
+
+
+class MatmulOp(Op):
+    def __call__(self, env, ctx) -> None:
+        env[self.outputs[0]] = np.matmul(env[self.inputs[0]], env[self.inputs[1]])
+
+
+class ReshapeOp(Op):
+    def __call__(self, env, ctx) -> None:
+        env[self.outputs[0]] = env[self.inputs[0]].reshape(resolve(self.attrs["shape"], ctx.n))
+
+
+class ExpandOp(Op):
+    def __call__(self, env, ctx) -> None:
+        env[self.outputs[0]] = np.broadcast_to(env[self.inputs[0]],
+                                               resolve(self.attrs["shape"], ctx.n))
+
+
+class PermuteOp(Op):
+    def __call__(self, env, ctx) -> None:
+        env[self.outputs[0]] = env[self.inputs[0]].transpose(self.attrs["dims"])
+
+
+class CatOp(Op):
+    """Concatenation; a DenseNet-style chain appends into one buffer (linear, not quadratic).
+
+    In a chain (``attrs["chain"]``) each cat's first input is the previous cat's
+    output: the head allocates the whole buffer, every cat copies only its new
+    channels and outputs a view of the channels so far.
+    """
+
+    def __call__(self, env, ctx) -> None:
+        chain = self.attrs.get("chain")
+        if chain is not None:
+            self.append(env, ctx, chain)
+            return
+        xs = [env[i] for i in self.inputs]
+        d = int(self.attrs["dim"]) % xs[0].ndim
+        if xs[0].ndim == 4 and d == 1:  # channels: keep channels-last
+            n, _, h, w = xs[0].shape
+            out = np.empty((n, h, w, sum(x.shape[1] for x in xs)), _F32)
+            c = 0
+            for x in xs:
+                out[..., c:c + x.shape[1]] = x.transpose(0, 2, 3, 1)
+                c += x.shape[1]
+            env[self.outputs[0]] = as_nchw(out)
+        else:
+            env[self.outputs[0]] = np.concatenate(xs, axis=d)
+
+
+    def append(self, env, ctx, chain) -> None:
+        first, new = env[self.inputs[0]], env[self.inputs[1]]
+        n, c0, h, w = first.shape
+        total, offset = int(self.attrs["total"]), int(self.attrs["offset"])
+        if self.attrs.get("head"):
+            buf = self.buffer(ctx, "chain", (n, h, w, total))
+            buf[..., :c0] = first.transpose(0, 2, 3, 1)
+            ctx.chains[chain] = buf
+        else:
+            buf = ctx.chains[chain]
+        end = offset + new.shape[1]
+        buf[..., offset:end] = new.transpose(0, 2, 3, 1)
+        out = self.outputs[0]
+        env[out] = as_nchw(buf[..., :end])
+        ctx.bases[out] = (buf, end)
+
+
+class StackOp(Op):
+    def __call__(self, env, ctx) -> None:
+        env[self.outputs[0]] = np.stack([env[i] for i in self.inputs], axis=self.attrs["dim"])
+
+
+class SliceOp(Op):
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        a = self.attrs
+        d = int(a["dim"]) % x.ndim
+        idx = (slice(None),) * d + (slice(a["start"], a["end"], a["step"]),)
+        env[self.outputs[0]] = x[idx]
+
+
+class SelectOp(Op):
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        env[self.outputs[0]] = np.take(x, self.attrs["index"], axis=self.attrs["dim"])
+
+
+class SplitOp(Op):
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        d = int(self.attrs["dim"])
+        cuts = np.cumsum(self.attrs["sizes"])[:-1]
+        parts = np.split(x, cuts, axis=d)
+        for name, part in zip(self.outputs, parts, strict=True):
+            env[name] = part.squeeze(d) if self.attrs.get("squeeze") else part
+
+
+class ReduceOp(Op):
+    def __init__(self, node, tensors, graph) -> None:
+        super().__init__(node, tensors, graph)
+        fn = self.attrs["fn"]
+        if fn not in REDUCE:
+            raise UnsupportedOpError(f"packed engine: reduction {fn!r} is not supported")
+        self.fn = REDUCE[fn].np
+
+    def __call__(self, env, ctx) -> None:
+        y = self.fn(env[self.inputs[0]], axis=tuple(self.attrs["dims"]),
+                    keepdims=self.attrs["keepdim"])
+        env[self.outputs[0]] = np.asarray(y, _F32)
+
+
+class VectorNormOp(Op):
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        p = float(self.attrs["ord"])
+        axes = tuple(self.attrs["dims"])
+        keep = self.attrs["keepdim"]
+        if p == 2:
+            y = np.sqrt((x * x).sum(axis=axes, keepdims=keep))
+        elif math.isinf(p):
+            y = np.abs(x).max(axis=axes, keepdims=keep)
+        elif p == 1:
+            y = np.abs(x).sum(axis=axes, keepdims=keep)
+        else:
+            y = (np.abs(x) ** _F32(p)).sum(axis=axes, keepdims=keep) ** _F32(1 / p)
+        env[self.outputs[0]] = np.asarray(y, _F32)
+
+
+class AdaptiveAvgPoolOp(Op):
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        oh, ow = self.attrs["size"]
+        h, w = x.shape[2:]
+        if oh == 1 and ow == 1:
+            env[self.outputs[0]] = x.mean(axis=(2, 3), keepdims=True, dtype=_F32)
+            return
+        y = np.empty(x.shape[:2] + (oh, ow), _F32)
+        for i in range(oh):
+            h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+            for j in range(ow):
+                w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
+                y[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+        env[self.outputs[0]] = y
+
+
+class PadOp(Op):
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        p = self.attrs["pads"]
+        width = [(0, 0)] * x.ndim
+        for i in range(len(p) // 2):
+            width[x.ndim - 1 - i] = (p[2 * i], p[2 * i + 1])
+        if any(a < 0 or b < 0 for a, b in width):
+            raise UnsupportedOpError("packed engine: negative padding (cropping) is not supported")
+        env[self.outputs[0]] = np.pad(x, width, constant_values=_F32(self.attrs["value"]))
+
+
+class InterpolateOp(Op):
+    def __call__(self, env, ctx) -> None:
+        x = env[self.inputs[0]]
+        oh, ow = self.attrs["size"]
+        h, w = x.shape[2:]
+        if self.attrs["mode"] == "nearest":
+            iy = np.minimum(np.floor(np.arange(oh) * (h / oh)).astype(int), h - 1)
+            ix = np.minimum(np.floor(np.arange(ow) * (w / ow)).astype(int), w - 1)
+            env[self.outputs[0]] = x[:, :, iy][:, :, :, ix]
+            return
+        ac = self.attrs.get("align_corners", False)
+        y0, y1, ly = _linear_index(h, oh, ac)
+        x0, x1, lx = _linear_index(w, ow, ac)
+        top = x[:, :, y0] * (1 - ly)[:, None] + x[:, :, y1] * ly[:, None]
+        env[self.outputs[0]] = (top[..., x0] * (1 - lx) + top[..., x1] * lx).astype(_F32)
+
+
+def _linear_index(size: int, out: int, align_corners: bool):
+    """PyTorch's source indices and weights for linear resizing along one axis."""
+    d = np.arange(out, dtype=np.float32)
+    if align_corners:
+        scale = np.float32((size - 1) / (out - 1)) if out > 1 else np.float32(0)
+        src = d * scale
+    else:
+        scale = np.float32(size / out)
+        src = np.maximum((d + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0))
+    i0 = src.astype(np.int64)
+    i1 = np.minimum(i0 + 1, size - 1)
+    lam = (src - i0).astype(np.float32)
+    return i0, i1, lam
+
+
+class FullLikeOp(Op):
+    def __call__(self, env, ctx) -> None:
+        env[self.outputs[0]] = np.full(env[self.inputs[0]].shape, self.attrs["value"], _F32)

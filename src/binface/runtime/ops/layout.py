@@ -1,0 +1,47 @@
+"""Memory layout helpers shared by the engine's ops and the lowering (numpy only).
+
+Values are numpy arrays in PyTorch's logical layout (NCHW, tokens ...); 4-D
+activations made by the engine's kernels are channels-last in memory (a
+transposed view), which is what the conv and packing kernels read without a copy,
+while numpy ops see the logical shape. Packed binary activations are uint64 words
+``[N, H + halo, W + halo, words]`` (see ``kernels.py`` and docs/packed-format.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_F32 = np.float32
+_DUMMY_F4 = np.zeros((1, 1, 1, 1), _F32)
+_DUMMY_U4 = np.zeros((1, 1, 1, 1), np.uint64)
+_DUMMY_I4 = np.zeros((1, 1, 1, 1), np.int32)
+_DUMMY_F2 = np.zeros((1, 1), _F32)
+_DUMMY_EP = np.zeros((6, 1), _F32)
+
+
+def pack_bits(neg: np.ndarray) -> np.ndarray:
+    """Bool array [..., C] (True = -1) -> uint64 words [..., ceil(C / 64)], bit i = channel i."""
+    c = neg.shape[-1]
+    words = (c + 63) // 64
+    padded = np.zeros(neg.shape[:-1] + (words * 64,), bool)
+    padded[..., :c] = neg
+    by = np.packbits(padded.reshape(neg.shape[:-1] + (words, 64)), axis=-1, bitorder="little")
+    return np.ascontiguousarray(by).view("<u8")[..., 0].astype(np.uint64)
+
+
+def resolve(dims: list, n: int) -> tuple[int, ...]:
+    """Concrete shape for batch size ``n`` (a dim is an int or [a, b] = a * n + b)."""
+    return tuple(d[0] * n + d[1] if isinstance(d, list) else int(d) for d in dims)
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    """The channels-last, C-contiguous float32 array of a logical NCHW array (no copy if it is)."""
+    v = x.transpose(0, 2, 3, 1)
+    if v.dtype != _F32 or not v.flags.c_contiguous:
+        v = np.ascontiguousarray(v, dtype=_F32)
+    return v
+
+
+def as_nchw(y: np.ndarray) -> np.ndarray:
+    """The logical NCHW view of a channels-last array."""
+    return y.transpose(0, 3, 1, 2)
