@@ -187,7 +187,7 @@ def test_runtime_spec(q, spec):
                                DoReFa(3), RSign(4)])
 def test_runtime_spec_gives_the_forward_value(q):
     """The engine's float meaning of each spec is the quantizer's own forward value."""
-    from binface.runtime.engine import quantize
+    from binface.runtime.ops.floats import quantize
 
     if isinstance(q, RSign):
         with torch.no_grad():
