@@ -60,7 +60,8 @@ def test_a_bad_value_of_each_key_is_one_line_naming_it(key):
     ("head.m=1e-1", True), ("head.m=null", True), ("head.m=2.5", False),
     ("optim.lr=auto", True), ("optim.lr=1e-3", True), ("optim.lr=-1", False),
     ("train.max_steps=null", True), ("data.train=null", True), ("output=null", False),
-    ("train.seed=-3", True), ("distill.cosine={weight: 2}", True),
+    ("train.seed=-3", False), ("train.seed=9223372036854775807", True),
+    ("train.seed=100000000000000000000000", False), ("distill.cosine={weight: 2}", True),
 ])
 def test_ranges_and_special_values(override, ok):
     if ok:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from binface.errors import BinfaceError
+from binface.cli_args import positive_int
+from binface.fileio import OVERWRITE_FLAG, check_outputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,14 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="a binface checkpoint (.pt)")
     p.add_argument("--pack", action="append", required=True, metavar="PACK.bin",
                    help="verification pack; repeat for several")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--no-flip", action="store_true", help="score single embeddings")
     p.add_argument("--protocol", default="insightface",
                    choices=["insightface", "best_threshold", "facexzoo"])
-    p.add_argument("--max-pairs", type=int, default=None,
+    p.add_argument("--max-pairs", type=positive_int, default=None,
                    help="score a fold-balanced subset of this many pairs per pack")
     p.add_argument("--out", default=None, help="report folder (default: eval/ beside the "
                    "checkpoint)")
+    p.add_argument(OVERWRITE_FLAG, action="store_true",
+                   help="replace report.json, report.md and roc.png if they exist")
     p.set_defaults(func=run)
 
 
@@ -40,11 +43,12 @@ def run(args: argparse.Namespace) -> int:
     from binface.eval.run import evaluate_pack, load_eval_pack
     from binface.models.loading import load_checkpoint, model_from_checkpoint
 
-    if args.batch_size <= 0:
-        raise BinfaceError(f"--batch-size must be positive, got {args.batch_size}")
     ckpt_path = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt_path.parent / "eval"
+    reports = [out / "report.json", out / "report.md", out / "roc.png"]
+    check_outputs(reports, inputs=[ckpt_path, *args.pack], overwrite=args.overwrite)
     ck = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ck)
+    model = model_from_checkpoint(ck, where=str(ckpt_path))
     rows = []
     with torch.no_grad():
         for path in args.pack:
@@ -53,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
                               protocol=args.protocol, progress=f"{pack.name}")
             r["model"] = ck["model"]
             rows.append(r)
-    out = Path(args.out) if args.out else ckpt_path.parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"checkpoint": str(ckpt_path), "model": ck["model"], "step": ck.get("step"),
             "protocol": args.protocol, "flip": not args.no_flip}
     write_report_json(rows, out / "report.json", meta)

@@ -6,34 +6,30 @@ import argparse
 import json
 from pathlib import Path
 
-from binface.cli_args import positive_int
+from binface.cli_args import parse_size, positive_int
 from binface.errors import BinfaceError
-
-
-def _size_type(text: str) -> tuple[int, int]:
-    from binface.cli_args import parse_size
-
-    return parse_size(text)
+from binface.fileio import OVERWRITE_FLAG, check_outputs
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from binface.models.loading import load_model
 
     fmt = args.format
-    out = Path(args.output) if args.output else None
     stem = Path(args.model).stem if Path(args.model).suffix else args.model
+    suffix = {"packed": ".bfp", "lce": ".tflite"}.get(fmt, ".onnx")
+    out = Path(args.output) if args.output else Path(f"{stem}{suffix}")
+    # before any work: never replace a file without --overwrite, never the input itself
+    check_outputs([out], inputs=[args.model], overwrite=args.overwrite)
     lm = load_model(args.model, args.input_size)  # once: a name means random weights
     if fmt == "packed":
         from binface.runtime.export import export_packed
 
-        out = out or Path(f"{stem}.bfp")
         info = export_packed(lm.model, out, lm.input_size, name=lm.name)
         msg = (f"wrote {out}: {info['binary_layers']} binary layers (xor + popcount), "
                f"{info['nodes']} ops, {info['bytes'] / 1024:.1f} KiB")
     elif fmt == "lce":
         from binface.runtime.lce import export_lce
 
-        out = out or Path(f"{stem}.tflite")
         info = export_lce(lm.model, out, lm.input_size, name=lm.name)
         report = info.pop("report")
         info["layers"] = report.to_dict()
@@ -46,7 +42,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         from binface.runtime.onnx_rt import export_onnx
 
-        out = out or Path(f"{stem}.onnx")
         info = export_onnx(lm.model, out, lm.input_size, opset=args.opset)
         msg = f"wrote {out}: ONNX opset {info['opset']}, dynamic batch, " \
               f"{info['bytes'] / 1024:.1f} KiB"
@@ -112,11 +107,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output format (default packed)")
     p.add_argument("-o", "--output", metavar="PATH", help="output file (default NAME.bfp, "
                    "NAME.onnx or NAME.tflite)")
-    p.add_argument("--input-size", type=_size_type, default=None, metavar="H[xW]",
+    p.add_argument("--input-size", type=parse_size, default=None, metavar="H[xW]",
                    help="input image size (default: the model's, else 112)")
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--check", action="store_true", help="compare the export with PyTorch on "
                    "random input")
+    p.add_argument(OVERWRITE_FLAG, action="store_true",
+                   help="replace the output file if it exists (never the input)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_run_export)
 
@@ -138,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--warmup", type=positive_int, default=5, help="untimed runs first (default 5)")
     b.add_argument("--rounds", type=positive_int, default=5, help="turns the timed runs are split "
                    "into (default 5)")
-    b.add_argument("--input-size", type=_size_type, default=None, metavar="H[xW]",
+    b.add_argument("--input-size", type=parse_size, default=None, metavar="H[xW]",
                    help="input image size (default: the model's, else 112)")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=_run_bench)

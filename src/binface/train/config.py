@@ -50,14 +50,18 @@ class Type:
 @dataclass(frozen=True)
 class Int(Type):
     lo: int | None = None
+    hi: int | None = None
 
     def describe(self) -> str:
+        if self.hi is not None:
+            return f"an integer in [{self.lo}, {self.hi}]"
         return {None: "an integer", 0: "an integer >= 0", 1: "a positive integer"}.get(
             self.lo, f"an integer >= {self.lo}")
 
     def check(self, key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or \
-                (self.lo is not None and value < self.lo):
+                (self.lo is not None and value < self.lo) or \
+                (self.hi is not None and value > self.hi):
             raise ValueError
         return value
 
@@ -291,7 +295,7 @@ SCHEMA: dict[str, Key] = {
     "train.amp": Key("none", OneOf(("none", "bf16", "fp16")),
                      "autocast precision (fp16 on CUDA only)"),
     "train.grad_accum": Key(1, POSITIVE, "micro-batches per optimiser step"),
-    "train.seed": Key(0, Int(), "seed of the weights, the data order and the flips"),
+    "train.seed": Key(0, Int(0, 2**63 - 1), "seed of the weights, the data order and the flips"),
     "train.two_stage": Key(False, Bool(), "binary: real weights + binary activations first, "
                            "then both binary"),
     "train.stage1_fraction": Key(0.5, FRACTION, "fraction of the steps in stage one"),
@@ -375,7 +379,13 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in seen:
         raise BinfaceError(f"config file {path} includes itself through 'base:'")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise BinfaceError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise BinfaceError(f"config file {path} nests too deeply to be a config") from None
+    except OSError as exc:
+        raise BinfaceError(f"config file {path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         at = f" (line {line + 1})" if line is not None else ""
@@ -401,7 +411,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key, value
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from binface.errors import BinfaceError
-from binface.fileio import write_text
+from binface.fileio import check_writable_dir, stale_temporaries, write_text
 from binface.models.loading import build_model, family_of, load_checkpoint
 from binface.nn import PartialFC, apply_weight_clip, make_margin, set_kernel_quantization
 from binface.progress import progress as progress_bar
@@ -34,6 +34,10 @@ from binface.train.data import EpochBatches, FlipIndexed, open_train_dataset
 from binface.train.optim import OPTIMIZERS, lr_lambda
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# the files of a run in its output folder
+RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl")
 
 
 class TrainingError(BinfaceError):
@@ -95,18 +99,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ construction steps
     def _prepare_output(self, resume: bool, overwrite: bool) -> None:
+        """Check the run folder before any work; nothing in it changes until ``fit()``."""
         last = self.out / "last.pt"
+        self.resumed = resume
+        if self.out.exists() and not self.out.is_dir():
+            raise BinfaceError(f"output={self.out} is a file, not a folder")
         if resume:
             if not last.is_file():
                 raise BinfaceError(f"--resume: no checkpoint {last} to resume from")
-        elif last.exists() and not overwrite:
-            raise BinfaceError(f"{self.out} already holds a run ({last.name}); use --resume to "
-                               "continue it, --overwrite to replace it, or another output=")
+        else:
+            held = [p.name for p in self._run_files() if p.exists()]
+            if held and not overwrite:
+                raise BinfaceError(f"{self.out} already holds a run ({', '.join(held)}); use "
+                                   "--resume to continue it, --overwrite to replace it, or "
+                                   "another output=")
         if self.info.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                for f in ("log.jsonl", "best.pt", "last.pt"):
-                    (self.out / f).unlink(missing_ok=True)
+            check_writable_dir(self.out)
+
+    def _run_files(self) -> list[Path]:
+        """What a run writes in its folder (and a new run replaces)."""
+        files = [self.out / f for f in RUN_FILES]
+        return files + sorted(self.out.glob("last.optim.rank*.pt")) if self.out.is_dir() \
+            else files
 
     def _build_data(self, train_set: Dataset | None) -> None:
         """The training set (flips drawn by the sampler) and its number of classes."""
@@ -221,7 +235,13 @@ class Trainer:
         }
 
     def save(self, name: str) -> Path | None:
+        """Write a checkpoint; weights that are not finite are never written (a checkpoint
+        on disk is always a good one)."""
         state = self._state()  # collective under DDP: every rank takes part
+        bad = [k for k, v in (*state["state_dict"].items(), *state["head_state"].items())
+               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise self._stopped(f"{len(bad)} non-finite weight tensors (e.g. {bad[0]})")
         if self.info.world > 1 and name == "last.pt":
             save_atomic(self.opt.state_dict(), self.out / f"last.optim.rank{self.info.rank}.pt")
         if not self.info.main:
@@ -305,9 +325,17 @@ class Trainer:
                         self.tb.add_scalar(k, v, record["step"])
 
     def _open_run(self) -> None:
-        """Write the resolved config.yaml and open TensorBoard (rank 0)."""
+        """Start writing the run folder: a new run first removes the run it replaces
+        (allowed by --overwrite, checked at construction) and temporaries a killed
+        writer left; then config.yaml, and TensorBoard when installed (rank 0)."""
         if not self.info.main:
             return
+        self.out.mkdir(parents=True, exist_ok=True)
+        for path in self._run_files():
+            for tmp in stale_temporaries(path):
+                tmp.unlink(missing_ok=True)
+            if not self.resumed and path.name != "config.yaml":
+                path.unlink(missing_ok=True)
         write_text(self.out / "config.yaml", dump_config(self.cfg))
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -387,12 +415,17 @@ class Trainer:
         self._optimizer_step()
         return total, parts
 
-    def _stopped(self, loss: float) -> TrainingError:
+    def _stopped(self, what: float | str) -> TrainingError:
+        """The error of a diverged run: a non-finite loss, or weights (``what``)."""
         kept = self.out / "last.pt"
         where = (f"the last good checkpoint {kept} is kept" if kept.exists()
                  else "no checkpoint had been written yet")
-        return TrainingError(f"loss is {loss} at step {self.step + 1} (epoch {self.epoch}): "
-                             f"training stopped; {where}. Lower optim.lr or set train.grad_clip")
+        if isinstance(what, str):
+            when = f"{what} after step {self.step} (epoch {self.epoch})"
+        else:
+            when = f"loss is {what} at step {self.step + 1} (epoch {self.epoch})"
+        return TrainingError(f"{when}: training stopped; {where}. Lower optim.lr or set "
+                             "train.grad_clip")
 
     def _due(self, every: int) -> bool:
         return self.step % every == 0 or self.step == self.stop_step
