@@ -25,6 +25,7 @@ from binface.data.recordio import (
     write_property,
 )
 from binface.data.verification import load_pack, read_pack_raw, write_pack
+from binface.lazy import lazy_exports
 
 _LAZY = {  # public name -> (module, name there), imported on first use
     "RecordDataset": ("binface.data.dataset", "RecordDataset"),
@@ -67,16 +68,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'binface.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -22,6 +22,7 @@ from binface.eval.verification import (
     verification,
     verification_from_pack_embeddings,
 )
+from binface.lazy import lazy_exports
 
 _LAZY = {  # name -> module, imported on first use (they import torch)
     "Pack": "binface.eval.run",
@@ -49,15 +50,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'binface.eval' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

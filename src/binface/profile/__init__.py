@@ -8,6 +8,7 @@ docs/counting.md); the seed paper's tables are rebuilt beside binface's count by
 The table helpers build the model zoo, so they are loaded on first use.
 """
 
+from binface.lazy import lazy_exports
 from binface.profile.counter import LayerProfile, Profile, profile
 
 _LAZY = {  # name -> module, imported on first use
@@ -34,15 +35,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'binface.profile' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

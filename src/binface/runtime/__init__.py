@@ -16,11 +16,11 @@ nor TensorFlow. The runtime's ops are declared in ``binface.runtime.ops.table``.
 
 from __future__ import annotations
 
-import importlib
+from binface.lazy import lazy_exports
 
 _API = {
     "export_packed": "binface.runtime.export",
-    "load_model": "binface.runtime.export",
+    "load_model": "binface.models.loading",
     "load_packed": "binface.runtime.engine",
     "PackedEngine": "binface.runtime.engine",
     "export_onnx": "binface.runtime.onnx_rt",
@@ -42,7 +42,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str):
-    if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'binface.runtime' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _API, globals())

@@ -11,8 +11,7 @@ docs/training.md describes the recipe. Names are imported on first use, so
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from binface.lazy import lazy_exports
 
 _EXPORTS = {
     "Trainer": "binface.train.loop",
@@ -33,13 +32,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'binface.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
