@@ -1,5 +1,8 @@
 """Building blocks: quantizers, binary layers, pooling, attention blocks, margin heads."""
 
+# quantizers: everything quantizers.py exports (its __all__), so a new quantizer is added
+# in that one file
+from binface.nn import quantizers as _quantizers
 from binface.nn.attention import (
     EfficientAdditiveAttention,
     MapToTokenAttention,
@@ -45,23 +48,10 @@ from binface.nn.layers import (
 from binface.nn.margin import AdaFace, ArcFace, CombinedMargin, CosFace, PartialFC, make_margin
 from binface.nn.norm import BatchNorm1d, BatchNorm2d
 from binface.nn.pooling import BlurPool2d, MaxPool2dSame
-from binface.nn.quantizers import (
-    ApproxSign,
-    DoReFa,
-    MagnitudeAwareSign,
-    Quantizer,
-    RPReLU,
-    RSign,
-    SignQuantizer,
-    SteSign,
-    SwishSign,
-    get_quantizer,
-    runtime_spec_of,
-)
+from binface.nn.quantizers import *  # noqa: F403
 
 __all__ = [
     "AdaFace",
-    "ApproxSign",
     "ArcFace",
     "BatchNorm1d",
     "BatchNorm2d",
@@ -74,7 +64,6 @@ __all__ = [
     "ConvBNAct",
     "CosFace",
     "DFCAttention",
-    "DoReFa",
     "DropPath",
     "EfficientAdditiveAttention",
     "GDCHead",
@@ -82,7 +71,6 @@ __all__ = [
     "InvertedResidual",
     "LayerNorm2d",
     "LoRaLin",
-    "MagnitudeAwareSign",
     "MapToTokenAttention",
     "MaxPool2dSame",
     "Mlp",
@@ -92,29 +80,22 @@ __all__ = [
     "QuantLinear",
     "QuantizedConv",
     "QuantizedLayer",
-    "Quantizer",
-    "RPReLU",
-    "RSign",
     "RuntimeLayer",
     "SeparableSelfAttention",
-    "SignQuantizer",
     "SpatialAttention",
     "SqueezeExcite",
-    "SteSign",
-    "SwishSign",
     "TokenToMapAttention",
     "TransposedSelfAttention",
     "WeightSpec",
     "apply_weight_clip",
     "channel_shuffle",
-    "get_quantizer",
     "init_cnn_weights",
     "init_transformer_weights",
     "low_rank_linear",
     "make_divisible",
     "make_margin",
     "pad_same",
-    "runtime_spec_of",
     "same_padding",
     "set_kernel_quantization",
+    *_quantizers.__all__,
 ]

@@ -30,6 +30,10 @@ from torch import nn
 
 from binface.errors import UnsupportedOpError
 
+__all__ = ["QUANTIZERS", "ApproxSign", "DoReFa", "MagnitudeAwareSign", "Quantizer", "RPReLU",
+           "RSign", "SignQuantizer", "SteSign", "SwishSign", "get_quantizer", "is_pm_one",
+           "precision_of", "runtime_spec_of"]
+
 
 def sign_pos(x: torch.Tensor) -> torch.Tensor:
     """sign(x) with sign(0) = +1 (larq's ste_sign convention).
