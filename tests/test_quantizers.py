@@ -12,6 +12,7 @@ import binface.runtime.errors
 from binface.nn import (
     ApproxSign,
     DoReFa,
+    EdeSign,
     MagnitudeAwareSign,
     RPReLU,
     RSign,
@@ -66,6 +67,19 @@ def test_swish_sign(beta):
         [beta * (2 - beta * v * math.tanh(beta * v / 2)) / (1 + math.cosh(beta * v))
          for v in X.tolist()], dtype=X.dtype)
     torch.testing.assert_close(g, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("t", [0.1, 1.0, 10.0])
+def test_ede_sign(t):
+    y, g = value_and_grad(EdeSign(t))
+    assert torch.equal(y, sign_plus(X))
+    k = max(1 / t, 1.0)
+    expected = torch.tensor([k * t * (1 - math.tanh(t * v) ** 2) for v in X.tolist()],
+                            dtype=X.dtype)
+    torch.testing.assert_close(g, expected, rtol=1e-12, atol=1e-12)
+    assert get_quantizer("ede_sign", t=t).t == t
+    with pytest.raises(ValueError, match="positive"):
+        EdeSign(0)
 
 
 def test_dorefa_weights_one_bit_is_sign_with_sign0_minus_one():
@@ -162,7 +176,8 @@ def test_get_quantizer():
 
 
 @pytest.mark.parametrize("q", [SteSign(1.25), ApproxSign(), SwishSign(), DoReFa(1, "weights"),
-                               DoReFa(2, "weights"), DoReFa(2), MagnitudeAwareSign()])
+                               DoReFa(2, "weights"), DoReFa(2), MagnitudeAwareSign(),
+                               EdeSign(0.5)])
 def test_inference_path_gives_the_training_value(q):
     x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
     x[0, 0, 0, 0] = 0.0
@@ -175,7 +190,8 @@ def test_inference_path_gives_the_training_value(q):
 # ---------------------------------------------------------------- runtime meaning
 @pytest.mark.parametrize("q,spec", [
     (SteSign(1.25), {"kind": "pos"}), (ApproxSign(), {"kind": "pos"}),
-    (SwishSign(), {"kind": "pos"}), (DoReFa(1, "weights"), {"kind": "neg"}),
+    (SwishSign(), {"kind": "pos"}), (EdeSign(), {"kind": "pos"}),
+    (DoReFa(1, "weights"), {"kind": "neg"}),
     (DoReFa(2), {"kind": "dorefa", "k_bit": 2}), (DoReFa(1), {"kind": "dorefa", "k_bit": 1}),
     (None, {"kind": "none"}),
 ])
@@ -184,7 +200,7 @@ def test_runtime_spec(q, spec):
 
 
 @pytest.mark.parametrize("q", [SteSign(), ApproxSign(), SwishSign(), DoReFa(1, "weights"),
-                               DoReFa(3), RSign(4)])
+                               DoReFa(3), RSign(4), EdeSign(2.0)])
 def test_runtime_spec_gives_the_forward_value(q):
     """The engine's float meaning of each spec is the quantizer's own forward value."""
     from binface.runtime.ops.floats import quantize

@@ -30,8 +30,8 @@ from torch import nn
 
 from binface.errors import UnsupportedOpError
 
-__all__ = ["QUANTIZERS", "ApproxSign", "DoReFa", "MagnitudeAwareSign", "Quantizer", "RPReLU",
-           "RSign", "SignQuantizer", "SteSign", "SwishSign", "get_quantizer", "is_pm_one",
+__all__ = ["QUANTIZERS", "ApproxSign", "DoReFa", "EdeSign", "MagnitudeAwareSign", "Quantizer",
+           "RPReLU", "RSign", "SignQuantizer", "SteSign", "SwishSign", "get_quantizer", "is_pm_one",
            "precision_of", "runtime_spec_of"]
 
 
@@ -198,6 +198,43 @@ class SwishSign(SignQuantizer):
         return f"beta={self.beta}"
 
 
+class _EdeSignFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, t: float, k: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.t, ctx.k = t, k
+        return sign_pos(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        th = torch.tanh(ctx.t * x)
+        return g * (ctx.k * ctx.t) * (1 - th * th), None, None
+
+
+class EdeSign(SignQuantizer):
+    """sign(x) (sign(0) = +1); IR-Net's error-decay estimator as the gradient.
+
+    d/dx = k t (1 - tanh^2(t x)) with k = max(1/t, 1): a wide, STE-like gradient
+    at small ``t`` that sharpens towards the true sign as ``t`` grows (IR-Net raises
+    ``t`` from 0.1 to 10 over training; set ``quantizer.t`` from your schedule).
+    """
+
+    def __init__(self, t: float = 1.0) -> None:
+        super().__init__()
+        if not t > 0:
+            raise ValueError(f"EdeSign t must be positive, got {t}")
+        self.t = float(t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _needs_grad(x):
+            return sign_pos(x)
+        return _EdeSignFn.apply(x, self.t, max(1.0 / self.t, 1.0))
+
+    def extra_repr(self) -> str:
+        return f"t={self.t}"
+
+
 def _round_ste(x: torch.Tensor, levels: int) -> torch.Tensor:
     """Round to ``levels`` steps on [0, 1] with an identity gradient.
 
@@ -326,6 +363,7 @@ QUANTIZERS: dict[str, type[Quantizer]] = {
     "ste_sign": SteSign,
     "approx_sign": ApproxSign,
     "swish_sign": SwishSign,
+    "ede_sign": EdeSign,
     "dorefa": DoReFa,
     "magnitude_aware_sign": MagnitudeAwareSign,
 }
