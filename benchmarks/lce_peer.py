@@ -13,7 +13,7 @@ many layers LCE runs in binary. Writes ``lce_peer.md``, ``lce_peer.json`` and
     python benchmarks/lce_peer.py quicknet --repeats 200 --torch
 
 On x86_64, LCE runs its portable C++ kernels (its optimised ones are aarch64 only), as
-in REFERENCE section 5; on an ARM board use LCE's own benchmark tool (README).
+in docs/lce.md; on an ARM board use LCE's own benchmark tool (README).
 """
 
 from __future__ import annotations
