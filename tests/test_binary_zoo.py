@@ -20,6 +20,7 @@ TABLE2 = {
     "binaryfacenet": (184992256, 3850752, 165248, 340744, 1351.20),
 }
 BINARY = list(TABLE2)
+NEW_BINARY = ["binaryfaceformer_add", "binaryfaceformer_sep"]  # no Table 2 row: issue 13
 
 
 def run_json(capsys, *argv):
@@ -28,8 +29,8 @@ def run_json(capsys, *argv):
 
 
 def test_binary_family_is_registered():
-    assert sorted(list_models("binary")) == sorted(BINARY)
-    for name in BINARY:
+    assert sorted(list_models("binary")) == sorted(BINARY + NEW_BINARY)
+    for name in BINARY + NEW_BINARY:
         assert model_info(name).family == "binary"
 
 

@@ -51,7 +51,7 @@ def test_models_lists_family_and_description(capsys):
     line = next(row for row in out.splitlines() if row.startswith("binaryfacenet "))
     assert " binary " in line and "DoReFa" in line
     code, out, _ = run(capsys, "models", "--family", "binary")
-    assert len(out.strip().splitlines()) == 1 + 6
+    assert len(out.strip().splitlines()) == 1 + 8  # Table 2 six + two BinaryFaceFormers
 
 
 def test_unknown_model_lists_close_matches(capsys):

@@ -1,4 +1,5 @@
-"""Building blocks: quantizers, binary layers, pooling, attention blocks, margin heads."""
+"""Building blocks: quantizers, binary layers, pooling, attention blocks (float and binary),
+margin heads."""
 
 # quantizers: everything quantizers.py exports (its __all__), so a new quantizer is added
 # in that one file
@@ -10,6 +11,14 @@ from binface.nn.attention import (
     SeparableSelfAttention,
     TokenToMapAttention,
     TransposedSelfAttention,
+)
+from binface.nn.binary_attention import (
+    BinaryAdditiveAttention,
+    BinaryFormerBlock,
+    BinaryMlp,
+    BinaryProjection,
+    BinarySeparableAttention,
+    binary_shortcut,
 )
 from binface.nn.blocks import (
     ConvBNAct,
@@ -55,9 +64,14 @@ __all__ = [
     "ArcFace",
     "BatchNorm1d",
     "BatchNorm2d",
+    "BinaryAdditiveAttention",
     "BinaryConv2d",
     "BinaryDepthwiseConv2d",
+    "BinaryFormerBlock",
     "BinaryLinear",
+    "BinaryMlp",
+    "BinaryProjection",
+    "BinarySeparableAttention",
     "BinarySeparableConv2d",
     "BlurPool2d",
     "CombinedMargin",
@@ -88,6 +102,7 @@ __all__ = [
     "TransposedSelfAttention",
     "WeightSpec",
     "apply_weight_clip",
+    "binary_shortcut",
     "channel_shuffle",
     "init_cnn_weights",
     "init_transformer_weights",

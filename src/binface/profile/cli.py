@@ -19,8 +19,8 @@ def render_profile(p: Profile, per_layer: bool = False) -> str:
     lines = []
     if per_layer:
         head = (f"{'layer':<40} {'type':<22} {'output':<14} {'in/w bits':>9} {'1-bit MACs':>13} "
-                f"{'k-bit MACs':>11} {'32-bit MACs':>12} {'runtime-bin':>12} {'params':>10} "
-                f"{'KiB':>9}")
+                f"{'k-bit MACs':>11} {'32-bit MACs':>12} {'runtime-bin':>12} {'mm 1-bit':>11} "
+                f"{'mm 32-bit':>11} {'params':>10} {'KiB':>9}")
         lines += [head, "-" * len(head)]
         for layer in p.layers:
             d = layer.to_dict()
@@ -33,11 +33,14 @@ def render_profile(p: Profile, per_layer: bool = False) -> str:
             lines.append(
                 f"{d['name'][:40]:<40} {d['type'][:22]:<22} {shape:<14} {bits:>9} "
                 f"{_n(d['macs_1bit']):>13} {_n(d['macs_kbit']):>11} {_n(d['macs_32bit']):>12} "
-                f"{_n(d['macs_runtime_binary']):>12}{flag}{_n(params):>10} "
+                f"{_n(d['macs_runtime_binary']):>12}{flag}{_n(d['macs_matmul_1bit']):>11} "
+                f"{_n(d['macs_matmul_32bit']):>11} {_n(params):>10} "
                 f"{d['memory_bytes'] / 1024:>9.2f}"
             )
         lines += ["", "* nominally 1-bit MACs (larq count) that do not all run as xor + popcount "
-                  "(a float operand, or a 1x1 depthwise sign flip folded into the packing)", ""]
+                  "(a float operand, or a 1x1 depthwise sign flip folded into the packing)",
+                  "mm: activation x activation products (attention), 1-bit when both are +-1",
+                  ""]
     h, w = p.input_size
     lines += [
         f"{p.model_name} at {h}x{w}x3 (larq convention: MACs of conv and dense layers)",
@@ -49,6 +52,8 @@ def render_profile(p: Profile, per_layer: bool = False) -> str:
     if t["macs_matmul"]:
         lines.append(f"  matmul MACs          {t['macs_matmul']:>16,}  (activation x activation, "
                      "not in the larq count)")
+        lines.append(f"    1-bit              {t['macs_matmul_1bit']:>16,}  (both operands +-1)")
+        lines.append(f"    32-bit             {t['macs_matmul_32bit']:>16,}")
     lines += [
         f"  1-bit params         {t['params_1bit']:>16,}",
         f"  k-bit params         {t['params_kbit']:>16,}",

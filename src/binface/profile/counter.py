@@ -12,7 +12,10 @@ Rules (docs/counting.md):
 - On top of the larq count: "runtime-binary" MACs, whose two operands are both
   +-1 when the network runs (what xor + popcount executes), and "matmul" MACs,
   activation-by-activation products (attention) that the larq convention leaves
-  out; a module declares them with ``extra_macs(inputs, output) -> int``.
+  out; a module declares them with ``extra_macs(inputs, output)``: an int
+  (32-bit products) or ``{bits: count}``. A product of two +-1 tensors is 1-bit
+  (``macs_matmul_1bit``); every other one is ``macs_matmul_32bit`` (the runtimes
+  keep non-binary activations in float). ``macs_matmul`` is their sum.
 
 The walk uses forward hooks on a real forward pass at batch 1, so what is counted
 is what runs, including output sizes that depend on padding.
@@ -40,7 +43,7 @@ class LayerProfile:
     weight_precision: int | None = None
     macs: dict[int, int] = field(default_factory=dict)
     macs_runtime_binary: int = 0
-    macs_matmul: int = 0
+    matmul: dict[int, int] = field(default_factory=dict)  # activation products by precision
     params: dict[int, int] = field(default_factory=dict)
     calls: int = 0
 
@@ -55,6 +58,18 @@ class LayerProfile:
     @property
     def macs_32bit(self) -> int:
         return self.macs.get(32, 0)
+
+    @property
+    def macs_matmul_1bit(self) -> int:
+        return self.matmul.get(1, 0)
+
+    @property
+    def macs_matmul_32bit(self) -> int:
+        return sum(n for b, n in self.matmul.items() if b != 1)
+
+    @property
+    def macs_matmul(self) -> int:
+        return self.macs_matmul_1bit + self.macs_matmul_32bit
 
     @property
     def macs_kbit(self) -> int:
@@ -72,6 +87,8 @@ class LayerProfile:
             "macs_32bit": self.macs_32bit,
             "macs_runtime_binary": self.macs_runtime_binary,
             "macs_matmul": self.macs_matmul,
+            "macs_matmul_1bit": self.macs_matmul_1bit,
+            "macs_matmul_32bit": self.macs_matmul_32bit,
             "params_1bit": self.params.get(1, 0),
             "params_kbit": sum(n for b, n in self.params.items() if b not in (1, 32)),
             "params_32bit": self.params.get(32, 0),
@@ -91,7 +108,8 @@ class Profile:
     def totals(self) -> dict[str, float]:
         rows = [layer.to_dict() for layer in self.layers]
         keys = ("macs_1bit", "macs_kbit", "macs_32bit", "macs_runtime_binary", "macs_matmul",
-                "params_1bit", "params_kbit", "params_32bit")
+                "macs_matmul_1bit", "macs_matmul_32bit", "params_1bit", "params_kbit",
+                "params_32bit")
         t: dict[str, float] = {k: int(sum(r[k] for r in rows)) for k in keys}
         t["macs_total"] = t["macs_1bit"] + t["macs_kbit"] + t["macs_32bit"]
         t["params_total"] = t["params_1bit"] + t["params_kbit"] + t["params_32bit"]
@@ -143,6 +161,13 @@ def _own_params(
         if t is not None and t.is_floating_point():
             out.append((t, special.get(id(t), 32)))
     return out
+
+
+def _by_precision(extra: int | dict) -> dict[int, int]:
+    """``extra_macs``'s answer as {bits: count}: a bare int is 32-bit products."""
+    if isinstance(extra, dict):
+        return {int(b): int(n) for b, n in extra.items()}
+    return {32: int(extra)}
 
 
 def _first_tensor(output) -> torch.Tensor | None:
@@ -198,7 +223,8 @@ def profile(
                 rec.input_precision = specs[0].input_precision
                 rec.weight_precision = specs[0].precision
             if callable(extra):
-                rec.macs_matmul += int(extra(inputs, output))
+                for bits, n in _by_precision(extra(inputs, output)).items():
+                    rec.matmul[bits] = rec.matmul.get(bits, 0) + n
 
         return hook
 
