@@ -123,8 +123,11 @@ def parse_bfp(blob: bytes | bytearray, where: str = "<bytes>"
     if len(blob) < 8:
         raise PackedFormatError(f"{bad}: file too short ({len(blob)} bytes)")
     (n,) = struct.unpack("<Q", blob[:8])
-    if n > min(len(blob) - 8, _MAX_HEADER):
+    if n > len(blob) - 8:
         raise PackedFormatError(f"{bad}: header length {n} does not fit the file")
+    if n > _MAX_HEADER:
+        raise PackedFormatError(f"{where}: the header of {n} bytes is beyond the limit of "
+                                f"{_MAX_HEADER} bytes")
     try:
         header = json.loads(blob[8:8 + n].decode())
     except (UnicodeDecodeError, ValueError, RecursionError):

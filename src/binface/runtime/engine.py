@@ -65,7 +65,7 @@ def check_graph(graph, tensors: dict[str, np.ndarray]) -> None:
                                 f"{MAX_NODES}")
     inp = graph.get("input", "input")
     dims = check_dims(graph.get("input_shape"))
-    if not isinstance(inp, str) or dims is None or len(dims) < 2:
+    if not isinstance(inp, str) or dims is None or len(dims) < 2 or 0 in dims[1:]:
         raise PackedFormatError("the graph's input or input_shape is invalid")
     if int(np.prod(dims, dtype=object)) * 4 > MAX_VALUE_BYTES:
         raise PackedFormatError(f"the input shape {list(dims)} is beyond the limit")
@@ -115,7 +115,8 @@ class PackedEngine:
         self.graph = graph
         self.threads = max(1, int(threads or 1))
         self.source = source
-        self.model_name = str(graph.get("model", "model"))
+        name = "".join(ch for ch in str(graph.get("model", "model")) if ch.isprintable())
+        self.model_name = name[:80] or "model"
         self.input_name = graph.get("input", "input")
         self.input_shape = graph["input_shape"]
         self.outputs = graph["outputs"]
