@@ -231,8 +231,6 @@ def test_binary_attention_block(name, tmp_path):
     assert rel_err(y, ref) < 1e-4 and cosine(y, ref) > 0.9999
 
 
-@pytest.mark.xfail(strict=True, reason="the engine's summary counts a dense layer on tokens "
-                   "once per sample, not once per token")
 def test_engine_counts_dense_macs_per_token(tmp_path):
     torch.manual_seed(5)
     block = nn.Sequential(nn.Flatten(2), BinaryLinear(4, 8)).eval()  # (B, C, HW) tokens

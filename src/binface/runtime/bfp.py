@@ -1,6 +1,6 @@
 """The packed model file (``.bfp``): a safetensors file whose metadata holds the graph.
 
-Layout (format version 1), readable by any safetensors reader and, here, by numpy
+Layout (format version 2), readable by any safetensors reader and, here, by numpy
 alone so that deployment needs no torch:
 
 - 8 bytes: little-endian uint64 ``L``, the length of the JSON header;
@@ -10,10 +10,11 @@ alone so that deployment needs no torch:
   ``"__metadata__"``, a dict of strings:
 
   - ``"format"``: ``"binface-packed"``;
-  - ``"version"``: ``"1"`` (a reader refuses any other version);
+  - ``"version"``: ``"2"`` (a reader refuses any other version);
   - ``"graph"``: the graph as JSON (ops, attributes and tensor names; the op set
     is ``binface.runtime.ops.table``);
-  - ``"sha256"``: hex digest of the data section, so a corrupt file is refused;
+  - ``"sha256"``: hex digest (:func:`digest`) of the graph, the tensor table and
+    the data section, so a corrupt file is refused (version 1 covered the data only);
 - the data section: each tensor's bytes in C order, little-endian.
 
 Binary weights are stored packed: ``uint64`` words, bit ``i`` of a word is input
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -36,7 +38,7 @@ from binface.fileio import atomic_write
 from binface.runtime.errors import PackedFormatError
 
 FORMAT = "binface-packed"
-VERSION = 1
+VERSION = 2
 SUFFIX = ".bfp"
 
 _DTYPES = {
@@ -48,7 +50,26 @@ _DTYPES = {
     "U8": np.dtype("u1"),
 }
 _CODES = {v: k for k, v in _DTYPES.items()}
-_MAX_HEADER = 256 * 1024 * 1024
+_MAX_HEADER = 16 * 1024 * 1024  # the zoo's largest header is well under 1 MiB
+
+
+def digest(graph: str, table: dict, body: bytes | memoryview) -> str:
+    """The ``sha256`` of a version 2 file: graph JSON, tensor table and data, in that order.
+
+    ``sha256(graph UTF-8 || 0x00 || table || 0x00 || data)``, where ``table`` is the
+    header without ``__metadata__`` as JSON with sorted keys and no spaces
+    (``json.dumps(table, sort_keys=True, separators=(",", ":"))``, ASCII).
+    """
+    h = hashlib.sha256(graph.encode())
+    h.update(b"\0")
+    h.update(json.dumps(table, sort_keys=True, separators=(",", ":")).encode())
+    h.update(b"\0")
+    h.update(body)
+    return h.hexdigest()
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def write_bfp(path: str | os.PathLike, graph: dict, tensors: dict[str, np.ndarray]) -> None:
@@ -70,12 +91,9 @@ def write_bfp(path: str | os.PathLike, graph: dict, tensors: dict[str, np.ndarra
         chunks.append(data)
         offset += len(data)
     body = b"".join(chunks)
-    header["__metadata__"] = {
-        "format": FORMAT,
-        "version": str(VERSION),
-        "graph": json.dumps(graph, separators=(",", ":")),
-        "sha256": hashlib.sha256(body).hexdigest(),
-    }
+    text = json.dumps(graph, separators=(",", ":"))
+    header["__metadata__"] = {"format": FORMAT, "version": str(VERSION), "graph": text,
+                              "sha256": digest(text, header, body)}
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     with atomic_write(path, "wb") as f:
@@ -105,37 +123,51 @@ def parse_bfp(blob: bytes | bytearray, where: str = "<bytes>"
     if len(blob) < 8:
         raise PackedFormatError(f"{bad}: file too short ({len(blob)} bytes)")
     (n,) = struct.unpack("<Q", blob[:8])
-    if n > min(len(blob) - 8, _MAX_HEADER):
+    if n > len(blob) - 8:
         raise PackedFormatError(f"{bad}: header length {n} does not fit the file")
+    if n > _MAX_HEADER:
+        raise PackedFormatError(f"{where}: the header of {n} bytes is beyond the limit of "
+                                f"{_MAX_HEADER} bytes")
     try:
         header = json.loads(blob[8:8 + n].decode())
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise PackedFormatError(f"{bad}: the header is not valid JSON") from None
     meta = header.pop("__metadata__", None) if isinstance(header, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise PackedFormatError(f"{bad}: no binface-packed metadata")
     version = meta.get("version")
     if version != str(VERSION):
+        shown = version if isinstance(version, str) and len(version) < 20 else "?"
         raise PackedFormatError(
-            f"{where}: packed format version {version} is not supported by this binface "
+            f"{where}: packed format version {shown!s} is not supported by this binface "
             f"(it reads version {VERSION}); re-export the model with `binface export`")
     body = memoryview(blob)[8 + n:]
-    if hashlib.sha256(body).hexdigest() != meta.get("sha256"):
+    text = meta.get("graph")
+    try:
+        ok = isinstance(text, str) and meta.get("sha256") == digest(text, header, body)
+    except (ValueError, RecursionError, UnicodeEncodeError):
+        ok = False
+    if not ok:
         raise PackedFormatError(f"{where}: corrupt packed model (checksum mismatch); "
                                 "re-export or re-copy the file")
     try:
-        graph = json.loads(meta["graph"])
-    except (KeyError, TypeError, ValueError):
+        graph = json.loads(text)
+    except (ValueError, RecursionError):
         raise PackedFormatError(f"{where}: corrupt packed model (graph is not JSON)") from None
+    if not isinstance(graph, dict):
+        raise PackedFormatError(f"{where}: corrupt packed model (the graph is a JSON "
+                                f"{type(graph).__name__}, not an object)")
     tensors: dict[str, np.ndarray] = {}
     for name, info in header.items():
         try:
             dt = _DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(v) for v in info["data_offsets"])
+            shape = tuple(info["shape"])
+            begin, end = info["data_offsets"]
+            if not all(_is_count(v) for v in (*shape, begin, end)):
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise PackedFormatError(f"{where}: corrupt packed model (tensor {name!r})") from None
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # a Python int: no wrap-around
         if not 0 <= begin <= end <= len(body) or end - begin != count * dt.itemsize:
             raise PackedFormatError(f"{where}: corrupt packed model (tensor {name!r} is "
                                     "out of the data section)")

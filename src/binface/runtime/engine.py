@@ -4,6 +4,12 @@ The engine prepares one op object per node at load (``OPS``, from the op table i
 ``ops/table.py``; implementations in ``ops/binary.py``, ``ops/fused.py`` and
 ``ops/floats.py``) and runs them in order on a dict of named values. The file
 format and every op's attributes are in docs/packed-format.md.
+
+A file may be crafted: the engine checks the graph's structure at load (order,
+names, counts), each op checks its own attributes and tensors, and every run
+checks the size of each value it makes. Whatever a crafted graph still makes
+numpy or numba raise becomes one ``PackedFormatError`` naming the file and the
+node; a valid file never gets there.
 """
 
 from __future__ import annotations
@@ -11,17 +17,89 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from numba.core.errors import NumbaError
 
 from binface.errors import InputShapeError
 from binface.runtime.bfp import read_bfp
 from binface.runtime.errors import PackedFormatError, UnsupportedOpError
-from binface.runtime.ops.base import Op, RunContext
+from binface.runtime.ops.base import MAX_MACS, MAX_VALUE_BYTES, Op, RunContext, check_dims
 from binface.runtime.ops.binary import BConvOp, BDwConvOp
 from binface.runtime.ops.layout import _F32, as_nchw, nhwc, pack_bits, resolve
 from binface.runtime.ops.table import ENGINE_OPS as OPS
 
-__all__ = ["OPS", "Op", "PackedEngine", "RunContext", "as_nchw", "load_packed", "nhwc",
-           "pack_bits", "resolve", "set_blas_threads"]
+__all__ = ["MAX_NODES", "OPS", "Op", "PackedEngine", "RunContext", "as_nchw", "load_packed",
+           "nhwc", "pack_bits", "resolve", "set_blas_threads"]
+
+MAX_NODES = 8192  # the zoo's largest graph (mobilefaceformer) has 511 nodes
+MAX_TOTAL_BYTES = 1 << 31  # all values one run makes, per sample (the zoo needs < 200 MB)
+# what numpy and numba raise on a graph no exporter writes (crafted attributes)
+_CRAFTED = (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError,
+            MemoryError, NumbaError)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line: the exception's type and the start of its message."""
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_names(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def check_graph(graph, tensors: dict[str, np.ndarray]) -> None:
+    """The graph's structure: types, counts, names unique, every value made before use.
+
+    Raises ``PackedFormatError`` (without the file name, which the engine adds).
+    """
+    if not isinstance(graph, dict):
+        raise PackedFormatError(f"the graph is a JSON {type(graph).__name__}, not an object")
+    nodes = graph.get("nodes")
+    if not isinstance(nodes, list):
+        raise PackedFormatError("the graph has no list of nodes")
+    if len(nodes) > MAX_NODES:
+        raise PackedFormatError(f"the graph has {len(nodes)} nodes, more than the limit of "
+                                f"{MAX_NODES}")
+    inp = graph.get("input", "input")
+    dims = check_dims(graph.get("input_shape"))
+    if not isinstance(inp, str) or dims is None or len(dims) < 2 or 0 in dims[1:]:
+        raise PackedFormatError("the graph's input or input_shape is invalid")
+    if int(np.prod(dims, dtype=object)) * 4 > MAX_VALUE_BYTES:
+        raise PackedFormatError(f"the input shape {list(dims)} is beyond the limit")
+    outputs, consts = graph.get("outputs"), graph.get("consts", [])
+    if not _is_names(outputs) or not outputs or not _is_names(consts):
+        raise PackedFormatError("the graph's outputs or consts are not lists of names")
+    if not isinstance(graph.get("shapes", {}), dict):
+        raise PackedFormatError("the graph's shapes are not a JSON object")
+    for c in consts:
+        if c not in tensors:
+            raise PackedFormatError(f"const {c!r} is not among the tensors")
+    made = {inp, *consts}
+    names: set[str] = set()
+    for i, node in enumerate(nodes):
+        if not isinstance(node, dict) or not isinstance(node.get("op"), str):
+            raise PackedFormatError(f"node {i} is not an object with an op")
+        name = node.setdefault("name", f"{node['op']}{i}")
+        if not isinstance(name, str) or name in names:
+            raise PackedFormatError(f"node {i}: name {name!r} is not a unique string")
+        names.add(name)
+        where = f"node {name} ({node['op']})"
+        ins, outs = node.get("in"), node.get("out")
+        if not _is_names(ins) or not _is_names(outs):
+            raise PackedFormatError(f"{where}: in / out are not lists of names")
+        for v in ins:
+            if v not in made:
+                raise PackedFormatError(f"{where}: input {v!r} is not made by an earlier node")
+        for v in outs:
+            if v in made:
+                raise PackedFormatError(f"{where}: output {v!r} is made twice")
+            made.add(v)
+    for o in outputs:
+        if o not in made:
+            raise PackedFormatError(f"the graph's output {o!r} is made by no node")
 
 
 class PackedEngine:
@@ -29,24 +107,43 @@ class PackedEngine:
 
     def __init__(self, graph: dict, tensors: dict[str, np.ndarray], source: str = "",
                  threads: int = 1) -> None:
+        where = source or "graph"
+        try:
+            check_graph(graph, tensors)
+        except PackedFormatError as exc:
+            raise PackedFormatError(f"{where}: {exc}") from None
         self.graph = graph
         self.threads = max(1, int(threads or 1))
         self.source = source
-        self.model_name = graph.get("model", "model")
+        name = "".join(ch for ch in str(graph.get("model", "model")) if ch.isprintable())
+        self.model_name = name[:80] or "model"
         self.input_name = graph.get("input", "input")
         self.input_shape = graph["input_shape"]
         self.outputs = graph["outputs"]
         self.batch_dynamic = bool(graph.get("batch_dynamic", True))
         self.consts = {name: tensors[name] for name in graph.get("consts", [])}
         self.ops: list[Op] = []
-        for i, node in enumerate(graph["nodes"]):
-            node.setdefault("name", f"{node['op']}{i}")
+        macs = 0
+        for node in graph["nodes"]:
             cls = OPS.get(node["op"])
             if cls is None:
                 raise UnsupportedOpError(
-                    f"{source or 'graph'}: op {node['op']!r} (node {node['name']}) is not "
+                    f"{where}: op {node['op']!r} (node {node['name']}) is not "
                     "supported by this packed engine")
-            self.ops.append(cls(node, tensors, graph))
+            at = f"{where}: node {node['name']} ({node['op']})"
+            try:
+                op = cls(node, tensors, graph)
+            except PackedFormatError as exc:
+                raise PackedFormatError(f"{where}: {exc}") from None
+            except UnsupportedOpError as exc:
+                raise UnsupportedOpError(f"{at}: {exc}") from None
+            except _CRAFTED as exc:
+                raise PackedFormatError(f"{at}: invalid attributes ({_describe(exc)})") from None
+            macs += op.macs_per_sample
+            if macs > MAX_MACS:
+                raise PackedFormatError(f"{at}: the graph's MACs per sample exceed the limit of "
+                                        f"{MAX_MACS}")
+            self.ops.append(op)
 
     @property
     def binary_ops(self) -> list[Op]:
@@ -93,11 +190,28 @@ class PackedEngine:
     __call__ = run
 
     def _run(self, x: np.ndarray, trace: bool, fresh: bool = False):
-        ctx = RunContext(x.shape[0], trace, fresh)
+        n = x.shape[0]
+        ctx = RunContext(n, trace, fresh)
         env: dict[str, np.ndarray] = dict(self.consts)
         env[self.input_name] = x
-        for op in self.ops:
-            op(env, ctx)
+        cap, total, total_cap = MAX_VALUE_BYTES * n, 0, MAX_TOTAL_BYTES * n
+        op = None
+        try:
+            for op in self.ops:
+                op(env, ctx)
+                for o in op.outputs:  # what a crafted graph could grow without bound
+                    nb = env[o].nbytes
+                    total += nb
+                    if nb > cap or total > total_cap:
+                        raise op.bad(f"output {o!r} of {nb} bytes takes the run past the limit "
+                                     f"of {MAX_VALUE_BYTES} bytes per value / "
+                                     f"{MAX_TOTAL_BYTES} in all, per sample")
+        except (PackedFormatError, UnsupportedOpError) as exc:
+            raise type(exc)(f"{self.source or 'graph'}: {exc}") from None
+        except _CRAFTED as exc:
+            at = f"node {op.name} ({op.node['op']})" if op is not None else "graph"
+            raise PackedFormatError(f"{self.source or 'graph'}: {at}: cannot run "
+                                    f"({_describe(exc)})") from None
         outs = [np.array(env[o], dtype=_F32, order="C", copy=True) for o in self.outputs]
         return (outs[0] if len(outs) == 1 else tuple(outs)), ctx.records
 
@@ -140,8 +254,8 @@ def load_packed(path: str | os.PathLike, threads: int | None = None,
     graph, tensors = read_bfp(path)
     try:
         return PackedEngine(graph, tensors, str(path), threads=threads or 1)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        if isinstance(exc, (InputShapeError, PackedFormatError)):
-            raise
-        raise PackedFormatError(f"{path}: corrupt packed model graph ({type(exc).__name__}: "
-                                f"{exc})") from None
+    except (PackedFormatError, UnsupportedOpError):
+        raise
+    except _CRAFTED as exc:  # the engine names the node; this is the last resort
+        raise PackedFormatError(f"{path}: corrupt packed model graph ({_describe(exc)})"
+                                ) from None

@@ -11,19 +11,33 @@ import math
 import numpy as np
 
 from binface.runtime.errors import UnsupportedOpError
-from binface.runtime.ops.base import Op
+from binface.runtime.ops.base import MAX_MACS, Op
 from binface.runtime.ops.functions import BINARY, REDUCE, UNARY
 from binface.runtime.ops.layout import _F32, as_nchw, resolve
+
+
+def _check_matmul(op: Op, ctx, a_shape: tuple, b_shape: tuple) -> None:
+    """Refuse, before numpy allocates it, a product beyond the size or time limits."""
+    if len(a_shape) < 1 or len(b_shape) < 2:
+        return
+    batch = np.broadcast_shapes(a_shape[:-2], b_shape[:-2])
+    out = (*batch, *a_shape[-2:-1], b_shape[-1])
+    op.room(ctx, out)
+    if math.prod(out) * a_shape[-1] > MAX_MACS * max(ctx.n, 1):
+        raise op.bad(f"a product of {list(a_shape)} and {list(b_shape)} exceeds the limit of "
+                     f"{MAX_MACS} MACs per sample")
 
 
 class LinearOp(Op):
     def __init__(self, node, tensors, graph) -> None:
         super().__init__(node, tensors, graph)
-        self.w = self.t("weight")  # [K, O]
+        self.w = self.tensor("weight", _F32, ndim=2)  # [K, O]
         self.b = self.t("bias")
 
     def __call__(self, env, ctx) -> None:
-        y = np.matmul(env[self.inputs[0]], self.w)
+        x = env[self.inputs[0]]
+        _check_matmul(self, ctx, x.shape, self.w.shape)
+        y = np.matmul(x, self.w)
         if self.b is not None:
             y += self.b
         env[self.outputs[0]] = y
@@ -72,6 +86,8 @@ class UnaryOp(Op):
 
 
 class BinaryOp(Op):
+    n_inputs = (2, 2)
+
     def __init__(self, node, tensors, graph) -> None:
         super().__init__(node, tensors, graph)
         fn = self.attrs["fn"]
@@ -81,6 +97,8 @@ class BinaryOp(Op):
 
     def __call__(self, env, ctx) -> None:
         a, b = env[self.inputs[0]], env[self.inputs[1]]
+        if a.shape != b.shape:
+            self.room(ctx, np.broadcast_shapes(a.shape, b.shape))
         y = self.fn(a, b)
         env[self.outputs[0]] = y if y.dtype == _F32 else y.astype(_F32)
 
@@ -98,7 +116,11 @@ class QuantOp(Op):
 
     def __init__(self, node, tensors, graph) -> None:
         super().__init__(node, tensors, graph)
-        self.q = self.attrs["q"]
+        self.q = self.attrs.get("q")
+        if not isinstance(self.q, dict):
+            raise self.bad("attribute 'q' is not a JSON object")
+        if self.q.get("kind") == "dorefa":
+            self.int_attr("k_bit", 1, 32, where=self.q)
         self.shift = self.t("shift")
 
     def __call__(self, env, ctx) -> None:
@@ -174,8 +196,12 @@ class GroupNormOp(Op):
 
 
 class MatmulOp(Op):
+    n_inputs = (2, 2)
+
     def __call__(self, env, ctx) -> None:
-        env[self.outputs[0]] = np.matmul(env[self.inputs[0]], env[self.inputs[1]])
+        a, b = env[self.inputs[0]], env[self.inputs[1]]
+        _check_matmul(self, ctx, a.shape, b.shape)
+        env[self.outputs[0]] = np.matmul(a, b)
 
 
 class ReshapeOp(Op):
@@ -202,12 +228,15 @@ class CatOp(Op):
     channels and outputs a view of the channels so far.
     """
 
+    n_inputs = (1, 1 << 16)
+
     def __call__(self, env, ctx) -> None:
         chain = self.attrs.get("chain")
         if chain is not None:
             self.append(env, ctx, chain)
             return
         xs = [env[i] for i in self.inputs]
+        self.room(ctx, (sum(x.size for x in xs),))
         d = int(self.attrs["dim"]) % xs[0].ndim
         if xs[0].ndim == 4 and d == 1:  # channels: keep channels-last
             n, _, h, w = xs[0].shape
@@ -226,6 +255,7 @@ class CatOp(Op):
         n, c0, h, w = first.shape
         total, offset = int(self.attrs["total"]), int(self.attrs["offset"])
         if self.attrs.get("head"):
+            self.room(ctx, (n, h, w, total))
             buf = self.buffer(ctx, "chain", (n, h, w, total))
             buf[..., :c0] = first.transpose(0, 2, 3, 1)
             ctx.chains[chain] = buf
@@ -239,8 +269,12 @@ class CatOp(Op):
 
 
 class StackOp(Op):
+    n_inputs = (1, 1 << 16)
+
     def __call__(self, env, ctx) -> None:
-        env[self.outputs[0]] = np.stack([env[i] for i in self.inputs], axis=self.attrs["dim"])
+        xs = [env[i] for i in self.inputs]
+        self.room(ctx, (sum(x.size for x in xs),))
+        env[self.outputs[0]] = np.stack(xs, axis=self.attrs["dim"])
 
 
 class SliceOp(Op):
@@ -259,6 +293,8 @@ class SelectOp(Op):
 
 
 class SplitOp(Op):
+    n_outputs = (1, 1 << 16)
+
     def __call__(self, env, ctx) -> None:
         x = env[self.inputs[0]]
         d = int(self.attrs["dim"])
@@ -300,10 +336,17 @@ class VectorNormOp(Op):
 
 
 class AdaptiveAvgPoolOp(Op):
+    def __init__(self, node, tensors, graph) -> None:
+        super().__init__(node, tensors, graph)
+        oh, ow = self.ints_attr("size", 2, 1, 1024)
+        if oh * ow > 1 << 16:  # a Python loop over the output positions
+            raise self.bad(f"output size {[oh, ow]} is beyond the limit")
+
     def __call__(self, env, ctx) -> None:
         x = env[self.inputs[0]]
         oh, ow = self.attrs["size"]
         h, w = x.shape[2:]
+        self.room(ctx, x.shape[:2] + (oh, ow))
         if oh == 1 and ow == 1:
             env[self.outputs[0]] = x.mean(axis=(2, 3), keepdims=True, dtype=_F32)
             return
@@ -325,6 +368,7 @@ class PadOp(Op):
             width[x.ndim - 1 - i] = (p[2 * i], p[2 * i + 1])
         if any(a < 0 or b < 0 for a, b in width):
             raise UnsupportedOpError("packed engine: negative padding (cropping) is not supported")
+        self.room(ctx, tuple(d + a + b for d, (a, b) in zip(x.shape, width, strict=True)))
         env[self.outputs[0]] = np.pad(x, width, constant_values=_F32(self.attrs["value"]))
 
 
@@ -333,6 +377,7 @@ class InterpolateOp(Op):
         x = env[self.inputs[0]]
         oh, ow = self.attrs["size"]
         h, w = x.shape[2:]
+        self.room(ctx, x.shape[:2] + (oh, ow))
         if self.attrs["mode"] == "nearest":
             iy = np.minimum(np.floor(np.arange(oh) * (h / oh)).astype(int), h - 1)
             ix = np.minimum(np.floor(np.arange(ow) * (w / ow)).astype(int), w - 1)

@@ -9,8 +9,28 @@ from __future__ import annotations
 import numpy as np
 
 from binface.runtime import kernels as K
-from binface.runtime.ops.base import Op, _ConvLike
-from binface.runtime.ops.layout import _DUMMY_EP, as_nchw, nhwc
+from binface.runtime.ops.base import MAX_INT, MAX_MACS, Op, _ConvLike, conv_out
+from binface.runtime.ops.layout import _DUMMY_EP, _F32, as_nchw, nhwc
+
+
+def _float_window(op: Op, ceil_mode: bool = False, dilation: bool = True):
+    """``kernel, stride, dilation, pads, in (H, W, C), out_hw`` of a float conv / pool.
+
+    The input's shape is the declared one (graph ``shapes``); ``out_hw`` must be
+    what PyTorch computes from it.
+    """
+    kernel = op.ints_attr("kernel", 2, 1)
+    stride = op.ints_attr("stride", 2, 1)
+    dil = op.ints_attr("dilation", 2, 1, default=[1, 1]) if dilation else [1, 1]
+    pads = op.ints_attr("pads", 4)
+    out_hw = op.ints_attr("out_hw", 2, 1)
+    _, c, h, w = op.declared(op.inputs[0], 4)
+    want = [conv_out(h, pads[0], pads[1], kernel[0], stride[0], dil[0], ceil_mode),
+            conv_out(w, pads[2], pads[3], kernel[1], stride[1], dil[1], ceil_mode)]
+    if out_hw != want:
+        raise op.bad(f"out_hw {out_hw} does not follow from the input's {[h, w]}, pads {pads}, "
+                     f"kernel {kernel}, stride {stride} and dilation {dil} ({want})")
+    return kernel, stride, dil, pads, (h, w, c), out_hw
 
 
 class ConvOp(_ConvLike):
@@ -19,25 +39,41 @@ class ConvOp(_ConvLike):
     def __init__(self, node, tensors, graph) -> None:
         super().__init__(node, tensors, graph)
         a = self.attrs
-        self.w = self.t("weight")  # depthwise: [kh, kw, O]; else [G, kh * kw * Cg, Og]
         self.depthwise = bool(a.get("depthwise", False))
-        self.groups = int(a["groups"])
-        self.kernel, self.stride, self.dilation = a["kernel"], a["stride"], a["dilation"]
-        self.pads, self.pad_value = a["pads"], float(a.get("pad_value", 0.0))
-        self.out_hw = a["out_hw"]
-        self.cin = int(a["cin"])
+        self.groups = self.int_attr("groups", 1)
+        (self.kernel, self.stride, self.dilation, self.pads, self.in_shape,
+         self.out_hw) = _float_window(self)
+        pv = a.get("pad_value", 0.0)
+        if not isinstance(pv, (int, float)) or isinstance(pv, bool):
+            raise self.bad(f"attribute 'pad_value' must be a number, not {pv!r}"[:120])
+        self.pad_value = float(pv)
+        self.cin = self.int_attr("cin", 1)
+        if self.in_shape[2] != self.cin:
+            raise self.bad(f"cin {self.cin} is not the input's {self.in_shape[2]} channels")
         kh, kw = self.kernel
+        ho, wo = self.out_hw
         self.pointwise = (kh == kw == 1 and self.stride == [1, 1] and not any(self.pads)
                           and self.groups == 1)
         if self.depthwise:
+            mult = self.int_attr("mult", 1, default=1)
+            self.w = self.tensor("weight", _F32, (kh, kw, self.cin * mult))  # [kh, kw, O]
+            nout = self.cin * mult
             c = self.cfg
             c[0], c[1], c[2], c[3] = self.pads[0], self.pads[2], kh, kw
             c[4], c[5] = self.stride
             c[6], c[7] = self.dilation
-            c[8] = int(a.get("mult", 1))
+            c[8] = mult
             c[9], c[10] = self.out_hw
+            macs = ho * wo * nout * kh * kw
         else:
+            if self.cin % self.groups:
+                raise self.bad(f"cin {self.cin} is not a multiple of groups {self.groups}")
             cg = self.cin // self.groups
+            self.w = self.tensor("weight", _F32, ndim=3)  # [G, kh * kw * Cg, Og]
+            if self.w.shape[:2] != (self.groups, kh * kw * cg) or not self.w.shape[2]:
+                raise self.bad(f"weight shape {self.w.shape} does not match groups, kernel "
+                               "and cin")
+            nout = self.groups * self.w.shape[2]
             self.direct = self.pointwise and cg <= 8  # e.g. the 3-channel input
             c = self.cfg
             c[0], c[1], c[2], c[3] = self.pads[0], self.pads[2], kh, kw
@@ -45,28 +81,36 @@ class ConvOp(_ConvLike):
             c[6], c[7] = self.dilation
             c[8], c[9] = self.out_hw
             c[10], c[11] = self.groups, cg
-            self.cols_cfg = []
-            for g in range(self.groups):
-                self.cols_cfg.append(np.array(
-                    [self.pads[0], self.pads[2], kh, kw, self.stride[0], self.stride[1],
-                     self.dilation[0], self.dilation[1], self.out_hw[0], self.out_hw[1],
-                     g * cg, cg, 0, 0], np.int64))
+            # im2col's cfg; channel offset (g * Cg) and row range set per call
+            self.cols_cfg = np.array(
+                [self.pads[0], self.pads[2], kh, kw, self.stride[0], self.stride[1],
+                 self.dilation[0], self.dilation[1], self.out_hw[0], self.out_hw[1],
+                 0, cg, 0, 0], np.int64)
             # blocks of output rows whose patches fit in L2 (~512 KiB)
             self.block_rows = max(1, (512 * 1024) // max(1, 4 * kh * kw * cg * self.out_hw[1]))
+            macs = ho * wo * nout * kh * kw * cg
+        self.check_epilogue(nout)
+        self.check_size(ho * wo * nout * 4)
+        self.macs_per_sample = macs
+        if macs > MAX_MACS:
+            raise self.bad(f"{macs} MACs per sample exceed the limit")
 
     def __call__(self, env, ctx) -> None:
         x = nhwc(env[self.inputs[0]])
+        if x.shape[1:] != self.in_shape:
+            raise self.mismatch(x, f"[M, {', '.join(map(str, self.in_shape))}] (NHWC)")
         m = x.shape[0]
         ho, wo = self.out_hw
+        res = (m, ho, wo, self.nout)
         if self.depthwise:
             nout = self.w.shape[2]
             y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
-            r1, r2 = self.residuals(env)
+            r1, r2 = self.residuals(env, res)
             K.dwconv(x, self.w, self.pad_value, self.ep, r1, r2, y, q, cfg)
         elif self.direct:
             nout = self.w.shape[0] * self.w.shape[2]
             y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
-            r1, r2 = self.residuals(env)
+            r1, r2 = self.residuals(env, res)
             K.conv1x1_small(x, self.w[0], self.ep, r1, r2, y, q, cfg)
         else:
             ng, kk, og = self.w.shape
@@ -81,7 +125,8 @@ class ConvOp(_ConvLike):
                 step = min(self.block_rows, qn)
                 cols = self.buffer(ctx, "cols", (step * wo, kk))
                 for g in range(ng):
-                    cfg_g = self.cols_cfg[g].copy()
+                    cfg_g = self.cols_cfg.copy()
+                    cfg_g[10] = g * cfg_g[11]
                     for q0 in range(0, qn, step):
                         q1 = min(q0 + step, qn)
                         cfg_g[12], cfg_g[13] = q0, q1
@@ -90,7 +135,7 @@ class ConvOp(_ConvLike):
                         np.matmul(cols[:nr], self.w[g],
                                   out=raw[q0 * wo:q1 * wo, g * og:(g + 1) * og])
             y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
-            r1, r2 = self.residuals(env)
+            r1, r2 = self.residuals(env, res)
             K.epilogue_nhwc(raw.reshape(m, ho, wo, nout), self.ep, r1, r2, y, q, cfg)
         self.store(env, ctx, y, q)
 
@@ -98,34 +143,49 @@ class ConvOp(_ConvLike):
 class EwiseOp(_ConvLike):
     """Per-channel chain (BatchNorm, PReLU / ReLU, residual adds) on a 4-D tensor, one pass."""
 
+    def __init__(self, node, tensors, graph) -> None:
+        super().__init__(node, tensors, graph)
+        ep = self.tensor("ep", _F32, ndim=2)
+        self.check_epilogue(ep.shape[1])
+
     def __call__(self, env, ctx) -> None:
         x = nhwc(env[self.inputs[0]])
         m, h, w, c = x.shape
+        if c != self.nout:
+            raise self.mismatch(x, f"{self.nout} channels")
         y, q, cfg = self.alloc_outputs(ctx, m, h, w, c)
-        r1, r2 = self.residuals(env)
+        r1, r2 = self.residuals(env, (m, h, w, c))
         K.epilogue_nhwc(x, self.ep, r1, r2, y, q, cfg)
         self.store(env, ctx, y, q)
 
 
 class PoolOp(Op):
+    """Max or average pooling, optionally with a per-channel chain before and after."""
+
     def __init__(self, node, tensors, graph) -> None:
         super().__init__(node, tensors, graph)
         a = self.attrs
         kind = 0 if node["op"] == "maxpool" else 1
-        p = a["pads"]
-        dil = a.get("dilation", [1, 1])
-        self.pre, self.post = self.t("pre_ep"), self.t("post_ep")
-        self.cfg = np.array([kind, a["kernel"][0], a["kernel"][1], a["stride"][0],
-                             a["stride"][1], p[0], p[2], dil[0], dil[1],
-                             int(a.get("count_include_pad", True)), int(a.get("divisor") or 0),
-                             p[1], p[3], int(self.pre is not None), int(self.post is not None)],
-                            np.int64)
+        kernel, stride, dil, p, self.in_shape, self.out_hw = _float_window(
+            self, bool(a.get("ceil_mode", False)))
+        nch = self.in_shape[2]
+        self.pre = self.tensor("pre_ep", _F32, (6, nch), required=False)
+        self.post = self.tensor("post_ep", _F32, (6, nch), required=False)
+        divisor = a.get("divisor") or 0
+        if not isinstance(divisor, int) or not 0 <= divisor <= MAX_INT:
+            raise self.bad(f"attribute 'divisor' must be a positive integer, not {divisor!r}")
+        self.check_size(self.out_hw[0] * self.out_hw[1] * nch * 4)
+        self.cfg = np.array([kind, kernel[0], kernel[1], stride[0], stride[1], p[0], p[2],
+                             dil[0], dil[1], int(bool(a.get("count_include_pad", True))),
+                             divisor, p[1], p[3], int(self.pre is not None),
+                             int(self.post is not None)], np.int64)
         self.pre = _DUMMY_EP if self.pre is None else self.pre
         self.post = _DUMMY_EP if self.post is None else self.post
-        self.out_hw = a["out_hw"]
 
     def __call__(self, env, ctx) -> None:
         x = nhwc(env[self.inputs[0]])
+        if x.shape[1:] != self.in_shape:
+            raise self.mismatch(x, f"[M, {', '.join(map(str, self.in_shape))}] (NHWC)")
         y = self.buffer(ctx, "y", (x.shape[0], self.out_hw[0], self.out_hw[1], x.shape[3]))
         K.pool_nhwc(x, y, self.pre, self.post, self.cfg)
         env[self.outputs[0]] = as_nchw(y)
