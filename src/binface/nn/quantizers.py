@@ -97,27 +97,70 @@ class _SwishSignFn(torch.autograd.Function):
         return g * b * (2 - bx * torch.tanh(bx / 2)) / (1 + torch.cosh(bx)), None
 
 
+_ONE = torch.tensor(1.0)
+
+
 class _DoReFa1Fn(torch.autograd.Function):
     """DoReFa weights mode at one bit: sign (sign(0) = -1) forward; the gradient of
-    tanh(x) / max|tanh(x)|, including the path through the max (split over ties)."""
+    tanh(x) / max|tanh(x)|, including the path through the max (split over ties).
+
+    Written for activation maps (BinaryFaceNet quantizes its inputs with it), where
+    every full-size temporary costs more than its arithmetic (fresh pages): the
+    forward keeps only tanh(x) and the max, the backward fills one output buffer in
+    place, and the path through the max touches only the elements at the max.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(x)
-        m = t.abs().amax()
+        lo, hi = torch.aminmax(_flat(t) if _is_dense(t) else t)  # one pass, no copy, no |t|
+        m = torch.maximum(hi, -lo)
         ctx.save_for_backward(t, m)
+        ctx.lo_hi = (float(lo), float(hi))
         return sign_neg(x)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         t, m = ctx.saved_tensors
-        dt = 1.0 - t * t
-        grad = g * dt / m
-        # d/dm of sum(g * t / m) = -sum(g t) / m^2, sent to the elements where |t| = m
-        at_max = t.abs() == m
-        dm = -(g * t).sum() / (m * m)
-        grad = grad + at_max * (dm / at_max.sum()) * torch.sign(t) * dt
+        # one buffer laid out as t, filled in place (same rounding as g * (1 - t^2) / m)
+        grad = torch.mul(g, t, out=torch.empty_like(t))
+        dm = -grad.sum() / (m * m)  # d/dm of sum(g t / m) = -sum(g t) / m^2
+        # d/dx of sum(g t / m) at fixed m: g (1 - t^2) / m
+        torch.mul(t, t, out=grad)
+        torch.sub(_ONE, grad, out=grad)
+        grad.mul_(g).div_(m)
+        # dm/dx = sign(t) (1 - t^2) where |t| = m, split over ties: a few elements,
+        # found with one comparison pass when the max sits on one side (t = m or -m)
+        lo, hi = ctx.lo_hi
+        same_layout = t.stride() == grad.stride() and _is_dense(t)
+        # on 1-D views in memory order (no copy in any dense layout, e.g. channels-last)
+        at = _flat(t) if same_layout else t
+        if lo == -hi:
+            at_max = torch.eq(at, m).logical_or_(torch.eq(at, -m))
+        else:
+            at_max = torch.eq(at, hi if hi > -lo else lo)
+        idx = at_max.nonzero(as_tuple=True)
+        tm = at[idx]
+        corr = torch.sign(tm) * (1.0 - tm * tm) * (dm / tm.numel())
+        (_flat(grad) if same_layout else grad).index_put_(idx, corr, accumulate=True)
         return grad
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill a block of memory without gaps or overlaps (any dim
+    order: contiguous, channels-last...), as outputs of element-wise ops do."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride(), strict=True)
+                               if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements as a 1-D view in memory order (no copy)."""
+    return t.as_strided((t.numel(),), (1,))
 
 
 class Quantizer(nn.Module):
