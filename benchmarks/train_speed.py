@@ -40,7 +40,7 @@ class Bench:
         torch.manual_seed(seed)
         self.name = name
         self.model = create_model(name).train()
-        h, w = getattr(self.model, "input_size", (112, 112))
+        h, w = getattr(self.model, "input_size", None) or (112, 112)
         self.x = torch.randn(batch, 3, h, w)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -54,6 +54,9 @@ def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Ten
     return value.detach() + (surrogate - surrogate.detach())
 
 
+_ONE = torch.tensor(1.0)  # a 0-d operand: takes the other operand's dtype and device
+
+
 def _needs_grad(x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
 
@@ -61,7 +64,8 @@ def _needs_grad(x: torch.Tensor) -> bool:
 class _SteSignFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, clip: float) -> torch.Tensor:
-        ctx.save_for_backward(x.abs() <= clip)
+        # |x| <= clip as bool passes only (no float |x| temporary)
+        ctx.save_for_backward(torch.ge(x, -clip).logical_and_(torch.le(x, clip)))
         return sign_pos(x)
 
     @staticmethod
@@ -79,7 +83,8 @@ class _ApproxSignFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (x,) = ctx.saved_tensors
-        return g * (2.0 - 2.0 * x.abs()).clamp_min_(0.0)
+        # (2 - 2|x|)^+ g in one buffer: -2|x| + 2 rounds as 2 - 2|x|
+        return torch.abs(x).mul_(-2.0).add_(2.0).clamp_min_(0.0).mul_(g)
 
 
 class _SwishSignFn(torch.autograd.Function):
@@ -95,9 +100,6 @@ class _SwishSignFn(torch.autograd.Function):
         b = ctx.beta
         bx = b * x
         return g * b * (2 - bx * torch.tanh(bx / 2)) / (1 + torch.cosh(bx)), None
-
-
-_ONE = torch.tensor(1.0)
 
 
 class _DoReFa1Fn(torch.autograd.Function):
@@ -129,21 +131,31 @@ class _DoReFa1Fn(torch.autograd.Function):
         torch.mul(t, t, out=grad)
         torch.sub(_ONE, grad, out=grad)
         grad.mul_(g).div_(m)
-        # dm/dx = sign(t) (1 - t^2) where |t| = m, split over ties: a few elements,
-        # found with one comparison pass when the max sits on one side (t = m or -m)
+        # dm/dx = sign(t) (1 - t^2) where |t| = m, split over ties: a few elements
         lo, hi = ctx.lo_hi
-        same_layout = t.stride() == grad.stride() and _is_dense(t)
-        # on 1-D views in memory order (no copy in any dense layout, e.g. channels-last)
-        at = _flat(t) if same_layout else t
-        if lo == -hi:
-            at_max = torch.eq(at, m).logical_or_(torch.eq(at, -m))
-        else:
-            at_max = torch.eq(at, hi if hi > -lo else lo)
-        idx = at_max.nonzero(as_tuple=True)
-        tm = at[idx]
+        if max(hi, -lo) == 1.0 and bool(torch.isfinite(dm)):
+            return grad  # saturated: 1 - t^2 = 0 at the max, nothing flows through it
+        if t.stride() == grad.stride() and _is_dense(t):  # 1-D views in memory order
+            flat_t, flat_grad = _flat(t), _flat(grad)
+        else:  # pragma: no cover - empty_like keeps a dense tensor's strides
+            flat_t, flat_grad = t.reshape(-1), None
+        idx = _at_max(flat_t, m, lo, hi)
+        tm = flat_t[idx]
         corr = torch.sign(tm) * (1.0 - tm * tm) * (dm / tm.numel())
-        (_flat(grad) if same_layout else grad).index_put_(idx, corr, accumulate=True)
+        if flat_grad is None:  # pragma: no cover
+            return grad + torch.zeros_like(flat_t).index_add_(0, idx, corr).view(t.shape)
+        flat_grad.index_add_(0, idx, corr)
         return grad
+
+
+def _at_max(flat: torch.Tensor, m: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Indices of the elements of a 1-D tensor where |t| = m (m = max(hi, -lo)): one
+    comparison pass when the max sits on one side (t = m or t = -m), else two."""
+    if lo == -hi:
+        at_max = torch.eq(flat, m).logical_or_(torch.eq(flat, -m))
+    else:
+        at_max = torch.eq(flat, hi if hi > -lo else lo)
+    return at_max.nonzero().view(-1)
 
 
 def _is_dense(t: torch.Tensor) -> bool:
@@ -251,8 +263,9 @@ class _EdeSignFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (x,) = ctx.saved_tensors
-        th = torch.tanh(ctx.t * x)
-        return g * (ctx.k * ctx.t) * (1 - th * th), None, None
+        # k t (1 - tanh^2(t x)) g in one buffer
+        th = torch.mul(x, ctx.t).tanh_()
+        return torch.sub(_ONE, th.mul_(th), out=th).mul_(g).mul_(ctx.k * ctx.t), None, None
 
 
 class EdeSign(SignQuantizer):
