@@ -16,6 +16,12 @@ after warm-up), so load from other processes on a shared machine hits them alike
 the median step time over the rounds is reported (and the median CPU time of
 this process, less sensitive to other processes' load), with the BinaryFaceNet /
 MobileFaceNet step-time ratio against the 1.3x target (issue 13).
+
+Two process-level switches are worth comparing on a given machine: ``--channels-last``
+(``train.channels_last`` in ``binface train``; faster grouped/depthwise convolutions
+in oneDNN, slightly different float rounding) and PyTorch's own
+``THP_MEM_ALLOC_ENABLE=1`` environment variable (huge pages for large tensors: fewer
+page faults on the many fresh activation-sized buffers of a training step).
 """
 
 from __future__ import annotations
