@@ -54,6 +54,9 @@ def _straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Ten
     return value.detach() + (surrogate - surrogate.detach())
 
 
+_ONE = torch.tensor(1.0)  # a 0-d operand: takes the other operand's dtype and device
+
+
 def _needs_grad(x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad
 
@@ -61,7 +64,8 @@ def _needs_grad(x: torch.Tensor) -> bool:
 class _SteSignFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, clip: float) -> torch.Tensor:
-        ctx.save_for_backward(x.abs() <= clip)
+        # |x| <= clip as bool passes only (no float |x| temporary)
+        ctx.save_for_backward(torch.ge(x, -clip).logical_and_(torch.le(x, clip)))
         return sign_pos(x)
 
     @staticmethod
@@ -79,7 +83,8 @@ class _ApproxSignFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (x,) = ctx.saved_tensors
-        return g * (2.0 - 2.0 * x.abs()).clamp_min_(0.0)
+        # (2 - 2|x|)^+ g in one buffer: -2|x| + 2 rounds as 2 - 2|x|
+        return torch.abs(x).mul_(-2.0).add_(2.0).clamp_min_(0.0).mul_(g)
 
 
 class _SwishSignFn(torch.autograd.Function):
@@ -99,25 +104,75 @@ class _SwishSignFn(torch.autograd.Function):
 
 class _DoReFa1Fn(torch.autograd.Function):
     """DoReFa weights mode at one bit: sign (sign(0) = -1) forward; the gradient of
-    tanh(x) / max|tanh(x)|, including the path through the max (split over ties)."""
+    tanh(x) / max|tanh(x)|, including the path through the max (split over ties).
+
+    Written for activation maps (BinaryFaceNet quantizes its inputs with it), where
+    every full-size temporary costs more than its arithmetic (fresh pages): the
+    forward keeps only tanh(x) and the max, the backward fills one output buffer in
+    place, and the path through the max touches only the elements at the max.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(x)
-        m = t.abs().amax()
+        lo, hi = torch.aminmax(_flat(t) if _is_dense(t) else t)  # one pass, no copy, no |t|
+        m = torch.maximum(hi, -lo)
         ctx.save_for_backward(t, m)
+        ctx.lo_hi = (float(lo), float(hi))
         return sign_neg(x)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         t, m = ctx.saved_tensors
-        dt = 1.0 - t * t
-        grad = g * dt / m
-        # d/dm of sum(g * t / m) = -sum(g t) / m^2, sent to the elements where |t| = m
-        at_max = t.abs() == m
-        dm = -(g * t).sum() / (m * m)
-        grad = grad + at_max * (dm / at_max.sum()) * torch.sign(t) * dt
+        # one buffer laid out as t, filled in place (same rounding as g * (1 - t^2) / m)
+        grad = torch.mul(g, t, out=torch.empty_like(t))
+        dm = -grad.sum() / (m * m)  # d/dm of sum(g t / m) = -sum(g t) / m^2
+        # d/dx of sum(g t / m) at fixed m: g (1 - t^2) / m
+        torch.mul(t, t, out=grad)
+        torch.sub(_ONE, grad, out=grad)
+        grad.mul_(g).div_(m)
+        # dm/dx = sign(t) (1 - t^2) where |t| = m, split over ties: a few elements
+        lo, hi = ctx.lo_hi
+        if max(hi, -lo) == 1.0 and bool(torch.isfinite(dm)):
+            return grad  # saturated: 1 - t^2 = 0 at the max, nothing flows through it
+        if t.stride() == grad.stride() and _is_dense(t):  # 1-D views in memory order
+            flat_t, flat_grad = _flat(t), _flat(grad)
+        else:  # pragma: no cover - empty_like keeps a dense tensor's strides
+            flat_t, flat_grad = t.reshape(-1), None
+        idx = _at_max(flat_t, m, lo, hi)
+        tm = flat_t[idx]
+        corr = torch.sign(tm) * (1.0 - tm * tm) * (dm / tm.numel())
+        if flat_grad is None:  # pragma: no cover
+            return grad + torch.zeros_like(flat_t).index_add_(0, idx, corr).view(t.shape)
+        flat_grad.index_add_(0, idx, corr)
         return grad
+
+
+def _at_max(flat: torch.Tensor, m: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Indices of the elements of a 1-D tensor where |t| = m (m = max(hi, -lo)): one
+    comparison pass when the max sits on one side (t = m or t = -m), else two."""
+    if lo == -hi:
+        at_max = torch.eq(flat, m).logical_or_(torch.eq(flat, -m))
+    else:
+        at_max = torch.eq(flat, hi if hi > -lo else lo)
+    return at_max.nonzero().view(-1)
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill a block of memory without gaps or overlaps (any dim
+    order: contiguous, channels-last...), as outputs of element-wise ops do."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride(), strict=True)
+                               if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements as a 1-D view in memory order (no copy)."""
+    return t.as_strided((t.numel(),), (1,))
 
 
 class Quantizer(nn.Module):
@@ -208,8 +263,9 @@ class _EdeSignFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (x,) = ctx.saved_tensors
-        th = torch.tanh(ctx.t * x)
-        return g * (ctx.k * ctx.t) * (1 - th * th), None, None
+        # k t (1 - tanh^2(t x)) g in one buffer
+        th = torch.mul(x, ctx.t).tanh_()
+        return torch.sub(_ONE, th.mul_(th), out=th).mul_(g).mul_(ctx.k * ctx.t), None, None
 
 
 class EdeSign(SignQuantizer):

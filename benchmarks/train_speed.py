@@ -1,0 +1,121 @@
+"""Training speed on a CPU: images/s of a plain forward/backward/step loop per model.
+
+    python benchmarks/train_speed.py                       # binaryfacenet, mobilefacenet,
+                                                           # quicknet_small; 2 threads, batch 32
+    python benchmarks/train_speed.py --models binaryfacenet --steps 5
+    python benchmarks/train_speed.py --channels-last       # models and inputs channels-last
+    python benchmarks/train_speed.py --profile binaryfacenet   # torch.profiler op table
+    PYTHONPATH=/work/main/src python benchmarks/train_speed.py   # time another checkout
+
+The loop is what a user writes over ``create_model(name)``: random 112x112 inputs,
+loss = the sum of the embeddings (no margin head: the head is the same float
+matmul for every model and would only dilute the backbone difference), SGD step,
+then ``apply_weight_clip`` (what ``binface train`` does after each step). Models
+are timed side by side in interleaved rounds (one step of each model per round,
+after warm-up), so load from other processes on a shared machine hits them alike;
+the median step time over the rounds is reported (and the median CPU time of
+this process, less sensitive to other processes' load), with the BinaryFaceNet /
+MobileFaceNet step-time ratio against the 1.3x target (issue 13).
+
+Two process-level switches are worth comparing on a given machine: ``--channels-last``
+(``train.channels_last`` in ``binface train``; faster grouped/depthwise convolutions
+in oneDNN, slightly different float rounding) and PyTorch's own
+``THP_MEM_ALLOC_ENABLE=1`` environment variable (huge pages for large tensors: fewer
+page faults on the many fresh activation-sized buffers of a training step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from binface.models import create_model
+from binface.nn.layers import apply_weight_clip
+
+TARGET_RATIO = 1.3
+DEFAULT_MODELS = ("binaryfacenet", "mobilefacenet", "quicknet_small")
+
+
+class Bench:
+    """One model, its optimiser and a fixed input batch."""
+
+    def __init__(self, name: str, batch: int, channels_last: bool, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.name = name
+        self.model = create_model(name).train()
+        h, w = getattr(self.model, "input_size", None) or (112, 112)
+        self.x = torch.randn(batch, 3, h, w)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
+        self.times: list[float] = []
+        self.cpu: list[float] = []
+
+    def step(self) -> tuple[float, float]:
+        """One forward/backward/step; its wall time and this process's CPU time in seconds."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.model(self.x).sum()
+        loss.backward()
+        self.opt.step()
+        apply_weight_clip(self.model)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+
+def profile(bench: Bench, rows: int) -> None:
+    """A torch.profiler table of one step after a warm-up step (self CPU time)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
+    bench.step()
+    with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+        bench.step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                    help="comma-separated model names (default %(default)s)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
+    ap.add_argument("--steps", type=int, default=7, help="timed rounds (median reported)")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--profile", metavar="MODEL", help="print a torch.profiler table instead")
+    ap.add_argument("--rows", type=int, default=25, help="rows of the --profile table")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.profile:
+        profile(Bench(args.profile, args.batch, args.channels_last), args.rows)
+        return
+    benches = [Bench(n.strip(), args.batch, args.channels_last) for n in args.models.split(",")]
+    for b in benches:
+        for _ in range(args.warmup):
+            b.step()
+    for _ in range(args.steps):
+        for b in benches:
+            wall, cpu = b.step()
+            b.times.append(wall)
+            b.cpu.append(cpu)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
+          f"{args.steps} rounds, loss = sum of embeddings, SGD"
+          f"{', channels-last' if args.channels_last else ''}")
+    med = {}
+    for b in benches:
+        med[b.name] = statistics.median(b.times)
+        print(f"{b.name:>16}: {med[b.name]:6.3f} s/step (min {min(b.times):.3f}, "
+              f"CPU {statistics.median(b.cpu):.3f} s)  {args.batch / med[b.name]:6.1f} img/s")
+    if "binaryfacenet" in med and "mobilefacenet" in med:
+        r = med["binaryfacenet"] / med["mobilefacenet"]
+        verdict = "meets" if r <= TARGET_RATIO else "misses"
+        print(f"binaryfacenet / mobilefacenet step time: {r:.2f}x ({verdict} the "
+              f"{TARGET_RATIO}x target)")
+
+
+if __name__ == "__main__":
+    main()

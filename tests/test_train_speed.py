@@ -1,0 +1,245 @@
+"""The fast training paths give today's gradients (issue 13, section 4).
+
+Every quantizer's gradient is compared with a plain autograd implementation of its
+formula (docs/quantizers.md), on maps with ties at the max, in several memory
+layouts; a whole BinaryFaceNet's parameter gradients are compared with the same
+network running the reference quantizers (monkeypatched in). No timings here: the
+speed is measured by benchmarks/train_speed.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from binface.models import create_model
+from binface.nn import (
+    ApproxSign,
+    DoReFa,
+    EdeSign,
+    MagnitudeAwareSign,
+    RSign,
+    SteSign,
+    SwishSign,
+)
+
+RTOL = 1e-5
+
+
+# ------------------------------------------------------------ reference quantizers
+def ref_sign(x: torch.Tensor, zero: float) -> torch.Tensor:
+    return torch.where(x > 0, 1.0, torch.where(x < 0, -1.0, zero)).to(x.dtype)
+
+
+def ref_ste(surrogate: torch.Tensor, x: torch.Tensor, zero: float = 1.0) -> torch.Tensor:
+    """sign(x) forward, the autograd gradient of ``surrogate`` backward."""
+    return ref_sign(x.detach(), zero) + (surrogate - surrogate.detach())
+
+
+def ref_dorefa1(x: torch.Tensor) -> torch.Tensor:
+    """DoReFa weights mode at one bit: the autograd of tanh(x) / max|tanh x|."""
+    t = torch.tanh(x)
+    return ref_ste(t / t.abs().max(), x, zero=-1.0)
+
+
+class OldDoReFa1Fn(torch.autograd.Function):
+    """binface's DoReFa (k=1, weights) Function before the fast path, verbatim."""
+
+    @staticmethod
+    def forward(ctx, x):
+        t = torch.tanh(x)
+        m = t.abs().amax()
+        ctx.save_for_backward(t, m)
+        return torch.sign(x).sub_(0.5).sign_()
+
+    @staticmethod
+    def backward(ctx, g):
+        t, m = ctx.saved_tensors
+        dt = 1.0 - t * t
+        grad = g * dt / m
+        at_max = t.abs() == m
+        dm = -(g * t).sum() / (m * m)
+        return grad + at_max * (dm / at_max.sum()) * torch.sign(t) * dt
+
+
+def ref_swish(x: torch.Tensor, beta: float) -> torch.Tensor:
+    s = torch.sigmoid(beta * x)
+    return ref_ste(2 * s * (1 + beta * x * (1 - s)) - 1, x)
+
+
+def ref_ede(x: torch.Tensor, t: float) -> torch.Tensor:
+    return ref_ste(max(1 / t, 1.0) * torch.tanh(t * x), x)
+
+
+def ref_approx(x: torch.Tensor) -> torch.Tensor:
+    a = x.clamp(-1, 1)
+    return ref_ste(2 * a - a * a.abs(), x)  # d/dx = 2 - 2|x| on [-1, 1]
+
+
+REFERENCES = {
+    "ste_sign": (lambda: SteSign(1.0), lambda x: ref_ste(x.clamp(-1, 1), x)),
+    "ste_sign_1.3": (lambda: SteSign(1.3), lambda x: ref_ste(x.clamp(-1.3, 1.3), x)),
+    "approx_sign": (ApproxSign, ref_approx),
+    "swish_sign": (lambda: SwishSign(5.0), lambda x: ref_swish(x, 5.0)),
+    "ede_sign_0.5": (lambda: EdeSign(0.5), lambda x: ref_ede(x, 0.5)),
+    "ede_sign_3": (lambda: EdeSign(3.0), lambda x: ref_ede(x, 3.0)),
+    "dorefa1_weights": (lambda: DoReFa(1, "weights"), ref_dorefa1),
+    "dorefa1_weights_old": (lambda: DoReFa(1, "weights"), OldDoReFa1Fn.apply),
+}
+
+
+def assert_grad_close(new: torch.Tensor, ref: torch.Tensor, scale: float = 0.0) -> None:
+    """Element-wise agreement to RTOL relative, with an absolute floor at RTOL x the largest
+    |ref| (or ``scale``: an element whose true gradient is ~0 carries only rounding)."""
+    floor = RTOL * max(float(ref.abs().max()), scale) + 1e-30
+    torch.testing.assert_close(new, ref, rtol=RTOL, atol=floor)
+
+
+def maps(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Activation-like inputs: plain, with ties at the max on one or both sides, saturated
+    (|tanh x| = 1 in float32), zeros, in contiguous, channels-last and strided layouts."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 9, 7, generator=g, dtype=dtype)
+    out = {"plain": x}
+    tie = x.clone()
+    tie.view(-1)[[5, 77, 300]] = 5.0  # three maxima above everything else (t = m)
+    out["ties_high"] = tie
+    neg = x.clone()
+    neg.view(-1)[[2, 40]] = -5.5  # the max of |t| on the negative side (t = -m)
+    out["ties_low"] = neg
+    both = x.clone()
+    both.view(-1)[[3, 50]] = 5.0
+    both.view(-1)[[9]] = -5.0  # ties on both sides (lo = -hi)
+    out["ties_both"] = both
+    sat = x.clone()
+    sat.view(-1)[[1, 2]] = torch.tensor([12.0, -15.0], dtype=dtype)  # tanh = +-1 exactly
+    out["saturated"] = sat
+    zeros = x.clone()
+    zeros.view(-1)[::11] = 0.0
+    out["zeros"] = zeros
+    out["channels_last"] = x.contiguous(memory_format=torch.channels_last)
+    out["strided"] = torch.randn(3, 8, 18, 7, generator=g, dtype=dtype)[:, :, ::2]
+    out["flat"] = x.reshape(-1)[:200]
+    out["scalar"] = x.reshape(-1)[7].clone()
+    return out
+
+
+def run(fn, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.clone(memory_format=torch.preserve_format).requires_grad_(True)
+    y = fn(x)
+    y.backward(g)
+    return y.detach(), x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_quantizer_gradient_matches_its_reference(name, dtype):
+    make, ref = REFERENCES[name]
+    for case, x in maps(dtype).items():
+        g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        y_new, g_new = run(make(), x, g)
+        y_ref, g_ref = run(ref, x, g)
+        assert torch.equal(y_new, y_ref), (name, case)
+        try:  # upstream gradients are ~1: a 1-element map's exact gradient is 0 + rounding
+            assert_grad_close(g_new, g_ref, scale=1.0)
+        except AssertionError as e:  # pragma: no cover - a failure names the case
+            raise AssertionError(f"{name} / {case}: {e}") from None
+
+
+def test_dorefa_max_path_is_exercised():
+    """The ties cases really carry a gradient through the max (else they test nothing)."""
+    x = maps()["ties_high"]
+    g = torch.ones_like(x)
+    _, with_max = run(DoReFa(1, "weights"), x, g)
+    t = torch.tanh(x)
+    without = g * (1 - t * t) / t.abs().max()
+    at_max = t.abs() == t.abs().max()
+    assert at_max.sum() == 3
+    assert (with_max - without)[at_max].abs().min() > 1e-3
+    assert torch.equal(with_max[~at_max], without[~at_max])
+
+
+def test_dorefa_gradient_with_an_expanded_upstream_gradient():
+    """``y.sum().backward()`` hands the quantizer a stride-0 gradient."""
+    x = maps()["ties_both"]
+    xa = x.clone().requires_grad_(True)
+    DoReFa(1, "weights")(xa).sum().backward()
+    xb = x.clone().requires_grad_(True)
+    ref_dorefa1(xb).sum().backward()
+    assert_grad_close(xa.grad, xb.grad)
+
+
+def test_dorefa_gradient_keeps_the_input_layout():
+    x = maps()["channels_last"].clone().requires_grad_(True)
+    DoReFa(1, "weights")(x).backward(torch.ones_like(x))
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_kernel_quantizers_match_their_reference():
+    """MagnitudeAwareSign (scale as a constant) and RSign (shift + ApproxSign)."""
+    w = torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(2)) * 0.9
+    g = torch.randn(w.shape, generator=torch.Generator().manual_seed(3))
+    _, new = run(MagnitudeAwareSign(), w, g)
+    scale = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    _, ref = run(lambda v: scale * ref_ste(v.clamp(-1, 1), v), w, g)
+    assert_grad_close(new, ref)
+    q = RSign(4)
+    with torch.no_grad():
+        q.shift.copy_(torch.tensor([0.3, -0.2, 0.0, 0.5]))
+    x = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(4))
+    _, new = run(q, x, torch.ones_like(x))
+    _, ref = run(lambda v: ref_approx(v + q.shift.detach().view(1, -1, 1, 1)), x,
+                 torch.ones_like(x))
+    assert_grad_close(new, ref)
+
+
+# ------------------------------------------------------------ a whole network
+def _reference_dorefa_forward(self: DoReFa, x: torch.Tensor) -> torch.Tensor:
+    if self.pm_one:
+        return ref_dorefa1(x)
+    return _FAST_DOREFA_FORWARD(self, x)
+
+
+_FAST_DOREFA_FORWARD = DoReFa.forward
+
+
+def _grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    model.zero_grad(set_to_none=True)
+    y = model(x)
+    (y * torch.linspace(-1, 1, y.shape[1])).sum().backward()
+    return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def binaryfacenet_and_input():
+    torch.manual_seed(0)
+    model = create_model("binaryfacenet").train()
+    x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(5))
+    return model, x
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_binaryfacenet_gradients_match_the_reference_quantizers(binaryfacenet_and_input,
+                                                                channels_last, monkeypatch):
+    """Same outputs and, to 1e-5, the same gradient of every parameter, in either layout
+    (channels-last convolutions round differently, so each layout is its own reference)."""
+    model, x = binaryfacenet_and_input
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    if channels_last:
+        model = create_model("binaryfacenet").train()
+        model.load_state_dict(state)
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y_new, g_new = _grads(model, x)
+    model.load_state_dict(state)  # BN running statistics as before
+    with monkeypatch.context() as mp:
+        mp.setattr(DoReFa, "forward", _reference_dorefa_forward)
+        y_ref, g_ref = _grads(model, x)
+    model.load_state_dict(state)
+    assert torch.equal(y_new, y_ref)
+    assert set(g_new) == set(g_ref) and len(g_new) > 50
+    for name, ref in g_ref.items():
+        try:
+            assert_grad_close(g_new[name], ref)
+        except AssertionError as e:  # pragma: no cover - a failure names the parameter
+            raise AssertionError(f"{name}: {e}") from None
