@@ -31,13 +31,7 @@ from binface.profile import profile
 from binface.runtime.engine import load_packed
 from binface.runtime.export import export_packed
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

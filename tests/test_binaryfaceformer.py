@@ -17,12 +17,7 @@ MODELS = ["binaryfaceformer_sep", "binaryfaceformer_add"]
 BINARYFACENET_KIB = 1351.2  # seed Table 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -18,14 +18,7 @@ from binface.runtime import export_onnx, load_onnx  # noqa: E402
 FLOAT_ZOO = list_models("cnn") + list_models("hybrid")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: tracing and reference runs are several times faster on a busy
-    2-core machine than with two threads fighting over it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rel_err(a, b) -> float:

@@ -114,7 +114,41 @@ def _window_attrs(op: Op) -> tuple[list[int], list[int], list[int], list[int], l
     return kernel, stride, dilation, in_hw, pads, out_hw
 
 
-class BConvOp(_ConvLike):
+class _PackedConv(_ConvLike):
+    """A binary layer on packed input: the input guard, outputs, residuals and the trace
+    record are shared; subclasses call their kernel (``run_kernel``)."""
+
+    in_shape: tuple
+    out_hw: tuple
+    nout: int
+
+    def run_kernel(self, ctx, p, y, acc, q, cfg, r1, r2) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def __call__(self, env, ctx) -> None:
+        p = env[self.inputs[0]]
+        if p.shape[1:] != self.in_shape or p.dtype != _U64 or not p.flags.c_contiguous:
+            raise self.mismatch(p, f"uint64[M, {', '.join(map(str, self.in_shape))}]")
+        m = p.shape[0]
+        ho, wo = self.out_hw
+        nout = self.nout
+        y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
+        r1, r2 = self.residuals(env, (m, ho, wo, nout))
+        acc = _DUMMY_I4
+        if ctx.trace:
+            acc = np.zeros((m, ho, wo, nout), np.int32)
+            cfg = cfg.copy()
+            cfg[K.EP_OUT_ACC] = 1
+        self.run_kernel(ctx, p, y, acc, q, cfg, r1, r2)
+        self.store(env, ctx, y, q)
+        if ctx.trace:
+            ctx.records.append({
+                "node": self.name, "op": self.node["op"], "source": self.attrs.get("source"),
+                "input": ctx.floats.get(self.inputs[0]), "acc": self.logical(acc, ctx.n),
+                "output": ctx.floats.get(self.name + ":y")})
+
+
+class BConvOp(_PackedConv):
     """Binary conv (or dense, ``linear``) on packed input: xor + popcount, fused epilogue."""
 
     def __init__(self, node, tensors, graph) -> None:
@@ -162,35 +196,16 @@ class BConvOp(_ConvLike):
         if self.macs_per_sample > MAX_MACS:
             raise self.bad(f"{self.macs_per_sample} MACs per sample exceed the limit")
 
-    def __call__(self, env, ctx) -> None:
-        p = env[self.inputs[0]]
-        if p.shape[1:] != self.in_shape or p.dtype != _U64 or not p.flags.c_contiguous:
-            raise self.mismatch(p, f"uint64[M, {', '.join(map(str, self.in_shape))}]")
-        m = p.shape[0]
-        ho, wo = self.out_hw
-        nout = self.nout
-        y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
-        r1, r2 = self.residuals(env, (m, ho, wo, nout))
-        acc = _DUMMY_I4
-        if ctx.trace:
-            acc = np.zeros((m, ho, wo, nout), np.int32)
-            cfg = cfg.copy()
-            cfg[K.EP_OUT_ACC] = 1
+    def run_kernel(self, ctx, p, y, acc, q, cfg, r1, r2) -> None:
         if self.win > 1:
             pw = self.buffer(ctx, "win", p.shape, np.uint64)
             K.pack_windows(p, pw, self.win, self.cg)
             K.bconv_win(pw, self.w, self.masks, self.corr, self.ep, r1, r2, y, acc, q, cfg)
         else:
             K.bconv(p, self.w, self.corr, self.ep, r1, r2, y, acc, q, cfg)
-        self.store(env, ctx, y, q)
-        if ctx.trace:
-            ctx.records.append({
-                "node": self.name, "op": "bconv", "source": self.attrs.get("source"),
-                "input": ctx.floats.get(self.inputs[0]), "acc": self.logical(acc, ctx.n),
-                "output": ctx.floats.get(self.name + ":y")})
 
 
-class BDwConvOp(_ConvLike):
+class BDwConvOp(_PackedConv):
     """Binary depthwise conv (bit-serial, for small layers)."""
 
     def __init__(self, node, tensors, graph) -> None:
@@ -218,27 +233,8 @@ class BDwConvOp(_ConvLike):
         self.macs_per_sample = (self.out_hw[0] * self.out_hw[1] * self.wb.shape[1]
                                 * self.wb.shape[0])
 
-    def __call__(self, env, ctx) -> None:
-        p = env[self.inputs[0]]
-        if p.shape[1:] != self.in_shape or p.dtype != _U64 or not p.flags.c_contiguous:
-            raise self.mismatch(p, f"uint64[M, {', '.join(map(str, self.in_shape))}]")
-        m = p.shape[0]
-        ho, wo = self.out_hw
-        nout = self.nout
-        y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
-        r1, r2 = self.residuals(env, (m, ho, wo, nout))
-        acc = _DUMMY_I4
-        if ctx.trace:
-            acc = np.zeros((m, ho, wo, nout), np.int32)
-            cfg = cfg.copy()
-            cfg[K.EP_OUT_ACC] = 1
+    def run_kernel(self, ctx, p, y, acc, q, cfg, r1, r2) -> None:
         K.bdwconv(p, self.wb, self.wpk, self.ep, r1, r2, y, acc, q, cfg)
-        self.store(env, ctx, y, q)
-        if ctx.trace:
-            ctx.records.append({
-                "node": self.name, "op": "bdwconv", "source": self.attrs.get("source"),
-                "input": ctx.floats.get(self.inputs[0]), "acc": as_nchw(acc),
-                "output": ctx.floats.get(self.name + ":y")})
 
 
 class BMaxPoolOp(Op):
