@@ -427,3 +427,24 @@ def test_runner_rejects_wrong_shape(tmp_path):
     runner = LceRunner(tmp_path / "m.tflite")
     with pytest.raises(InputShapeError, match="does not fit"):
         runner.run(np.zeros((1, 3, 8, 8), np.float32))
+
+
+@pytest.mark.parametrize("name", ["binaryfaceformer_sep", "binaryfaceformer_add"])
+def test_binary_attention_models_run_binary_in_lce(name, tmp_path):
+    """Every binary projection of the BinaryFaceFormer models becomes LceBconv2d; only
+    the float stem and head stay float (issue 13)."""
+    from binface.models import create_model
+    from binface.nn import BinaryConv2d
+    from binface.runtime.lce import LceRunner, export_lce
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    info = export_lce(model, tmp_path / "m.tflite")
+    n_binary = sum(isinstance(m, BinaryConv2d) for m in model.modules())
+    assert info["report"].totals["binary_layers"] == n_binary
+    x = np.random.default_rng(0).standard_normal((1, 3, 112, 112), dtype=np.float32)
+    got = LceRunner(tmp_path / "m.tflite").run(x)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
+    assert cos >= 0.99
