@@ -37,19 +37,14 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', not {mode!r}")
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise BinfaceError(f"cannot write {path}: {exc.strerror or exc}") from None
+    fd, tmp = _temporary(path, f".{path.name}.", ".tmp")
     try:
         kwargs = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -76,22 +71,31 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
     replaces ``path``.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
-                                   dir=path.parent)
-    except OSError as exc:
-        raise BinfaceError(f"cannot write {path}: {exc.strerror or exc}") from None
+    fd, tmp = _temporary(path, f".{path.stem}.", f".tmp{path.suffix}")
     os.close(fd)
     try:
         writer(Path(tmp))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _temporary(path: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new temporary file beside ``path`` (its folder created); one line if impossible."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise BinfaceError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _replace(tmp: str, path: Path) -> None:
+    """Give the finished temporary file the usual permissions and rename it over ``path``."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
 
 
 def _same(a: Path, b: Path) -> bool:
