@@ -156,7 +156,7 @@ def test_dorefa_max_path_is_exercised():
     at_max = t.abs() == t.abs().max()
     assert at_max.sum() == 3
     assert (with_max - without)[at_max].abs().min() > 1e-3
-    assert torch.equal(with_max[~at_max], without[~at_max])
+    assert_grad_close(with_max[~at_max], without[~at_max])  # elsewhere only the main term
 
 
 def test_dorefa_gradient_with_an_expanded_upstream_gradient():

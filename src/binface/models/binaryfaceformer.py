@@ -24,6 +24,7 @@ from binface.models.common import FaceModel
 from binface.models.registry import register_model
 from binface.nn.binary_attention import BinaryFormerBlock, BinaryProjection
 from binface.nn.norm import BatchNorm1d, BatchNorm2d
+from binface.nn.prelu import PReLU
 
 BINARYFACENET_KIB = 1351.2  # BinaryFaceNet's weight memory (seed Table 2)
 MIN_1BIT_SHARE = 0.9
@@ -52,7 +53,7 @@ class BinaryFaceFormerBackbone(nn.Sequential):
         d2, d3 = depths
         super().__init__(
             nn.Sequential(nn.Conv2d(3, c0, 3, stride=2, padding=1, bias=False),
-                          BatchNorm2d(c0), nn.PReLU(c0)),
+                          BatchNorm2d(c0), PReLU(c0)),
             BinaryProjection(c0, c1, 3, stride=2),
             BinaryProjection(c1, c1, 3),
             BinaryProjection(c1, c2, 3, stride=2),

@@ -28,6 +28,7 @@ from binface.nn import (
     BinaryDepthwiseConv2d,
     BinarySeparableConv2d,
     DoReFa,
+    PReLU,
 )
 
 
@@ -50,7 +51,7 @@ class QConv(nn.Sequential):
             BatchNorm2d(cout),
         ]
         if act:
-            layers.append(nn.PReLU(cout))
+            layers.append(PReLU(cout))
         super().__init__(*layers)
 
 
@@ -59,7 +60,7 @@ class ConvBNPReLU(nn.Sequential):
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1) -> None:
         super().__init__(nn.Conv2d(cin, cout, kernel, stride, bias=False), BatchNorm2d(cout),
-                         nn.PReLU(cout))
+                         PReLU(cout))
 
 
 class BinarySqueezeExcite(nn.Module):
@@ -75,7 +76,7 @@ class BinarySqueezeExcite(nn.Module):
         )
         self.excite = nn.Sequential(
             nn.Conv2d(channels, channels // reduction, 1, bias=True),
-            nn.PReLU(channels // reduction),
+            PReLU(channels // reduction),
             nn.Conv2d(channels // reduction, channels, 1, bias=True),
             nn.Sigmoid(),
         )
@@ -92,13 +93,13 @@ class GlobalFeatureBlock(nn.Module):
         dw = {"input_quantizer": _dorefa(), "depthwise_quantizer": _dorefa(), "kernel_clip": 1.0,
               "bias_clip": 1.0, "bias": True}
         self.skip = BinaryConv2d(c, c, 1, bias=True, **_binary_kw())
-        self.act_skip = nn.PReLU(c)
+        self.act_skip = PReLU(c)
         self.dw1 = BinaryDepthwiseConv2d(c, 1, **dw)
-        self.act_join1 = nn.PReLU(c)
+        self.act_join1 = PReLU(c)
         self.conv = BinaryConv2d(c, c, 1, bias=True, **_binary_kw())
-        self.act_join2 = nn.PReLU(c)
+        self.act_join2 = PReLU(c)
         self.dw2 = BinaryDepthwiseConv2d(c, 1, **dw)
-        self.act_out = nn.PReLU(c)
+        self.act_out = PReLU(c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s1 = self.act_skip(self.skip(x))
@@ -116,12 +117,12 @@ class LocalFeatureBlock(nn.Module):
                "pointwise_quantizer": _dorefa(), "kernel_clip": 1.0, "bias": True}
         self.down = QConv(c, c, 3, stride=2, padding="same")
         self.sep1 = BinarySeparableConv2d(c, c, 1, **sep)
-        self.act_sep1 = nn.PReLU(c)
+        self.act_sep1 = PReLU(c)
         self.local2 = QConv(c, c, 1, act=False)
-        self.act_join1 = nn.PReLU(c)
+        self.act_join1 = PReLU(c)
         self.local3 = QConv(c, c, 1)
         self.sep2 = BinarySeparableConv2d(c, c, 1, **sep)
-        self.act_out = nn.PReLU(c)
+        self.act_out = PReLU(c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.down(x)

@@ -29,6 +29,7 @@ from binface.models.common import FaceModel
 from binface.models.registry import register_model
 from binface.nn.blocks import ConvBNAct, SqueezeExcite, init_cnn_weights, prelu
 from binface.nn.norm import BatchNorm1d
+from binface.nn.prelu import PReLU
 
 GROUP_BASE = 8
 
@@ -62,7 +63,7 @@ class VarGBlock(nn.Module):
         self.sep2 = VarGSeparable(out_channels, out_channels, 1, factor, pw_act=False)
         self.se = (SqueezeExcite(out_channels, out_channels // se_ratio) if se
                    else nn.Identity())
-        self.act = nn.PReLU(out_channels)
+        self.act = PReLU(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.se(self.sep2(self.sep1(x))) + self.shortcut(x))
@@ -77,9 +78,9 @@ class VarGDownBlock(nn.Module):
         self.shortcut = VarGSeparable(in_channels, out_channels, 2, factor, pw_act=False)
         self.branch1 = VarGSeparable(in_channels, out_channels, 2, factor, pw_act=False)
         self.branch2 = VarGSeparable(in_channels, out_channels, 2, factor, pw_act=False)
-        self.act1 = nn.PReLU(out_channels)
+        self.act1 = PReLU(out_channels)
         self.sep2 = VarGSeparable(out_channels, out_channels, 1, factor, pw_act=False)
-        self.act2 = nn.PReLU(out_channels)
+        self.act2 = PReLU(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act1(self.branch1(x) + self.branch2(x))

@@ -57,6 +57,7 @@ from binface.nn.layers import (
 from binface.nn.margin import AdaFace, ArcFace, CombinedMargin, CosFace, PartialFC, make_margin
 from binface.nn.norm import BatchNorm1d, BatchNorm2d
 from binface.nn.pooling import BlurPool2d, MaxPool2dSame
+from binface.nn.prelu import PReLU
 from binface.nn.quantizers import *  # noqa: F403
 
 __all__ = [
@@ -89,6 +90,7 @@ __all__ = [
     "MaxPool2dSame",
     "Mlp",
     "MultiHeadSelfAttention",
+    "PReLU",
     "PartialFC",
     "QuantConv2d",
     "QuantLinear",

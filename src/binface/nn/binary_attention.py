@@ -44,6 +44,7 @@ from torch import nn
 
 from binface.nn.layers import BinaryConv2d
 from binface.nn.norm import BatchNorm2d
+from binface.nn.prelu import PReLU
 from binface.nn.quantizers import RSign, SteSign
 
 __all__ = ["BinaryAdditiveAttention", "BinaryFormerBlock", "BinaryMlp", "BinaryProjection",
@@ -98,7 +99,7 @@ class BinaryProjection(nn.Module):
                                  pad_values=1.0, input_quantizer=RSign(cin))
         self.bn = BatchNorm2d(cout)
         self.shortcut = binary_shortcut(cin, cout, stride) if shortcut else None
-        self.act = nn.PReLU(cout) if act else nn.Identity()
+        self.act = PReLU(cout) if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the shortcut first: the packed engine then adds it in the conv's epilogue
@@ -148,7 +149,7 @@ class BinarySeparableAttention(nn.Module):
         self.bn_qkv = BatchNorm2d(heads + 2 * dim)
         self.out = BinaryConv2d(dim, dim, 1, input_quantizer=SteSign())
         self.bn_out = BatchNorm2d(dim)
-        self.act = nn.PReLU(dim)
+        self.act = PReLU(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = torch.split(self.bn_qkv(self.qkv(x)), [self.heads, self.dim, self.dim], dim=1)
@@ -190,7 +191,7 @@ class BinaryAdditiveAttention(nn.Module):
         self.w_g = BinaryConv2d(dim, heads, 1, input_quantizer=RSign(dim))
         self.proj = BinaryConv2d(dim, dim, 1, input_quantizer=SteSign())
         self.bn_proj = BatchNorm2d(dim)
-        self.act_proj = nn.PReLU(dim)
+        self.act_proj = PReLU(dim)
         self.final = BinaryProjection(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binface.nn.norm import BatchNorm1d, BatchNorm2d
+from binface.nn.prelu import PReLU
 
 ConvFactory = Callable[..., nn.Module]
 LinearFactory = Callable[..., nn.Module]
@@ -27,7 +28,7 @@ ActFactory = Callable[[int], nn.Module]
 # ---------------------------------------------------------------- activations
 def prelu(channels: int) -> nn.Module:
     """PReLU with one slope per channel (the face CNNs' activation)."""
-    return nn.PReLU(channels)
+    return PReLU(channels)
 
 
 def relu(channels: int) -> nn.Module:

@@ -102,50 +102,64 @@ class _SwishSignFn(torch.autograd.Function):
         return g * b * (2 - bx * torch.tanh(bx / 2)) / (1 + torch.cosh(bx)), None
 
 
+# below this size (kernels, small maps) sum(g tanh x) is taken with tanh itself: 2s - 1
+# carries s's absolute rounding (~6e-8), large next to tanh x for small weights
+_EXACT_TANH_NUMEL = 1 << 18
+
+
 class _DoReFa1Fn(torch.autograd.Function):
     """DoReFa weights mode at one bit: sign (sign(0) = -1) forward; the gradient of
     tanh(x) / max|tanh(x)|, including the path through the max (split over ties).
 
     Written for activation maps (BinaryFaceNet quantizes its inputs with it), where
-    every full-size temporary costs more than its arithmetic (fresh pages): the
-    forward keeps only tanh(x) and the max, the backward fills one output buffer in
-    place, and the path through the max touches only the elements at the max.
+    every full-size pass counts. Two identities keep tanh off the full map (PyTorch's
+    CPU tanh is several times slower than its sigmoid):
+
+    - max|tanh x| = tanh(max|x|) (tanh is odd and increasing), so the forward needs
+      only a min/max pass over x and the sign;
+    - with s = sigmoid(2x): tanh x = 2s - 1 and 1 - tanh^2 x = 4 s (1 - s), so the
+      backward is one fused ``sigmoid_backward`` pass (g s (1 - s)) and a scale, and
+      the path through the max needs sum(g tanh x) = 2 sum(g s) - sum(g) (two dots).
+
+    The elements at the max are those where |x| = max|x| (ties split evenly).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        t = torch.tanh(x)
-        lo, hi = torch.aminmax(_flat(t) if _is_dense(t) else t)  # one pass, no copy, no |t|
-        m = torch.maximum(hi, -lo)
-        ctx.save_for_backward(t, m)
+        lo, hi = torch.aminmax(_flat(x) if _is_dense(x) else x)  # one pass, no copy
+        ctx.save_for_backward(x)
         ctx.lo_hi = (float(lo), float(hi))
         return sign_neg(x)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        t, m = ctx.saved_tensors
-        # one buffer laid out as t, filled in place (same rounding as g * (1 - t^2) / m)
-        grad = torch.mul(g, t, out=torch.empty_like(t))
-        dm = -grad.sum() / (m * m)  # d/dm of sum(g t / m) = -sum(g t) / m^2
-        # d/dx of sum(g t / m) at fixed m: g (1 - t^2) / m
-        torch.mul(t, t, out=grad)
-        torch.sub(_ONE, grad, out=grad)
-        grad.mul_(g).div_(m)
-        # dm/dx = sign(t) (1 - t^2) where |t| = m, split over ties: a few elements
+        (x,) = ctx.saved_tensors
         lo, hi = ctx.lo_hi
-        if max(hi, -lo) == 1.0 and bool(torch.isfinite(dm)):
+        a = torch.maximum(torch.tensor(hi, dtype=x.dtype), torch.tensor(-lo, dtype=x.dtype))
+        m = torch.tanh(a)  # max|tanh x|, a 0-d tensor in x's dtype
+        s = torch.mul(x, 2.0).sigmoid_()  # 2x is exact; one buffer laid out as x
+        grad = torch.ops.aten.sigmoid_backward(g, s).mul_(4.0 / m)  # g (1 - t^2) / m
+        if float(m) == 1.0:
             return grad  # saturated: 1 - t^2 = 0 at the max, nothing flows through it
-        if t.stride() == grad.stride() and _is_dense(t):  # 1-D views in memory order
-            flat_t, flat_grad = _flat(t), _flat(grad)
-        else:  # pragma: no cover - empty_like keeps a dense tensor's strides
-            flat_t, flat_grad = t.reshape(-1), None
-        idx = _at_max(flat_t, m, lo, hi)
-        tm = flat_t[idx]
-        corr = torch.sign(tm) * (1.0 - tm * tm) * (dm / tm.numel())
-        if flat_grad is None:  # pragma: no cover
-            return grad + torch.zeros_like(flat_t).index_add_(0, idx, corr).view(t.shape)
-        flat_grad.index_add_(0, idx, corr)
-        return grad
+        # d/dm of sum(g t / m) = -sum(g t) / m^2, with sum(g t) = 2 sum(g s) - sum(g)
+        if x.numel() <= _EXACT_TANH_NUMEL:  # kernels: 2s - 1 loses digits where |x| << 1
+            gt = (g * torch.tanh(x)).sum()
+        elif g.stride() == s.stride() and _is_dense(s):  # 1-D views in memory order
+            gt = 2.0 * torch.dot(_flat(g), _flat(s)) - _flat(g).sum()
+        else:  # e.g. a stride-0 gradient from y.sum().backward()
+            gt = (g * (2.0 * s - 1.0)).sum()
+        dm = -gt / (m * m)
+        if not bool(torch.isfinite(dm)):
+            return grad
+        # dm/dx = sign(x) (1 - t^2) where |x| = max|x|, split over ties: a few elements
+        same = grad.stride() == x.stride() and _is_dense(x)  # 1-D views in memory order
+        flat_x = _flat(x) if same else x.reshape(-1)  # else in logical order
+        idx = _at_max(flat_x, a, lo, hi)
+        corr = torch.sign(flat_x[idx]) * (1.0 - m * m) * (dm / idx.numel())
+        if same:
+            _flat(grad).index_add_(0, idx, corr)
+            return grad
+        return grad + torch.zeros_like(flat_x).index_add_(0, idx, corr).view(x.shape)
 
 
 def _at_max(flat: torch.Tensor, m: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
