@@ -243,3 +243,58 @@ def test_binaryfacenet_gradients_match_the_reference_quantizers(binaryfacenet_an
             assert_grad_close(g_new[name], ref)
         except AssertionError as e:  # pragma: no cover - a failure names the parameter
             raise AssertionError(f"{name}: {e}") from None
+
+
+# ------------------------------------------------------------ PReLU
+def _prelu_cases() -> dict[str, tuple[torch.Tensor, int]]:
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 8, 9, 7, generator=g)
+    x.view(-1)[::13] = 0.0  # x = 0 takes the slope, as in PyTorch
+    return {
+        "nchw": (x, 8),
+        "channels_last": (x.contiguous(memory_format=torch.channels_last), 8),
+        "one_slope": (x, 1),
+        "strided": (torch.randn(3, 8, 18, 7, generator=g)[:, :, ::2], 8),  # PyTorch's path
+        "tokens": (torch.randn(2, 8, 5, generator=g), 8),  # 3-D: PyTorch's path
+        "float64": (x.double(), 8),
+    }
+
+
+@pytest.mark.parametrize("case", list(_prelu_cases()))
+def test_prelu_matches_torch(case):
+    """binface's PReLU: nn.PReLU's values and gradients (input and slopes) in every layout."""
+    from binface.nn import PReLU
+
+    x, n = _prelu_cases()[case]
+    ref, new = torch.nn.PReLU(n).to(x.dtype), PReLU(n).to(x.dtype)
+    with torch.no_grad():
+        ref.weight.copy_(torch.linspace(-0.3, 0.6, n, dtype=x.dtype))
+        new.weight.copy_(ref.weight)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=x.dtype)
+    outs = []
+    for mod in (ref, new):
+        xx = x.clone(memory_format=torch.preserve_format).requires_grad_(True)
+        y = mod(xx)
+        y.backward(g)
+        outs.append((y.detach(), xx.grad, mod.weight.grad))
+    (y_r, gx_r, gw_r), (y_n, gx_n, gw_n) = outs
+    assert torch.equal(y_n, y_r)
+    assert torch.equal(gx_n, gx_r)
+    assert_grad_close(gw_n, gw_r)
+    assert gx_n.stride() == gx_r.stride()
+
+
+def test_prelu_stride_zero_gradient_and_state_dict():
+    """``y.sum().backward()`` (a stride-0 gradient) works; the state dict is nn.PReLU's."""
+    from binface.nn import PReLU
+
+    x = torch.randn(2, 4, 6, 6).requires_grad_(True)
+    m = PReLU(4)
+    m(x).sum().backward()
+    t = torch.nn.PReLU(4)
+    xr = x.detach().clone().requires_grad_(True)
+    t(xr).sum().backward()
+    assert torch.equal(x.grad, xr.grad)
+    assert_grad_close(m.weight.grad, t.weight.grad)
+    assert set(m.state_dict()) == set(t.state_dict()) == {"weight"}
+    assert isinstance(m, torch.nn.PReLU)

@@ -138,16 +138,13 @@ class _DoReFa1Fn(torch.autograd.Function):
         a = torch.maximum(torch.tensor(hi, dtype=x.dtype), torch.tensor(-lo, dtype=x.dtype))
         m = torch.tanh(a)  # max|tanh x|, a 0-d tensor in x's dtype
         s = torch.mul(x, 2.0).sigmoid_()  # 2x is exact; one buffer laid out as x
-        grad = torch.ops.aten.sigmoid_backward(g, s).mul_(4.0 / m)  # g (1 - t^2) / m
-        if float(m) == 1.0:
-            return grad  # saturated: 1 - t^2 = 0 at the max, nothing flows through it
         # d/dm of sum(g t / m) = -sum(g t) / m^2, with sum(g t) = 2 sum(g s) - sum(g)
-        if x.numel() <= _EXACT_TANH_NUMEL:  # kernels: 2s - 1 loses digits where |x| << 1
-            gt = (g * torch.tanh(x)).sum()
-        elif g.stride() == s.stride() and _is_dense(s):  # 1-D views in memory order
-            gt = 2.0 * torch.dot(_flat(g), _flat(s)) - _flat(g).sum()
-        else:  # e.g. a stride-0 gradient from y.sum().backward()
-            gt = (g * (2.0 * s - 1.0)).sum()
+        # (saturated, m = 1: 1 - t^2 = 0 at the max and nothing flows through it)
+        gt = None if float(m) == 1.0 else _sum_g_tanh(g, s, x)
+        # g (1 - t^2) / m = 4 g s (1 - s) / m, written over s (no second buffer)
+        grad = torch.ops.aten.sigmoid_backward.grad_input(g, s, grad_input=s).mul_(4.0 / m)
+        if gt is None:
+            return grad
         dm = -gt / (m * m)
         if not bool(torch.isfinite(dm)):
             return grad
@@ -160,6 +157,15 @@ class _DoReFa1Fn(torch.autograd.Function):
             _flat(grad).index_add_(0, idx, corr)
             return grad
         return grad + torch.zeros_like(flat_x).index_add_(0, idx, corr).view(x.shape)
+
+
+def _sum_g_tanh(g: torch.Tensor, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum(g tanh x), given s = sigmoid(2x)."""
+    if x.numel() <= _EXACT_TANH_NUMEL:  # kernels: 2s - 1 loses digits where |x| << 1
+        return (g * torch.tanh(x)).sum()
+    if g.stride() == s.stride() and _is_dense(s):  # 1-D views in memory order
+        return 2.0 * torch.dot(_flat(g), _flat(s)) - _flat(g).sum()
+    return (g * (2.0 * s - 1.0)).sum()  # e.g. a stride-0 gradient from y.sum().backward()
 
 
 def _at_max(flat: torch.Tensor, m: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
