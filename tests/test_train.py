@@ -317,3 +317,76 @@ def test_epoch_batches_split_one_permutation_over_ranks():
     resumed = [i for b in EpochBatches(48, 8, 0, 1, seed=3, epoch=1, start=2) for i in b]
     assert resumed == one[16:]
     assert one != [i for b in EpochBatches(48, 8, 0, 1, seed=3, epoch=2) for i in b]
+
+
+def test_attention_transfer_between_named_stages(tmp_path):
+    """distill.attention matches normalised spatial maps of named stages: it trains and
+    logs its loss, and bad names or shapes are one-line errors."""
+    from binface.train.distill import attention_map, match_maps
+
+    register_test_models()
+    teacher_cfg = load_config(None, [f"output={tmp_path / 't'}", "model=test_tiny",
+                                     "train.batch_size=8", "train.max_steps=2", "head.s=16",
+                                     "optim.name=sgd", "optim.lr=0.1"])
+    Trainer(teacher_cfg, train_set=RandomFaces(), progress=False).fit()
+    teacher = str(tmp_path / "t" / "last.pt")
+
+    def student(*extra):
+        return load_config(None, [
+            f"output={tmp_path / 's'}", "model=test_tiny", "train.batch_size=8",
+            "train.max_steps=3", "train.log_every=1", "head.s=16", "optim.name=sgd",
+            "optim.lr=0.1", f"teacher={teacher}", "distill.attention=1", *extra])
+
+    t = Trainer(student("distill.attention_pairs=[[conv, conv]]"), train_set=RandomFaces(),
+                progress=False, overwrite=True)
+    t.fit()
+    logged = [h["distill_attention"] for h in t.history if "loss" in h]
+    assert len(logged) == 3 and all(0 <= v <= 4 for v in logged)
+    assert max(logged) > 0  # different weights: different maps
+
+    # the maps: squares of channels averaged; tokens as a square map (class token dropped)
+    f = torch.randn(2, 3, 4, 4)
+    assert torch.allclose(attention_map(f, "x"), f.pow(2).mean(1))
+    tokens = torch.randn(2, 1 + 9, 5)
+    assert attention_map(tokens, "x").shape == (2, 3, 3)
+    a, b = match_maps(torch.rand(2, 8, 8), torch.rand(2, 4, 4), "p")
+    assert a.shape == b.shape == (2, 4, 4)
+
+    with pytest.raises(BinfaceError, match="the student has no stage 'convv'.*did you mean conv"):
+        Trainer(student("distill.attention_pairs=['conv:convv']"), train_set=RandomFaces(),
+                progress=False, overwrite=True)
+    with pytest.raises(BinfaceError, match=r"teacher stage 'fc' gives \(2, 16\)"):
+        Trainer(student("distill.attention_pairs=[[fc, conv]]"), train_set=RandomFaces(),
+                progress=False, overwrite=True)
+    with pytest.raises(BinfaceError, match="names no"):
+        Trainer(student(), train_set=RandomFaces(), progress=False, overwrite=True)
+    with pytest.raises(BinfaceError, match="cannot be pooled to one size"):
+        match_maps(torch.rand(1, 8, 2), torch.rand(1, 4, 4), "p")
+    with pytest.raises(BinfaceError, match="distill.attention_pairs"):
+        load_config(None, ["distill.attention_pairs=[[a]]"])
+
+
+def test_two_stage_recipe_on_binaryfaceformer(tmp_path):
+    """Stage one: every binary projection of BinaryFaceFormer (attention and MLP) keeps
+    real weights over binary activations; stage two binarises them; both train."""
+    from binface.nn import QuantizedLayer
+
+    cfg = load_config(None, [f"output={tmp_path}", "model=binaryfaceformer_add",
+                             "train.batch_size=4", "train.epochs=1", "train.log_every=1",
+                             "train.two_stage=true", "train.stage1_fraction=0.5", "head.s=16"])
+    t = Trainer(cfg, train_set=RandomFaces(n=16), progress=False)  # 4 steps
+    layers = [m for m in t.model.modules() if isinstance(m, QuantizedLayer)]
+    assert len(layers) > 20
+    seen = []
+    orig = t._train_step
+
+    def spy(batches):
+        out = orig(batches)
+        seen.append({m.quantize_kernel for m in layers})
+        return out
+
+    t._train_step = spy
+    t.fit()
+    assert seen == [{False}, {False}, {True}, {True}]
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in t.history if "loss" in h)
+    assert all(m.quantize_kernel for m in layers)  # the saved model is the binary one

@@ -44,7 +44,15 @@ class FaceModel(nn.Module):
     ``backbone`` is what the seed's tables count; ``head`` maps its feature map to
     the embedding (``nn.Identity`` for a backbone-only model). ``input_size`` is
     the spatial size the model needs, or ``None`` when any size works.
+
+    ``train_channels_last``: in training (train mode, autograd on) the input is made
+    channels-last, and every convolution after it follows (PyTorch's convolutions
+    take the input's layout). oneDNN's grouped and depthwise convolutions and their
+    backward passes are about 2.5x faster that way on a CPU, so any training loop
+    gets it; inference and export see the input as given.
     """
+
+    train_channels_last = True
 
     def __init__(
         self,
@@ -69,6 +77,8 @@ class FaceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.input_size, self.model_name, self.min_size)
+        if self.train_channels_last and self.training and torch.is_grad_enabled():
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(x))
 
 

@@ -161,6 +161,28 @@ class Paths(Type):
 
 
 @dataclass(frozen=True)
+class StagePairs(Type):
+    """(teacher module, student module) name pairs: ``[[t, s], ...]`` or ``["t:s", ...]``."""
+
+    def describe(self) -> str:
+        return "a list of [teacher_stage, student_stage] module-name pairs (or 't:s' strings)"
+
+    def check(self, key: str, value: Any) -> Any:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ValueError
+        out = []
+        for item in items:
+            if isinstance(item, str) and item.count(":") == 1:
+                item = item.split(":")
+            if not (isinstance(item, (list, tuple)) and len(item) == 2
+                    and all(isinstance(n, str) and n.strip() for n in item)):
+                raise ValueError
+            out.append([item[0].strip(), item[1].strip()])
+        return out
+
+
+@dataclass(frozen=True)
 class Mapping(Type):
     """Free-form keyword arguments; ``key.name=value`` overrides set one of them."""
 
@@ -318,6 +340,10 @@ SCHEMA: dict[str, Key] = {
                           "to its centres"),
     "distill.logit_kd": Key(0.0, LossWeight(), "KL of softened logits over the teacher's class "
                             "centres"),
+    "distill.attention": Key(0.0, LossWeight(), "attention transfer: normalised spatial "
+                             "attention maps of distill.attention_pairs, squared error"),
+    "distill.attention_pairs": Key([], StagePairs(), "stages whose attention maps are matched: "
+                                   "[[teacher_module, student_module], ...]"),
     "distill.temperature": Key(4.0, Number(0.0, lo_open=True), "temperature of logit_kd"),
     "distill.margin_m": Key(0.5, Number(0.0, 2.0), "largest class margin of MarginDistillation"),
 }

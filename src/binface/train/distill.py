@@ -13,10 +13,18 @@ schedules are :data:`binface.train.optim.WEIGHT_SCHEDULES`):
   pulled towards the teacher's angles.
 - ``logit_kd``: KL divergence between the softened softmax over the teacher's class
   centres of teacher and student (temperature T, scaled by T^2).
+- ``attention`` (attention transfer, Zagoruyko & Komodakis 2017, as Real-to-Binary
+  Nets use it between a real and a binary network): for each named pair of stages
+  (``distill.attention_pairs``: teacher module, student module), the spatial map
+  mean_c f^2 of each output, the larger pooled to the smaller size, flattened and
+  L2-normalised; the loss is the squared distance between the two unit maps, summed
+  over positions, averaged over the batch and the pairs (0 to 4). Token outputs
+  (B, N, C) count as square maps (a leading class token is dropped).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import torch
@@ -29,10 +37,57 @@ from binface.train.config import DISTILL_LOSSES, distill_spec
 from binface.train.optim import weight_at
 
 
+def attention_map(f: torch.Tensor, where: str) -> torch.Tensor:
+    """(B, H, W) map mean_c f^2 of a (B, C, H, W) map or of (B, N, C) tokens."""
+    if isinstance(f, (tuple, list)):
+        f = next((t for t in f if isinstance(t, torch.Tensor)), None)
+    if not isinstance(f, torch.Tensor) or f.dim() not in (3, 4):
+        shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+        raise BinfaceError(f"distill.attention_pairs: {where} gives {shape}, not a "
+                           "(B, C, H, W) map or (B, N, C) tokens")
+    if f.dim() == 4:
+        return f.float().pow(2).mean(1)
+    a = f.float().pow(2).mean(2)
+    n = a.shape[1]
+    for drop in (0, 1):  # plain tokens, or a class token first
+        side = math.isqrt(n - drop)
+        if side > 0 and side * side == n - drop:
+            return a[:, drop:].reshape(a.shape[0], side, side)
+    raise BinfaceError(f"distill.attention_pairs: {where} gives {n} tokens, not a square "
+                       "map (with or without a class token)")
+
+
+def match_maps(a_s: torch.Tensor, a_t: torch.Tensor, where: str) -> tuple[torch.Tensor,
+                                                                            torch.Tensor]:
+    """Pool the larger of two (B, H, W) maps to the smaller's size."""
+    hs, ws = a_s.shape[1:]
+    ht, wt = a_t.shape[1:]
+    if (hs, ws) == (ht, wt):
+        return a_s, a_t
+    if hs >= ht and ws >= wt:
+        return F.adaptive_avg_pool2d(a_s[:, None], (ht, wt))[:, 0], a_t
+    if hs <= ht and ws <= wt:
+        return a_s, F.adaptive_avg_pool2d(a_t[:, None], (hs, ws))[:, 0]
+    raise BinfaceError(f"distill.attention_pairs: {where}: student map {hs}x{ws} and teacher "
+                       f"map {ht}x{wt} cannot be pooled to one size")
+
+
+def _stage(model: nn.Module, name: str, who: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name in modules and name:
+        return modules[name]
+    top = [n for n in modules if n and n.count(".") <= 1][:16]
+    close = difflib.get_close_matches(name, list(modules), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise BinfaceError(f"distill.attention_pairs: the {who} has no stage {name!r}; {hint}"
+                       f"stages include {', '.join(top)}")
+
+
 class Distiller(nn.Module):
     """Teacher (frozen), projection and the distillation losses."""
 
-    def __init__(self, teacher_path: str, student_dim: int, cfg: dict, scale: float = 64.0):
+    def __init__(self, teacher_path: str, student_dim: int, cfg: dict, scale: float = 64.0,
+                 student: nn.Module | None = None):
         super().__init__()
         ckpt = load_checkpoint(teacher_path)
         self.teacher = model_from_checkpoint(ckpt, where=f"teacher {teacher_path}")
@@ -60,6 +115,56 @@ class Distiller(nn.Module):
         self.scale = float(scale)
         self.proj = (nn.Identity() if student_dim == self.teacher_dim
                      else nn.Linear(student_dim, self.teacher_dim, bias=False))
+        self.pairs: list[tuple[str, str]] = []
+        self._feats: dict[tuple[str, int], torch.Tensor] = {}
+        if "attention" in self.losses:
+            self._attach_stages(cfg.get("attention_pairs") or [], student)
+
+    def _attach_stages(self, pairs: list, student: nn.Module | None) -> None:
+        """Hooks that keep the paired stages' outputs; one dry run checks the shapes."""
+        if not pairs:
+            raise BinfaceError("distill.attention is set but distill.attention_pairs names no "
+                               "[teacher_stage, student_stage] pair")
+        if student is None:
+            raise BinfaceError("distill.attention needs the student model")
+        self.pairs = [(str(t), str(s)) for t, s in pairs]
+        for i, (t_name, s_name) in enumerate(self.pairs):
+            for who, model, name in (("teacher", self.teacher, t_name),
+                                     ("student", student, s_name)):
+                _stage(model, name, who).register_forward_hook(self._keeper((who, i)))
+        size = getattr(student, "input_size", None) or (112, 112)
+        device = next(student.parameters()).device
+        self.teacher.to(device)
+        x = torch.zeros(2, 3, *size, device=device)
+        modes = [(m, m.training) for m in (student, self.teacher)]
+        try:
+            with torch.no_grad():
+                for m, _ in modes:
+                    m.eval()(x)
+            self._attention_loss()
+        finally:
+            for m, mode in modes:
+                m.train(mode)
+            self._feats.clear()
+
+    def _keeper(self, key: tuple[str, int]):
+        def hook(_module, _inputs, output):
+            self._feats[key] = output
+        return hook
+
+    def _attention_loss(self) -> torch.Tensor:
+        total = []
+        for i, (t_name, s_name) in enumerate(self.pairs):
+            where = f"pair {t_name} -> {s_name}"
+            if ("student", i) not in self._feats or ("teacher", i) not in self._feats:
+                raise BinfaceError(f"distill.attention_pairs: {where}: a stage did not run in "
+                                   "the forward pass")
+            a_s = attention_map(self._feats[("student", i)], f"student stage {s_name!r}")
+            a_t = attention_map(self._feats[("teacher", i)], f"teacher stage {t_name!r}")
+            a_s, a_t = match_maps(a_s, a_t.detach(), where)
+            d = F.normalize(a_s.flatten(1), dim=1) - F.normalize(a_t.flatten(1), dim=1)
+            total.append(d.pow(2).sum(1).mean())
+        return torch.stack(total).mean()
 
     def check_classes(self, num_classes: int) -> None:
         needs = {"margin", "logit_kd"} & set(self.losses)
@@ -83,6 +188,9 @@ class Distiller(nn.Module):
             parts["cosine"] = (1 - F.cosine_similarity(s, t, dim=1)).mean()
         if "l2" in self.losses:
             parts["l2"] = F.mse_loss(s, t)
+        if "attention" in self.losses:
+            parts["attention"] = self._attention_loss()
+            self._feats.clear()
         if {"margin", "logit_kd"} & set(self.losses):
             cos_t = F.normalize(t, dim=1) @ self.centres.T
             cos_s = F.normalize(s, dim=1) @ self.centres.T

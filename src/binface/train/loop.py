@@ -164,7 +164,8 @@ class Trainer:
             from binface.train.distill import Distiller
 
             self.distiller = Distiller(self.cfg["teacher"], self.embedding_size,
-                                       self.cfg["distill"], hc["s"]).to(self.device)
+                                       self.cfg["distill"], hc["s"],
+                                       student=self.model).to(self.device)
             self.distiller.check_classes(self.num_classes)
 
     def _build_schedule(self) -> None:

@@ -1,0 +1,361 @@
+"""Study: a transformer teacher, a binary student (the seed's second proposal).
+
+    python benchmarks/distillation.py               # full: about 3 h on 2 cores
+    python benchmarks/distillation.py --quick       # smoke run, a few minutes
+    nohup python benchmarks/distillation.py > distillation.log 2>&1 &
+
+On the default synthetic benchmark (1,000 identities x 20 images, full packs):
+
+1. Teachers, each trained once for ``--teacher-budget`` images (default 48,000, twice
+   the students'): MobileFaceNet (CNN; SGD) and EdgeFace-XS (the seed's hybrid
+   transformer; AdamW), both ArcFace.
+2. Students: BinaryFaceNet and a BinaryFaceFormer, with the recipe and budget of the
+   binary-attention study (``benchmarks/binary_attention.py``: 24,000 images, 2 seeds).
+   Their scratch runs are that study's: finished runs in its work folder with the same
+   recipe, budget and data are reused, others are trained here the same way.
+3. Each student distilled from each teacher with the loss mixes of ``VARIANTS``; the
+   mix named by ``--main`` runs on every seed, the others on the first seed only (the
+   ``.md`` reports every variant tried).
+
+Students are scored through the packed engine on the full packs (flip test, 10-fold),
+teachers through ONNX Runtime; packed latency is measured side by side (1 thread).
+Writes ``docs/results/distillation.json`` / ``.md`` / ``.png``; runs resume from
+``--work`` like the binary-attention study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import binary_attention as ba  # noqa: E402  (the shared study helpers)
+
+ROOT = ba.ROOT
+PACKS = ba.PACKS
+TEACHERS = {
+    "mobilefacenet": ["optim.name=sgd", "optim.lr=0.1", "optim.weight_decay=5e-4",
+                      "head.s=32", "head.m=0.3"],
+    "edgeface_xs": ["optim.name=adamw", "optim.lr=0.002", "optim.weight_decay=0.05",
+                    "head.s=32", "head.m=0.3"],
+}
+TEACHER_RECIPE = {"mobilefacenet": "SGD lr 0.1 wd 5e-4", "edgeface_xs": "AdamW lr 2e-3 wd 0.05",
+                  "common": "batch 32, ArcFace s=32 m=0.3, 5% warm-up, linear decay, "
+                            "channels-last"}
+# loss mixes (distill.* overrides); "attention" pairs the last two stages of each side
+VARIANTS = {
+    "cosine+kd": ["distill.cosine=4.0", "distill.logit_kd=1.0"],
+    "cosine": ["distill.cosine=4.0"],
+    "cosine+kd+attention": ["distill.cosine=4.0", "distill.logit_kd=1.0",
+                            "distill.attention=1.0"],
+}
+# the stages whose attention maps are matched (teacher stage, student stage): the 14x14
+# and 7x7 maps of both sides (BinaryFaceNet's last binary map is 14x14)
+STAGES = {
+    ("edgeface_xs", "binaryfaceformer_sep"): [["backbone.stages.1", "backbone.6"],
+                                              ["backbone.stages.2", "backbone.9"]],
+    ("edgeface_xs", "binaryfaceformer_add"): [["backbone.stages.1", "backbone.6"],
+                                              ["backbone.stages.2", "backbone.9"]],
+    ("edgeface_xs", "binaryfacenet"): [["backbone.stages.1", "backbone.5"]],
+    ("mobilefacenet", "binaryfaceformer_sep"): [["backbone.stage3", "backbone.6"],
+                                                ["backbone.stage4", "backbone.9"]],
+    ("mobilefacenet", "binaryfaceformer_add"): [["backbone.stage3", "backbone.6"],
+                                                ["backbone.stage4", "backbone.9"]],
+    ("mobilefacenet", "binaryfacenet"): [["backbone.stage3", "backbone.5"]],
+}
+
+
+def _variant_overrides(name: str, teacher: str, student: str) -> list[str]:
+    out = list(VARIANTS[name])
+    if any(o.startswith("distill.attention=") for o in out):
+        out.append(f"distill.attention_pairs={json.dumps(STAGES[(teacher, student)])}")
+    return out
+
+
+def train(model: str, overrides: list[str], run_dir: Path, tag: dict) -> dict:
+    """Train (or reuse) one run; returns its result.json contents without accuracy."""
+    from binface.fileio import write_text
+    from binface.train.config import load_config
+    from binface.train.loop import Trainer
+
+    done = run_dir / "trained.json"
+    if done.is_file():
+        prev = json.loads(done.read_text())
+        if prev.get("tag") == tag:
+            print(f"[study] reusing {done}", flush=True)
+            return prev
+    cfg = load_config(None, [f"model={model}", f"output={run_dir}", *overrides])
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, overwrite=True)
+    trainer.fit()
+    wall = time.perf_counter() - t0
+    res = {"checkpoint": str(run_dir / "last.pt"), "train_s": wall, "tag": tag,
+           "train_img_s": trainer.step * trainer.images_per_step / wall}
+    write_text(done, json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def score_onnx(checkpoint: str, packs: dict, run_dir: Path, threads: int) -> dict:
+    """Accuracy (%) of a float checkpoint on each pack, embedded by ONNX Runtime."""
+    from binface.eval.verification import verification_from_pack_embeddings
+    from binface.runtime import export_onnx, load_onnx
+
+    path = run_dir / "model.onnx"
+    export_onnx(checkpoint, path)
+    runner = load_onnx(path, threads=threads)
+    return {name: 100.0 * verification_from_pack_embeddings(
+        ba.embed_packed(runner, pack.images), pack.issame)["accuracy"]
+        for name, pack in packs.items()}
+
+
+def _scored(res: dict, run_dir: Path, packs: dict, threads: int, onnx: bool) -> dict:
+    from binface.fileio import write_text
+
+    done = run_dir / "scored.json"
+    if done.is_file():
+        prev = json.loads(done.read_text())
+        if prev.get("tag") == res["tag"] and prev.get("checkpoint") == res["checkpoint"]:
+            return prev
+    fn = score_onnx if onnx else ba.score
+    out = {**res, "accuracy": fn(res["checkpoint"], packs, run_dir, threads)}
+    write_text(done, json.dumps(out, indent=2) + "\n")
+    print(f"[study] {run_dir.name}: " + ", ".join(f"{p} {a:.2f}" for p, a in
+                                                  out["accuracy"].items()), flush=True)
+    return out
+
+
+def gap_closed(scratch: float, distilled: float, teacher: float) -> float | None:
+    """Fraction of the scratch-to-teacher gap that distillation closes (None: no gap)."""
+    gap = teacher - scratch
+    return None if gap <= 0 else (distilled - scratch) / gap
+
+
+def table(doc: dict) -> str:
+    lines = ["| student | teacher | losses | " + " | ".join(PACKS) + " | packed ms |",
+             "|---|---|---|" + "---|" * (len(PACKS) + 1)]
+    for t in doc["teachers"]:
+        lines.append(f"| (teacher) | {t['model']} | arcface | "
+                     + " | ".join(f"{t['accuracy'][p]:.2f}" for p in PACKS) + " | - |")
+    for r in doc["rows"]:
+        accs = []
+        for p in PACKS:
+            seeds = [s[p] for s in r["accuracy_seeds"]]
+            spread = f" ({min(seeds):.2f}-{max(seeds):.2f})" if len(seeds) > 1 else ""
+            accs.append(f"{r['accuracy'][p]:.2f}{spread}")
+        lines.append(f"| {r['student']} | {r['teacher'] or '-'} | {r['losses']} | "
+                     + " | ".join(accs) + f" | {r['packed_ms']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict(doc: dict) -> list[str]:
+    """The issue's goal, computed per pack: the share of the scratch-to-teacher gap that
+    the transformer-distilled BinaryFaceFormer closes (goal: >= 50% on every pack)."""
+    teachers = {t["model"]: t for t in doc["teachers"]}
+    out = []
+    for r in doc["rows"]:
+        if r["teacher"] is None or r["losses"] != doc["main"]:
+            continue
+        scratch = next((s for s in doc["rows"] if s["student"] == r["student"]
+                        and s["teacher"] is None), None)
+        if scratch is None:
+            continue
+        t = teachers[r["teacher"]]
+        parts, ok = [], True
+        for p in PACKS:
+            g = gap_closed(scratch["accuracy"][p], r["accuracy"][p], t["accuracy"][p])
+            ok = ok and g is not None and g >= 0.5
+            parts.append(f"{p} {'-' if g is None else f'{100 * g:.0f}%'} "
+                         f"({t['accuracy'][p] - r['accuracy'][p]:+.2f} to the teacher)")
+        goal = ""
+        if r["teacher"] == "edgeface_xs" and r["student"].startswith("binaryfaceformer"):
+            goal = f": goal {'met' if ok else 'not met'}"
+        out.append(f"- {r['student']} from {r['teacher']}: gap closed " + ", ".join(parts)
+                   + goal)
+    return out
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from binface.fileio import write_with
+
+    fig, axes = plt.subplots(1, len(PACKS), figsize=(4.4 * len(PACKS), 3.8))
+    lat = {r["student"]: r["packed_ms"] for r in doc["rows"]}
+    for ax, p in zip(axes, PACKS, strict=True):
+        for t in doc["teachers"]:
+            ax.axhline(t["accuracy"][p], ls="--", lw=1, color="grey")
+            ax.text(min(lat.values()), t["accuracy"][p], f" teacher {t['model']}", fontsize=6,
+                    va="bottom")
+        for r in doc["rows"]:
+            if r["losses"] not in (doc["main"], "arcface"):
+                continue
+            marker = "o" if r["teacher"] is None else ("s" if r["teacher"] == "mobilefacenet"
+                                                         else "^")
+            ax.plot(r["packed_ms"], r["accuracy"][p], marker, label=f"{r['student']} "
+                    f"{'scratch' if r['teacher'] is None else 'from ' + r['teacher']}")
+            if r["teacher"] is not None:
+                s = next(x for x in doc["rows"] if x["student"] == r["student"]
+                         and x["teacher"] is None)
+                ax.annotate("", (r["packed_ms"], r["accuracy"][p]),
+                            (s["packed_ms"], s["accuracy"][p]),
+                            arrowprops={"arrowstyle": "->", "lw": 0.8})
+        ax.set_title(p)
+        ax.set_xlabel("packed latency, ms (1 thread)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("verification accuracy, %")
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny data and budgets")
+    ap.add_argument("--students", default="binaryfacenet,binaryfaceformer_add")
+    ap.add_argument("--teachers", default=",".join(TEACHERS))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--main", default="cosine+kd", help="the loss mix run on every seed")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--budget", type=int, default=24000, help="student images seen per run")
+    ap.add_argument("--teacher-budget", type=int, default=48000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "distillation")
+    ap.add_argument("--scratch-work", type=Path, default=ROOT / "runs" / "binary_attention",
+                    help="the binary-attention study's work folder (scratch runs reused)")
+    ap.add_argument("--out", type=Path, help="default: docs/results (--quick: work folder)")
+    args = ap.parse_args()
+
+    import torch
+
+    from binface.demo import Plan, synth_data
+    from binface.eval.run import load_eval_pack
+    from binface.fileio import write_text
+
+    torch.set_num_threads(args.threads)
+    students = [s for s in args.students.split(",") if s]
+    teachers = [t for t in args.teachers.split(",") if t]
+    variants = [v for v in args.variants.split(",") if v]
+    for v in [*variants, args.main]:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    budget, t_budget = args.budget, args.teacher_budget
+    work, scratch_work = args.work, args.scratch_work
+    if args.quick:
+        seeds, budget, t_budget = seeds[:1], 8 * 32, 16 * 32
+        plan = Plan(identities=80, images_per_identity=8, pack_pairs=200, eval_pairs=200,
+                    batch_size=32, teacher_steps=0, student_steps=0)
+        work = work.with_name(work.name + "_quick")
+        scratch_work = work / "scratch"
+    else:
+        plan = Plan(identities=1000, images_per_identity=20, pack_pairs=None, eval_pairs=0,
+                    batch_size=32, teacher_steps=0, student_steps=0)
+    n_train = plan.identities * plan.images_per_identity
+    data = synth_data(plan, 0, None)
+    packs = {p: load_eval_pack(data / f"{p}.bin") for p in PACKS}
+    work.mkdir(parents=True, exist_ok=True)
+    t_start, start_commit = time.perf_counter(), ba.commit()
+
+    print(f"[study] packed latency of {', '.join(students)} (1 thread, side by side)",
+          flush=True)
+    lat = ba.packed_latency(students, rounds=3 if args.quick else 10,
+                            per_round=5 if args.quick else 20, work=work)
+
+    t_steps = -(-t_budget // 32)
+    teacher_rows, teacher_ckpt = [], {}
+    for t in teachers:
+        over = [f"data.train={data / 'train.rec'}", "train.batch_size=32", "train.seed=0",
+                f"train.max_steps={t_steps}", f"train.epochs={t_steps * 32 / n_train}",
+                f"schedule.warmup_epochs={max(1, t_steps // 20) * 32 / n_train}",
+                "train.log_every=25", "train.channels_last=true", *TEACHERS[t]]
+        tag = {"overrides": over, "data": str(data)}
+        print(f"[study] teacher {t}: {t_steps} steps of 32", flush=True)
+        res = _scored(train(t, over, work / f"teacher_{t}", tag), work / f"teacher_{t}",
+                      packs, args.threads, onnx=True)
+        teacher_ckpt[t] = res["checkpoint"]
+        teacher_rows.append({"model": t, "accuracy": {p: round(res["accuracy"][p], 3)
+                                                      for p in PACKS},
+                             "budget_images": t_steps * 32, "recipe": TEACHER_RECIPE[t],
+                             "train_img_s": round(res["train_img_s"], 2)})
+
+    steps = -(-budget // 32)
+    runs: dict[tuple[str, str | None, str], list[dict]] = {}
+    for seed in seeds:
+        for student in students:
+            # scratch: the binary-attention study's run (same recipe, budget and data)
+            sdir = scratch_work / f"{student}_s{seed}"
+            prev = sdir / "result.json"
+            tag_ba = {"recipe": ba.RECIPE, "steps": steps, "data": str(data)}
+            if prev.is_file() and json.loads(prev.read_text()).get("tag") == tag_ba:
+                print(f"[study] scratch {student} seed {seed}: reusing {prev}", flush=True)
+                scratch = json.loads(prev.read_text())
+            else:
+                print(f"[study] scratch {student} seed {seed}: training", flush=True)
+                scratch = ba.train_one(student, seed, steps, data, sdir, n_train)
+                scratch["accuracy"] = ba.score(scratch["checkpoint"], packs, sdir, args.threads)
+                scratch["tag"] = tag_ba
+                scratch["commit"] = start_commit
+                write_text(prev, json.dumps(scratch, indent=2) + "\n")
+            runs.setdefault((student, None, "arcface"), []).append(scratch)
+            for t in teachers:
+                for v in variants:
+                    if v != args.main and seed != seeds[0]:
+                        continue
+                    over = [*ba._overrides(student, seed, steps, data, Path("."), n_train)[1:],
+                            f"teacher={teacher_ckpt[t]}", *_variant_overrides(v, t, student)]
+                    over = [o for o in over if not o.startswith("output=")]
+                    run_dir = work / f"{student}_from_{t}_{v}_s{seed}"
+                    tag = {"overrides": over, "data": str(data)}
+                    print(f"[study] {student} from {t} ({v}), seed {seed}", flush=True)
+                    res = _scored(train(student, over, run_dir, tag), run_dir, packs,
+                                  args.threads, onnx=False)
+                    runs.setdefault((student, t, v), []).append(res)
+
+    rows = []
+    for (student, t, v), rs in runs.items():
+        rows.append({
+            "student": student, "teacher": t, "losses": v,
+            "accuracy": {p: round(float(np.mean([r["accuracy"][p] for r in rs])), 3)
+                         for p in PACKS},
+            "accuracy_seeds": [{p: round(r["accuracy"][p], 3) for p in PACKS} for r in rs],
+            "seeds": seeds[:len(rs)], "packed_ms": round(lat[student], 3),
+            "train_img_s": round(float(np.mean([r["train_img_s"] for r in rs])), 2)})
+    doc = {
+        "command": "python benchmarks/distillation.py" + " ".join([""] + sys.argv[1:]),
+        "commit": start_commit, "main": args.main,
+        "student_recipe": ba.RECIPE, "budget_images": steps * 32,
+        "teacher_budget_images": t_steps * 32, "seeds": seeds,
+        "variants": {v: VARIANTS[v] for v in variants}, "stages": {
+            f"{t}->{s}": p for (t, s), p in STAGES.items() if t in teachers and s in students},
+        "threads": args.threads, "torch": torch.__version__,
+        "minutes": round((time.perf_counter() - t_start) / 60, 1),
+        "teachers": teacher_rows, "rows": rows,
+    }
+    doc["verdict"] = verdict(doc)
+    out = args.out or (work / "results" if args.quick else ROOT / "docs" / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "distillation.json", json.dumps(doc, indent=2) + "\n")
+    md = (f"# Transformer teacher, binary student\n\nCommand: `{doc['command']}` at commit "
+          f"`{doc['commit']}`; students {doc['budget_images']:,} images seen per run (seeds "
+          f"{seeds}; variants other than `{args.main}` on seed {seeds[0]} only), teachers "
+          f"{doc['teacher_budget_images']:,} images ({TEACHER_RECIPE['common']}; "
+          + "; ".join(f"{t}: {TEACHER_RECIPE[t]}" for t in teachers)
+          + f"), {doc['minutes']} min.\n\nAccuracy (%) on the full synthetic packs, mean over "
+          "seeds (range). Teachers scored through ONNX Runtime, students through the packed "
+          "engine.\n\n" + table(doc) + "\n" + "\n".join(doc["verdict"]) + "\n")
+    write_text(out / "distillation.md", md)
+    plot(doc, out / "distillation.png")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
