@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_models(sub)
     _add_profile(sub)
+    from binface.compare import register as _add_compare
     from binface.data.cli import register as _add_data
     from binface.demo import register as _add_demo
     from binface.eval.cli import register as _add_eval
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_runtime(sub)
+    _add_compare(sub)
     return parser
 
 

@@ -13,7 +13,9 @@ from binface.profile.counter import LayerProfile, Profile, profile
 
 _LAZY = {  # name -> module, imported on first use
     "FLOAT_REFERENCES": "binface.profile.float_table",
+    "PUBLISHED_ACCURACY": "binface.profile.float_table",
     "SEED_TABLE2": "binface.profile.tables",
+    "SEED_TABLE2_PUBLISHED": "binface.profile.tables",
     "binary_table_rows": "binface.profile.tables",
     "float_table_rows": "binface.profile.float_table",
     "render_binary_table": "binface.profile.tables",
@@ -24,8 +26,10 @@ _LAZY = {  # name -> module, imported on first use
 __all__ = [
     "FLOAT_REFERENCES",
     "LayerProfile",
+    "PUBLISHED_ACCURACY",
     "Profile",
     "SEED_TABLE2",
+    "SEED_TABLE2_PUBLISHED",
     "binary_table_rows",
     "float_table_rows",
     "profile",

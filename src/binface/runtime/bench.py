@@ -6,6 +6,10 @@ onnxruntime load, so that its peak RSS is its own (the packed worker never
 imports torch: that is its deployment footprint). After warm-up the parent asks
 the workers for their timed runs in turns, round after round, so that a burst
 of load from another process hits every runtime alike.
+
+:func:`time_jobs` does this for any list of (runtime, artifact) jobs: one worker
+per runtime hosts all of that runtime's models, and every round visits every job
+(``binface compare`` times many models this way; :func:`run_bench` is one model).
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ NOTES = {
 }
 
 
-def check_runtimes(names: list[str]) -> list[str]:
-    """Validate runtime names; ``lce`` and unknown names are one-line errors."""
+def check_runtimes(names: list[str], installed: bool = True) -> list[str]:
+    """Validate runtime names; unknown names (and, with ``installed``, a missing ``lce``)
+    are one-line errors."""
     out = []
     for r in names:
         r = r.strip().lower()
@@ -43,7 +48,7 @@ def check_runtimes(names: list[str]) -> list[str]:
             continue
         if r not in RUNTIMES:
             raise RuntimeUnavailableError(f"unknown runtime {r!r}; known: {', '.join(RUNTIMES)}")
-        if r == "lce":
+        if r == "lce" and installed:
             from binface.runtime.lce import import_lce
 
             import_lce()  # a one-line error saying how to install the extra
@@ -66,18 +71,55 @@ class Artifacts:
     lce: str | None = None
     input_size: tuple[int, int] = (112, 112)
 
+    def path(self, runtime: str) -> str | None:
+        """What ``runtime`` loads: the spec for torch, else the exported file (None if none)."""
+        return self.spec if runtime == "torch" else getattr(self, runtime)
+
+
+SUFFIXES = {"packed": ".bfp", "onnx": ".onnx", "lce": ".tflite"}
+
+
+def _export(runtime: str, model, path: Path, input_size: tuple[int, int]) -> None:
+    if runtime == "packed":
+        from binface.runtime.export import export_packed
+
+        export_packed(model, path, input_size)
+    elif runtime == "onnx":
+        from binface.runtime.onnx_rt import export_onnx
+
+        export_onnx(model, path, input_size)
+    else:
+        from binface.runtime.lce import export_lce
+
+        export_lce(model, path, input_size)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line (its message's first line, else its type)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
 
 def prepare(spec: str, runtimes: list[str], workdir: str | os.PathLike,
-            input_size: tuple[int, int] | None = None) -> Artifacts:
-    """Export what the runtimes need into ``workdir`` (unless ``spec`` is already that file)."""
+            input_size: tuple[int, int] | None = None, *, loaded=None,
+            errors: dict[str, str] | None = None) -> Artifacts:
+    """Export what the runtimes need into ``workdir`` (unless ``spec`` is already that file).
+
+    ``loaded``: the :class:`~binface.models.loading.LoadedModel` of ``spec`` when the
+    caller has it already. With an ``errors`` dict, a runtime that cannot run the
+    model (another runtime's file, an export that fails) is noted there as one line
+    and left out, instead of raising: one model's gap does not stop a comparison.
+    """
     p = Path(spec)
     runtime = FILE_RUNTIMES.get(p.suffix)
     if runtime is not None:  # an exported file: only its own runtime can run it
         bad = [r for r in runtimes if r != runtime]
-        if bad:
+        if bad and errors is None:
             article = "an" if p.suffix == ".onnx" else "a"
             raise RuntimeUnavailableError(f"runtime {bad[0]} cannot run {article} {p.suffix} "
                                           "file; give a model name or checkpoint")
+        for r in bad:
+            errors[r] = f"a {p.suffix} file runs in {runtime} only"
         if runtime == "packed":  # read_bfp names a missing or corrupt file itself
             from binface.runtime.bfp import read_bfp
 
@@ -87,26 +129,25 @@ def prepare(spec: str, runtimes: list[str], workdir: str | os.PathLike,
         if not p.is_file():
             raise BinfaceError(f"{p}: no such file")
         return Artifacts(p.stem, None, input_size=input_size or (112, 112), **{runtime: str(p)})
-    from binface.models.loading import load_model
+    if loaded is None:
+        from binface.models.loading import load_model
 
-    lm = load_model(spec, input_size)
+        loaded = load_model(spec, input_size)
+    lm = loaded
     art = Artifacts(lm.name, spec, input_size=lm.input_size)
     work = Path(workdir)
-    if "packed" in runtimes:
-        from binface.runtime.export import export_packed
-
-        art.packed = str(work / f"{lm.name}.bfp")
-        export_packed(lm.model, art.packed, lm.input_size)
-    if "onnx" in runtimes:
-        from binface.runtime.onnx_rt import export_onnx
-
-        art.onnx = str(work / f"{lm.name}.onnx")
-        export_onnx(lm.model, art.onnx, lm.input_size)
-    if "lce" in runtimes:
-        from binface.runtime.lce import export_lce
-
-        art.lce = str(work / f"{lm.name}.tflite")
-        export_lce(lm.model, art.lce, lm.input_size)
+    for r in ("packed", "onnx", "lce"):
+        if r not in runtimes:
+            continue
+        path = work / f"{lm.name}{SUFFIXES[r]}"
+        try:
+            _export(r, lm.model, path, lm.input_size)
+        except Exception as exc:  # noqa: BLE001 - exporters raise many types; noted per runtime
+            if errors is None:
+                raise
+            errors[r] = f"export failed: {first_line(exc)}"
+            continue
+        setattr(art, r, str(path))
     return art
 
 
@@ -125,31 +166,58 @@ def _worker_env(threads: int, runtime: str) -> dict:
     return env
 
 
+@dataclass
+class Job:
+    """One (model, runtime) to time: what that runtime loads, at the model's input size."""
+
+    runtime: str
+    artifact: str  # a name or checkpoint (torch), a .bfp, .onnx or .tflite file
+    input_size: tuple[int, int] = (112, 112)
+
+
+class _WorkerDied(BinfaceError):
+    """A worker process that stopped answering: every model it hosts is lost."""
+
+
 class _Worker:
-    def __init__(self, runtime: str, artifact: str, threads: int, batch: int,
-                 input_size: tuple[int, int]) -> None:
+    """One runtime's worker process; it hosts any number of models, each under an id."""
+
+    def __init__(self, runtime: str, threads: int, batch: int) -> None:
         self.runtime = runtime
-        cmd = [sys.executable, "-m", "binface.runtime.bench", "--worker", runtime, artifact,
-               str(threads), str(batch), str(input_size[0]), str(input_size[1])]
+        cmd = [sys.executable, "-m", "binface.runtime.bench", "--worker", runtime,
+               str(threads), str(batch)]
         # stderr to a file: a chatty worker must never block on a full pipe
         self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, text=True,
                                      env=_worker_env(threads, runtime))
-        self.times: list[float] = []
 
-    def ask(self, msg: dict) -> dict:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
+    def send(self, msg: dict) -> None:
+        assert self.proc.stdin
+        try:
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # it died: recv() says why
+
+    def recv(self) -> dict:
+        """The next reply; ``{"error": ...}`` replies are returned, a dead worker raises."""
+        assert self.proc.stdout
         line = self.proc.stdout.readline()
         if not line:
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
             self.err.seek(0)
             err = self.err.read().strip().splitlines()
             last = err[-1] if err else "no output"
-            raise BinfaceError(f"the {self.runtime} worker failed: {last}")
-        reply = json.loads(line)
+            raise _WorkerDied(f"the {self.runtime} worker failed: {last}")
+        return json.loads(line)
+
+    def ask(self, msg: dict) -> dict:
+        self.send(msg)
+        reply = self.recv()
         if "error" in reply:
             raise BinfaceError(f"{self.runtime}: {reply['error']}")
         return reply
@@ -157,13 +225,16 @@ class _Worker:
     def close(self) -> None:
         try:
             if self.proc.poll() is None:
-                self.ask({"cmd": "quit"})
+                self.send({"cmd": "quit"})
         except (BinfaceError, BrokenPipeError, ValueError):
             pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f:
+                f.close()
         self.err.close()
 
 
@@ -176,6 +247,92 @@ def _stats(runtime: str, times: list[float], batch: int, rss_mb: float) -> dict:
             "runs": len(times)}
 
 
+def time_jobs(jobs: list[Job], threads: int = 1, batch: int = 1, repeats: int = 50,
+              warmup: int = 5, rounds: int = 5, progress: str | None = None,
+              strict: bool = True) -> list[dict]:
+    """Time every job side by side: one worker per runtime, rounds visiting every job.
+
+    Returns one :func:`_stats` dict per job, in order (``peak_rss_mb`` is that of the
+    job's worker, all its models loaded). A job that fails (its model does not load
+    or run, its worker dies) raises with ``strict``; otherwise its entry is
+    ``{"runtime", "error"}`` (one line) and the other jobs go on.
+    ``progress``: the description of a bar over the rounds, or None for no bar.
+    """
+    if threads < 1 or batch < 1 or repeats < 1 or warmup < 0:
+        raise BinfaceError("threads, batch and repeats must be positive")
+    rounds = max(1, min(rounds, repeats))
+    errors: list[str | None] = [None] * len(jobs)
+    times: list[list[float]] = [[] for _ in jobs]
+    workers: dict[str, _Worker] = {}
+    dead: dict[str, str] = {}
+
+    def fail(i: int, msg: str) -> None:
+        if strict:
+            raise BinfaceError(msg)
+        errors[i] = msg
+
+    def answer(i: int) -> dict | None:
+        """Job ``i``'s reply from its worker, or None once the job has failed."""
+        rt = jobs[i].runtime
+        if rt in dead:
+            fail(i, dead[rt])
+            return None
+        try:
+            reply = workers[rt].recv()
+        except _WorkerDied as exc:
+            if strict:
+                raise
+            dead[rt] = str(exc)
+            fail(i, dead[rt])
+            return None
+        if "error" in reply:
+            fail(i, f"{rt}: {reply['error']}")
+            return None
+        return reply
+
+    def each(msg_of) -> list[dict | None]:
+        """Send every live job its message, then collect: the workers work in parallel."""
+        live = [i for i in range(len(jobs)) if errors[i] is None]
+        for i in live:
+            workers[jobs[i].runtime].send(msg_of(i))
+        return [answer(i) for i in live]
+
+    try:
+        for job in jobs:
+            if job.runtime not in workers:
+                workers[job.runtime] = _Worker(job.runtime, threads, batch)
+        each(lambda i: {"cmd": "load", "id": i, "artifact": jobs[i].artifact,
+                        "size": list(jobs[i].input_size)})
+        each(lambda i: {"cmd": "warmup", "id": i, "n": warmup})
+        per_round = [repeats // rounds + (1 if k < repeats % rounds else 0)
+                     for k in range(rounds)]
+        it = range(rounds)
+        if progress:
+            from binface.progress import progress as progress_bar
+
+            it = progress_bar(it, desc=progress, unit="round", leave=False)
+        for k in it:
+            for i in range(len(jobs)):  # one job at a time: timed runs never overlap
+                if errors[i] is None:
+                    workers[jobs[i].runtime].send({"cmd": "time", "id": i, "n": per_round[k]})
+                    reply = answer(i)
+                    if reply is not None:
+                        times[i] += reply["times"]
+        rss = {}
+        for rt, w in workers.items():
+            if rt not in dead:
+                try:
+                    rss[rt] = w.ask({"cmd": "rss"})["rss_mb"]
+                except BinfaceError:
+                    rss[rt] = float("nan")
+    finally:
+        for w in workers.values():
+            w.close()
+    return [{"runtime": job.runtime, "error": errors[i]} if errors[i] is not None
+            else _stats(job.runtime, times[i], batch, rss.get(job.runtime, float("nan")))
+            for i, job in enumerate(jobs)]
+
+
 def run_bench(spec: str, runtimes: list[str], threads: int = 1, batch: int = 1,
               repeats: int = 50, warmup: int = 5, rounds: int = 5,
               input_size: tuple[int, int] | None = None, progress: bool = False) -> dict:
@@ -183,29 +340,11 @@ def run_bench(spec: str, runtimes: list[str], threads: int = 1, batch: int = 1,
     runtimes = check_runtimes(runtimes)
     if threads < 1 or batch < 1 or repeats < 1:
         raise BinfaceError("threads, batch and repeats must be positive")
-    rounds = max(1, min(rounds, repeats))
     with tempfile.TemporaryDirectory(prefix="binface-bench-") as tmp:
         art = prepare(spec, runtimes, tmp, input_size)
-        paths = {"torch": art.spec, "packed": art.packed, "onnx": art.onnx, "lce": art.lce}
-        workers = [_Worker(r, str(paths[r]), threads, batch, art.input_size) for r in runtimes]
-        try:
-            for w in workers:
-                w.ask({"cmd": "warmup", "n": warmup})
-            per_round = [repeats // rounds + (1 if i < repeats % rounds else 0)
-                         for i in range(rounds)]
-            it = range(rounds)
-            if progress:
-                from binface.progress import progress as progress_bar
-
-                it = progress_bar(it, desc=f"bench {art.name}", unit="round", leave=False)
-            for i in it:
-                for w in workers:
-                    w.times += w.ask({"cmd": "time", "n": per_round[i]})["times"]
-            results = [_stats(w.runtime, w.times, batch, w.ask({"cmd": "rss"})["rss_mb"])
-                       for w in workers]
-        finally:
-            for w in workers:
-                w.close()
+        jobs = [Job(r, str(art.path(r)), art.input_size) for r in runtimes]
+        results = time_jobs(jobs, threads, batch, repeats, warmup, rounds,
+                            progress=f"bench {art.name}" if progress else None)
     return {"model": art.name, "threads": threads, "batch": batch,
             "input_size": list(art.input_size), "results": results}
 
@@ -293,37 +432,45 @@ def _peak_rss_mb() -> float:
 
 
 def _worker_main(argv: list[str]) -> int:
-    runtime, artifact, threads, batch, h, w = argv
+    """Serve one runtime: load models by id, then warm them up and time them on request.
+
+    Every request gets one JSON line back; a model that fails to load or run gets
+    ``{"error": one line}`` and the worker goes on serving the others.
+    """
+    runtime, threads, batch = argv[0], int(argv[1]), int(argv[2])
+    models: dict[int, tuple] = {}  # id -> (run function, input batch)
     out = sys.stdout
-    try:
-        fn, shape = _load_runner(runtime, artifact, int(threads), (3, int(h), int(w)))
-        x = np.random.default_rng(0).standard_normal((int(batch), *shape), dtype=np.float32)
-    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        fn, x = None, None
-        load_error = msg
     for line in sys.stdin:
         msg = json.loads(line)
         cmd = msg.get("cmd")
         if cmd == "quit":
             break
-        if fn is None:
-            reply = {"error": load_error}
-        elif cmd == "warmup":
-            for _ in range(int(msg.get("n", 5))):
-                fn(x)
-            reply = {"ok": True}
-        elif cmd == "time":
-            times = []
-            for _ in range(int(msg["n"])):
-                t0 = time.perf_counter()
-                fn(x)
-                times.append(time.perf_counter() - t0)
-            reply = {"times": times}
-        elif cmd == "rss":
-            reply = {"rss_mb": _peak_rss_mb(), "torch_loaded": "torch" in sys.modules}
-        else:
-            reply = {"error": f"unknown command {cmd!r}"}
+        try:
+            if cmd == "load":
+                h, w = msg["size"]
+                fn, shape = _load_runner(runtime, msg["artifact"], threads, (3, int(h), int(w)))
+                x = np.random.default_rng(0).standard_normal((batch, *shape), dtype=np.float32)
+                models[int(msg["id"])] = (fn, x)
+                reply: dict = {"ok": True}
+            elif cmd == "warmup":
+                fn, x = models[int(msg["id"])]
+                for _ in range(int(msg.get("n", 5))):
+                    fn(x)
+                reply = {"ok": True}
+            elif cmd == "time":
+                fn, x = models[int(msg["id"])]
+                times = []
+                for _ in range(int(msg["n"])):
+                    t0 = time.perf_counter()
+                    fn(x)
+                    times.append(time.perf_counter() - t0)
+                reply = {"times": times}
+            elif cmd == "rss":
+                reply = {"rss_mb": _peak_rss_mb(), "torch_loaded": "torch" in sys.modules}
+            else:
+                reply = {"error": f"unknown command {cmd!r}"}
+        except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+            reply = {"error": first_line(exc)}
         out.write(json.dumps(reply) + "\n")
         out.flush()
     return 0
