@@ -18,6 +18,7 @@ BAD = {
     C.Text: [[], "", {"a": 1}],
     C.OneOf: ["no_such_choice", 3],
     C.Paths: [5, [1, 2]],
+    C.StagePairs: [5, [["a"]], ["ab"], [[1, 2]]],
     C.Mapping: [5, "x"],
     C.Betas: [[0.9], [0.9, 1.0], "0.9"],
     C.LossWeight: [-1, "x", {"weight": 1, "schedule": "sometimes"}, {"w": 1}],
@@ -99,7 +100,7 @@ def test_choices_come_from_the_registries():
         make_margin(name)
     assert C.SCHEMA["optim.name"].type.names() == ["auto", *OPTIMIZERS]
     assert C.SCHEMA["schedule.name"].type.names() == list(LR_SCHEDULES)
-    assert C.DISTILL_LOSSES == ("cosine", "l2", "margin", "logit_kd")
+    assert C.DISTILL_LOSSES == ("cosine", "l2", "margin", "logit_kd", "attention")
     with pytest.raises(BinfaceError, match="model='mobilefacenett'.*did you mean mobilefacenet"):
         C.load_config(None, ["model=mobilefacenett"])
     register_test_models()  # a model registered later is a valid choice at once
