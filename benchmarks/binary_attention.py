@@ -154,17 +154,20 @@ def cost(model: str) -> dict:
             "memory_kib": round(float(t["memory_kib"]), 1)}
 
 
+def mean_range(row: dict, pack: str) -> str:
+    """A row's mean accuracy on ``pack``, with the range over seeds when there are two+."""
+    seeds = [s[pack] for s in row["accuracy_seeds"]]
+    spread = f" ({min(seeds):.2f}-{max(seeds):.2f})" if len(seeds) > 1 else ""
+    return f"{row['accuracy'][pack]:.2f}{spread}"
+
+
 def table(doc: dict) -> str:
     ref = next((r for r in doc["rows"] if r["model"] == "binaryfacenet"), None)
     lines = ["| model | " + " | ".join(PACKS) + " | packed ms | vs BinaryFaceNet | "
              "1-bit MACs | 32-bit MACs | KiB | train img/s |",
              "|---|" + "---|" * (len(PACKS) + 6)]
     for r in doc["rows"]:
-        accs = []
-        for p in PACKS:
-            seeds = [s[p] for s in r["accuracy_seeds"]]
-            spread = f" ({min(seeds):.2f}-{max(seeds):.2f})" if len(seeds) > 1 else ""
-            accs.append(f"{r['accuracy'][p]:.2f}{spread}")
+        accs = [mean_range(r, p) for p in PACKS]
         rel = f"{r['packed_ms'] / ref['packed_ms']:.2f}x" if ref else "-"
         lines.append(f"| {r['model']} | " + " | ".join(accs) + f" | {r['packed_ms']:.2f} | {rel}"
                      f" | {r['macs_1bit'] / 1e6:.1f}M | {r['macs_32bit'] / 1e6:.1f}M | "

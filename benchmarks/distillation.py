@@ -142,11 +142,7 @@ def table(doc: dict) -> str:
         lines.append(f"| (teacher) | {t['model']} | arcface | "
                      + " | ".join(f"{t['accuracy'][p]:.2f}" for p in PACKS) + " | - |")
     for r in doc["rows"]:
-        accs = []
-        for p in PACKS:
-            seeds = [s[p] for s in r["accuracy_seeds"]]
-            spread = f" ({min(seeds):.2f}-{max(seeds):.2f})" if len(seeds) > 1 else ""
-            accs.append(f"{r['accuracy'][p]:.2f}{spread}")
+        accs = [ba.mean_range(r, p) for p in PACKS]
         lines.append(f"| {r['student']} | {r['teacher'] or '-'} | {r['losses']} | "
                      + " | ".join(accs) + f" | {r['packed_ms']:.2f} |")
     return "\n".join(lines) + "\n"

@@ -298,3 +298,13 @@ def test_prelu_stride_zero_gradient_and_state_dict():
     assert_grad_close(m.weight.grad, t.weight.grad)
     assert set(m.state_dict()) == set(t.state_dict()) == {"weight"}
     assert isinstance(m, torch.nn.PReLU)
+
+
+def test_prelu_under_bf16_autocast():
+    """Autocast hands PReLU a bf16 input and a float32 slope: PyTorch's own path runs."""
+    model = create_model("mobilefacenet").train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(torch.randn(2, 3, 112, 112))
+    y.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in model.parameters() if p.requires_grad)

@@ -133,6 +133,7 @@ class PReLU(nn.PReLU):
     backward of this module's docstring."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+        if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+                and x.dtype == self.weight.dtype):  # autocast (bf16 x): PyTorch's own path
             return _PReLUFn.apply(x, self.weight)
         return F.prelu(x, self.weight)
