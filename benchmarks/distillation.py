@@ -1,6 +1,6 @@
 """Study: a transformer teacher, a binary student (the seed's second proposal).
 
-    python benchmarks/distillation.py               # full: about 3 h on 2 cores
+    python benchmarks/distillation.py               # full: about 2.5 h on 2 cores
     python benchmarks/distillation.py --quick       # smoke run, a few minutes
     nohup python benchmarks/distillation.py > distillation.log 2>&1 &
 
@@ -13,9 +13,10 @@ On the default synthetic benchmark (1,000 identities x 20 images, full packs):
    binary-attention study (``benchmarks/binary_attention.py``: 24,000 images, 2 seeds).
    Their scratch runs are that study's: finished runs in its work folder with the same
    recipe, budget and data are reused, others are trained here the same way.
-3. Each student distilled from each teacher with the loss mixes of ``VARIANTS``; the
-   mix named by ``--main`` runs on every seed, the others on the first seed only (the
-   ``.md`` reports every variant tried).
+3. Each student distilled from each teacher with the loss mix named by ``--main`` on
+   every seed; the other mixes of ``VARIANTS`` run on the first seed for the
+   (student, teacher) pairs of ``--explore`` only (the goal's pair by default: the
+   transformer teacher and the BinaryFaceFormer), and the ``.md`` reports every one.
 
 Students are scored through the packed engine on the full packs (flip test, 10-fold),
 teachers through ONNX Runtime; packed latency is measured side by side (1 thread).
@@ -216,10 +217,15 @@ def plot(doc: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny data and budgets")
-    ap.add_argument("--students", default="binaryfacenet,binaryfaceformer_add")
+    ap.add_argument("--students", default="binaryfaceformer_sep,binaryfacenet",
+                    help="binaryfaceformer_sep: the best BinaryFaceFormer of the "
+                         "binary-attention study")
     ap.add_argument("--teachers", default=",".join(TEACHERS))
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--main", default="cosine+kd", help="the loss mix run on every seed")
+    ap.add_argument("--explore", default="binaryfaceformer_sep/edgeface_xs",
+                    help="student/teacher pairs (comma-separated) that also try the "
+                         "other loss mixes, on the first seed")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--budget", type=int, default=24000, help="student images seen per run")
     ap.add_argument("--teacher-budget", type=int, default=48000)
@@ -285,8 +291,9 @@ def main() -> None:
 
     steps = -(-budget // 32)
     runs: dict[tuple[str, str | None, str], list[dict]] = {}
-    for seed in seeds:
-        for student in students:
+    explore = {tuple(x.split("/", 1)) for x in args.explore.split(",") if "/" in x}
+    for student in students:
+        for seed in seeds:
             # scratch: the binary-attention study's run (same recipe, budget and data)
             sdir = scratch_work / f"{student}_s{seed}"
             prev = sdir / "result.json"
@@ -304,7 +311,7 @@ def main() -> None:
             runs.setdefault((student, None, "arcface"), []).append(scratch)
             for t in teachers:
                 for v in variants:
-                    if v != args.main and seed != seeds[0]:
+                    if v != args.main and (seed != seeds[0] or (student, t) not in explore):
                         continue
                     over = [*ba._overrides(student, seed, steps, data, Path("."), n_train)[1:],
                             f"teacher={teacher_ckpt[t]}", *_variant_overrides(v, t, student)]
@@ -328,6 +335,7 @@ def main() -> None:
     doc = {
         "command": "python benchmarks/distillation.py" + " ".join([""] + sys.argv[1:]),
         "commit": start_commit, "main": args.main,
+        "explore": sorted("/".join(x) for x in explore),
         "student_recipe": ba.RECIPE, "budget_images": steps * 32,
         "teacher_budget_images": t_steps * 32, "seeds": seeds,
         "variants": {v: VARIANTS[v] for v in variants}, "stages": {
@@ -342,7 +350,8 @@ def main() -> None:
     write_text(out / "distillation.json", json.dumps(doc, indent=2) + "\n")
     md = (f"# Transformer teacher, binary student\n\nCommand: `{doc['command']}` at commit "
           f"`{doc['commit']}`; students {doc['budget_images']:,} images seen per run (seeds "
-          f"{seeds}; variants other than `{args.main}` on seed {seeds[0]} only), teachers "
+          f"{seeds}; variants other than `{args.main}` on seed {seeds[0]} for "
+          f"{', '.join(sorted('/'.join(x) for x in explore)) or 'no pair'} only), teachers "
           f"{doc['teacher_budget_images']:,} images ({TEACHER_RECIPE['common']}; "
           + "; ".join(f"{t}: {TEACHER_RECIPE[t]}" for t in teachers)
           + f"), {doc['minutes']} min.\n\nAccuracy (%) on the full synthetic packs, mean over "
