@@ -66,7 +66,8 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
         "model by walking its real forward pass, in the larq convention of the seed's Table 2. "
         "With --table, reproduce a table of the seed paper with the deviation per column.",
     )
-    p.add_argument("name", nargs="?", help="registered model name (see `binface models`)")
+    p.add_argument("name", nargs="?", help="registered model name (see `binface models`) or a "
+                   "checkpoint (.pt); a train.qat=int8 checkpoint counts as int8")
     p.add_argument("--table", choices=["binary", "float"], help="print a seed table instead")
     p.add_argument("--backbone-only", action="store_true", help="count the backbone alone "
                    "(what the seed's tables count)")
@@ -74,6 +75,9 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--input-size", type=parse_size, default=(112, 112), metavar="H[xW]",
                    help="input image size (default 112)")
+    p.add_argument("--precision", choices=["float", "int8"], default="float",
+                   help="int8: count the float conv and dense layers as int8 weights and "
+                   "inputs, as `binface export --int8` runs them (default float)")
     p.set_defaults(func=_cmd_profile)
 
 

@@ -205,7 +205,7 @@ def _unpickle(data: bytes, where: str):
         raise BinfaceError(f"{where}: not a verification pack pickle ({reason})") from None
 
 
-def _entry_image(entry: object, where: str) -> np.ndarray:
+def entry_image(entry: object, where: str) -> np.ndarray:
     """One pack entry (JPEG bytes, a uint8 buffer or a decoded image) -> RGB array."""
     if isinstance(entry, str):  # Python 2 str read with latin-1
         try:
@@ -296,7 +296,7 @@ def load_pack(
         if first != i:
             images[i] = images[first]
             continue
-        images[i] = resize(_entry_image(entry, f"{path}: entry {i} (pair {i // 2})"), image_size)
+        images[i] = resize(entry_image(entry, f"{path}: entry {i} (pair {i // 2})"), image_size)
     return images, same
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from binface.cli_args import positive_int
+from binface.errors import BinfaceError
 from binface.fileio import OVERWRITE_FLAG, check_outputs
 
 
@@ -15,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Embed every image of each pack (flip test, batches), score the pairs with "
         "the insightface 10-fold protocol (or another, named), print a table and write "
         "report.json, report.md and roc.png. Each pack's sha256 is recorded.")
-    p.add_argument("checkpoint", help="a binface checkpoint (.pt)")
+    p.add_argument("checkpoint", help="a binface checkpoint (.pt), or an .onnx file (float or "
+                   "int8, run by ONNX Runtime on the CPU)")
     p.add_argument("--pack", action="append", required=True, metavar="PACK.bin",
                    help="verification pack; repeat for several")
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -47,8 +49,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else ckpt_path.parent / "eval"
     reports = [out / "report.json", out / "report.md", out / "roc.png"]
     check_outputs(reports, inputs=[ckpt_path, *args.pack], overwrite=args.overwrite)
-    ck = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ck, where=str(ckpt_path))
+    if ckpt_path.suffix == ".onnx":
+        from binface.eval.run import OnnxEmbedder
+
+        if not ckpt_path.is_file():
+            raise BinfaceError(f"ONNX model not found: {ckpt_path}")
+        model = OnnxEmbedder(ckpt_path)
+        ck = {"model": model.model_name, "step": None}
+    else:
+        ck = load_checkpoint(ckpt_path)
+        model = model_from_checkpoint(ck, where=str(ckpt_path))
     rows = []
     with torch.no_grad():
         for path in args.pack:

@@ -111,6 +111,23 @@ def embed_images(
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
+class OnnxEmbedder(nn.Module):
+    """An ``.onnx`` file (float or int8) behind the module interface ``embed_images`` uses,
+    so ``binface eval`` scores exported models with the same preprocessing and protocol."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        super().__init__()
+        from binface.runtime.onnx_rt import OnnxRunner
+
+        self.runner = OnnxRunner(path, threads=threads)
+        meta = self.runner.session.get_modelmeta().custom_metadata_map
+        self.model_name = meta.get("binface.model", Path(path).stem)
+        self.precision = meta.get("binface.precision", "float")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.runner.run(x.detach().cpu().numpy()))
+
+
 def evaluate_pack(model: nn.Module, pack: Pack, batch_size: int = 64, flip: bool = True,
                   protocol: str = "insightface", progress: bool | str = False) -> dict:
     """Verification result of ``model`` on a loaded pack, with the pack's identity."""

@@ -5,9 +5,10 @@ Training, evaluation, export, the benchmarks and distillation teachers all call
 
 - it is read with ``torch.load(weights_only=True)``: no pickled code can run;
 - it is a dict holding ``"model"`` (a registered name) and ``"state_dict"``, and
-  optionally ``"model_kwargs"`` (a dict of builder arguments). A file written by
-  ``binface train`` also has ``"format": "binface-checkpoint"`` and ``"version"``;
-  a newer version than this binface knows is refused;
+  optionally ``"model_kwargs"`` (a dict of builder arguments) and ``"qat"`` (``"int8"``:
+  the model was trained with fake-quant layers, rebuilt before the weights load). A
+  file written by ``binface train`` also has ``"format": "binface-checkpoint"`` and
+  ``"version"``; a newer version than this binface knows is refused;
 - the weights must fit the rebuilt model exactly (no missing or unexpected tensor,
   no shape mismatch).
 
@@ -142,6 +143,15 @@ def model_from_checkpoint(ckpt: dict | str | os.PathLike, where: str = "") -> nn
         ckpt = load_checkpoint(ckpt)
     where = where or "checkpoint"
     model = build_model(ckpt["model"], ckpt.get("model_kwargs"), where)
+    qat = ckpt.get("qat", "none")
+    if qat is not None and not (isinstance(qat, str) and qat == "none"):
+        # the fake-quant layers first: their scales are in the state dict
+        from binface.nn.qat import QAT_MODES, prepare_qat
+
+        if not isinstance(qat, str) or qat not in QAT_MODES:
+            raise BinfaceError(f"{where}: unknown quantisation-aware training mode "
+                               f"{repr(qat)[:40]} (this binface knows {', '.join(QAT_MODES)})")
+        prepare_qat(model, qat)
     state = ckpt["state_dict"]
     if not isinstance(state, dict):
         raise BinfaceError(f"{where}: 'state_dict' is not a dict of tensors")

@@ -42,10 +42,12 @@ def render_profile(p: Profile, per_layer: bool = False) -> str:
                   "mm: activation x activation products (attention), 1-bit when both are +-1",
                   ""]
     h, w = p.input_size
+    kbits = p.kbit_widths
+    widths = f"  ({', '.join(str(b) for b in kbits)}-bit)" if kbits else ""
     lines += [
         f"{p.model_name} at {h}x{w}x3 (larq convention: MACs of conv and dense layers)",
         f"  1-bit MACs           {t['macs_1bit']:>16,}",
-        f"  k-bit MACs           {t['macs_kbit']:>16,}",
+        f"  k-bit MACs           {t['macs_kbit']:>16,}{widths}",
         f"  32-bit MACs          {t['macs_32bit']:>16,}",
         f"  runtime-binary MACs  {t['macs_runtime_binary']:>16,}  (both operands +-1 when run)",
     ]
@@ -56,7 +58,7 @@ def render_profile(p: Profile, per_layer: bool = False) -> str:
         lines.append(f"    32-bit             {t['macs_matmul_32bit']:>16,}")
     lines += [
         f"  1-bit params         {t['params_1bit']:>16,}",
-        f"  k-bit params         {t['params_kbit']:>16,}",
+        f"  k-bit params         {t['params_kbit']:>16,}{widths}",
         f"  32-bit params        {t['params_32bit']:>16,}",
         f"  total params         {t['params_total']:>16,}",
         f"  weight memory        {t['memory_kib']:>16,.2f} KiB",
@@ -84,11 +86,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.name:
         raise BinfaceError("name a model (see `binface models`) or use --table binary|float")
 
-    from binface.models import create_model
+    from binface.models.loading import is_checkpoint_path, load_model
 
-    model = create_model(args.name, backbone_only=args.backbone_only)
-    label = args.name + (" (backbone only)" if args.backbone_only else "")
-    p = profile(model, args.input_size, name=label)
+    if is_checkpoint_path(args.name):
+        if args.backbone_only:
+            raise BinfaceError("--backbone-only takes a model name, not a checkpoint")
+        model = load_model(args.name).model
+        label = str(args.name)
+    else:
+        from binface.models import create_model
+
+        model = create_model(args.name, backbone_only=args.backbone_only)
+        label = args.name + (" (backbone only)" if args.backbone_only else "")
+    p = profile(model, args.input_size, name=label, precision=args.precision)
     if args.json:
         print(json.dumps(p.to_dict(per_layer=args.per_layer), indent=2))
     else:

@@ -9,6 +9,9 @@ Rules (docs/counting.md):
 - Parameters: every tensor at its precision; BatchNorm counts only its moving mean
   and variance (gamma and beta fold into them); biases, PReLU slopes and fixed
   kernels count as 32-bit. Memory = sum(bits x count) / 8 bytes.
+- An int8 layer (``binface.nn.qat``: a QAT model, or ``precision="int8"``) counts
+  8-bit MACs and an 8-bit weight, plus its scales (one per output channel and one
+  for the input) as 32-bit parameters; the fake-quant observers' state is not counted.
 - On top of the larq count: "runtime-binary" MACs, whose two operands are both
   +-1 when the network runs (what xor + popcount executes), and "matmul" MACs,
   activation-by-activation products (attention) that the larq convention leaves
@@ -27,9 +30,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.ao.quantization import FakeQuantizeBase
+from torch.ao.quantization.observer import ObserverBase
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from binface.nn.layers import WeightSpec
+
+PRECISIONS = ("float", "int8")
 
 
 @dataclass
@@ -118,9 +125,16 @@ class Profile:
         t["memory_kib"] = memory / 1024
         return t
 
+    @property
+    def kbit_widths(self) -> list[int]:
+        """The bit widths counted in the k-bit columns (8 for an int8 model)."""
+        return sorted({b for layer in self.layers for b in (*layer.macs, *layer.params)
+                       if b not in (1, 32)})
+
     def to_dict(self, per_layer: bool = False) -> dict:
         d: dict = {"model": self.model_name, "input_size": list(self.input_size),
-                   "convention": "larq (MACs of conv and dense layers; BN counts mean+var)"}
+                   "convention": "larq (MACs of conv and dense layers; BN counts mean+var)",
+                   "kbit_widths": self.kbit_widths}
         d.update(self.totals)
         if per_layer:
             d["layers"] = [layer.to_dict() for layer in self.layers]
@@ -153,6 +167,8 @@ def _own_params(
     """(tensor, bits) for the tensors a module owns directly, by the larq rules."""
     if isinstance(module, _BatchNorm):
         return [(t, 32) for t in (module.running_mean, module.running_var) if t is not None]
+    if isinstance(module, (FakeQuantizeBase, ObserverBase)):
+        return []  # training state of a QAT layer; its scales are counted by the layer
     out: list[tuple[torch.Tensor, int]] = []
     special = {id(s.tensor): s.precision for s in specs or []}
     for t in module.parameters(recurse=False):
@@ -183,13 +199,26 @@ def profile(
     input_size: tuple[int, int] = (112, 112),
     in_channels: int = 3,
     name: str | None = None,
+    precision: str = "float",
 ) -> Profile:
     """Count MACs, parameters and memory of ``model`` by running one forward pass.
 
     The model runs once in eval mode under ``torch.no_grad`` on a batch of one
     random image of ``in_channels x input_size``; its training mode is restored.
+    ``precision="int8"`` counts a copy whose float conv and dense layers are int8
+    (as ``train.qat=int8`` or ``binface export --int8`` makes them); a QAT model
+    counts as int8 either way.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     name = name or getattr(model, "model_name", type(model).__name__)
+    if precision == "int8":
+        import copy
+
+        from binface.nn.qat import is_qat, prepare_qat
+
+        if not is_qat(model):
+            model = prepare_qat(copy.deepcopy(model))
     records: dict[int, LayerProfile] = {}
     order: list[int] = []
     seen_tensors: set[int] = set()
@@ -250,6 +279,10 @@ def profile(
             seen_tensors.add(id(t))
             rec = record_for(mod_name or type(model).__name__, module)
             rec.params[bits] = rec.params.get(bits, 0) + t.numel()
+        scales = getattr(module, "profile_scales", None)
+        if callable(scales):  # an int8 layer's float scales, which are not tensors of it
+            rec = record_for(mod_name or type(model).__name__, module)
+            rec.params[32] = rec.params.get(32, 0) + int(scales())
 
     layers = [records[k] for k in order]
     return Profile(name, tuple(input_size), layers)

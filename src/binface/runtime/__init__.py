@@ -3,7 +3,9 @@
 - ``export_packed(model, path)`` writes a ``.bfp`` (torch needed);
   ``load_packed(path)`` returns a :class:`~binface.runtime.engine.PackedEngine`
   whose ``run(x)`` needs numpy and numba only.
-- ``export_onnx(model, path)`` and ``load_onnx(path)`` (ONNX Runtime).
+- ``export_onnx(model, path)`` and ``load_onnx(path)`` (ONNX Runtime);
+  ``export_onnx_int8(model, path, calibrate=DATA, images=N)`` writes an int8 QDQ model
+  with ONNX Runtime's quantisation tools (a QAT checkpoint needs no data; docs/int8.md).
 - ``export_lce(model, path)`` writes an LCE ``.tflite`` for ARM; ``load_lce(path)``
   returns an :class:`~binface.runtime.lce.LceRunner`; ``lce_available()`` says whether
   the ``lce`` extra (TensorFlow, LCE) is installed.
@@ -26,6 +28,7 @@ _API = {
     "export_onnx": "binface.runtime.onnx_rt",
     "load_onnx": "binface.runtime.onnx_rt",
     "OnnxRunner": "binface.runtime.onnx_rt",
+    "export_onnx_int8": "binface.runtime.int8",
     "export_lce": "binface.runtime.lce",
     "load_lce": "binface.runtime.lce",
     "LceRunner": "binface.runtime.lce",

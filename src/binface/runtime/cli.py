@@ -15,12 +15,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from binface.models.loading import load_model
 
     fmt = args.format
+    _check_int8_args(args)
     stem = Path(args.model).stem if Path(args.model).suffix else args.model
     suffix = {"packed": ".bfp", "lce": ".tflite"}.get(fmt, ".onnx")
+    if args.int8:
+        stem += "_int8"
     out = Path(args.output) if args.output else Path(f"{stem}{suffix}")
     # before any work: never replace a file without --overwrite, never the input itself
     check_outputs([out], inputs=[args.model], overwrite=args.overwrite)
     lm = load_model(args.model, args.input_size)  # once: a name means random weights
+    if fmt in ("packed", "lce"):
+        from binface.nn.qat import is_qat
+
+        if is_qat(lm.model):
+            raise BinfaceError(f"{args.model} was trained with train.qat=int8: export it with "
+                               f"--format onnx --int8 (the {fmt} format has no int8 layers)")
     if fmt == "packed":
         from binface.runtime.export import export_packed
 
@@ -39,6 +48,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
         msg = (f"wrote {out}: LCE flatbuffer for ARM, NHWC input {info['input_shape']}, "
                f"{t['binary_layers']} of {t['layers']} layers binary, "
                f"{info['bytes'] / 1024:.1f} KiB")
+    elif args.int8:
+        from binface.runtime.int8 import export_onnx_int8
+
+        info = export_onnx_int8(lm.model, out, calibrate=args.calibrate,
+                                images=args.calibration_images, input_size=lm.input_size,
+                                opset=args.opset)
+        how = ("learned QAT scales, no calibration data read" if info["mode"] == "qat" else
+               f"calibrated on {info['calibration_images']} images of {args.calibrate} "
+               "(min/max)")
+        msg = (f"wrote {out}: int8 ONNX (QDQ, opset {info['opset']}, per-channel weights), "
+               f"{info['int8_weights']} int8 weight tensors, {info['quantize_linear']} "
+               f"QuantizeLinear, {how}, {info['bytes'] / 1024:.1f} KiB")
+        if info["mode"] == "qat" and args.calibrate:
+            msg += f"; {args.calibrate} was not needed"
     else:
         from binface.runtime.onnx_rt import export_onnx
 
@@ -46,9 +69,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         msg = f"wrote {out}: ONNX opset {info['opset']}, dynamic batch, " \
               f"{info['bytes'] / 1024:.1f} KiB"
     if args.check:
-        err = _check(lm, fmt, out)
+        err, cos = _check(lm, fmt, out)
         info["max_rel_error"] = err
         msg += f"; max relative error vs PyTorch {err:.2e}"
+        if args.int8:
+            info["min_cosine"] = cos
+            msg += f", cosine >= {cos:.4f}"
         if fmt == "lce" and err > 1e-4 and any(
                 r["kind"].startswith("binary") for r in info["layers"]["layers"]):
             msg += (" (binary layers amplify float rounding: a pre-activation within rounding "
@@ -57,8 +83,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(lm, fmt: str, path: Path) -> float:
-    """Max |exported - PyTorch| / max |PyTorch| on a random batch of 2."""
+def _check_int8_args(args: argparse.Namespace) -> None:
+    """The int8 options go together, and with ONNX only."""
+    if args.int8 and args.format != "onnx":
+        raise BinfaceError("--int8 needs --format onnx (ONNX Runtime's QDQ int8)")
+    if not args.int8 and (args.calibrate or args.calibration_images is not None):
+        raise BinfaceError("--calibrate and --calibration-images go with --int8")
+    if args.calibration_images is None:
+        from binface.runtime.int8 import DEFAULT_CALIBRATION_IMAGES
+
+        args.calibration_images = DEFAULT_CALIBRATION_IMAGES
+
+
+def _check(lm, fmt: str, path: Path) -> tuple[float, float]:
+    """Max |exported - PyTorch| / max |PyTorch| and the lowest cosine, on a random batch
+    of 2."""
     import numpy as np
     import torch
 
@@ -77,7 +116,10 @@ def _check(lm, fmt: str, path: Path) -> float:
         from binface.runtime.onnx_rt import OnnxRunner
 
         got = OnnxRunner(path).run(x)
-    return float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-12))
+    err = float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-12))
+    cos = (got * ref).sum(1) / np.maximum(
+        np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
+    return err, float(cos.min())
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -101,7 +143,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "BatchNorm and activations folded into each layer's epilogue. --format onnx writes an "
         "ONNX model (opset >= 17, dynamic batch) for ONNX Runtime. --format lce (needs the `lce` "
         "extra) translates the model to TensorFlow ops in the patterns the Larq Compute Engine "
-        "binarises, converts it for ARM and prints, per layer, whether LCE runs it in binary.")
+        "binarises, converts it for ARM and prints, per layer, whether LCE runs it in binary. "
+        "--format onnx --int8 writes an int8 QDQ model with ONNX Runtime's quantisation tools: "
+        "a float model is calibrated on --calibrate DATA, a train.qat=int8 checkpoint uses "
+        "its learned scales (docs/int8.md).")
     p.add_argument("model", help="registered model name or checkpoint (.pt)")
     p.add_argument("--format", choices=["packed", "onnx", "lce"], default="packed",
                    help="output format (default packed)")
@@ -112,6 +157,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--check", action="store_true", help="compare the export with PyTorch on "
                    "random input")
+    p.add_argument("--int8", action="store_true", help="with --format onnx: int8 weights and "
+                   "activations (QDQ, per-channel weights); float models need --calibrate")
+    p.add_argument("--calibrate", metavar="DATA", help="aligned faces at the model's input "
+                   "size for int8 ranges: a .rec, an image folder or a .bin pack")
+    p.add_argument("--calibration-images", type=int, default=None, metavar="N",
+                   help="calibration images, spread over DATA (default 256)")
     p.add_argument(OVERWRITE_FLAG, action="store_true",
                    help="replace the output file if it exists (never the input)")
     p.add_argument("--json", action="store_true", help="print JSON")

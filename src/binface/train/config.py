@@ -26,6 +26,7 @@ import yaml
 
 from binface.errors import BinfaceError
 from binface.nn.margin import MARGINS
+from binface.nn.qat import QAT_MODES
 from binface.train.optim import LR_SCHEDULES, OPTIMIZERS, WEIGHT_SCHEDULES
 
 
@@ -327,6 +328,8 @@ SCHEMA: dict[str, Key] = {
                            "end)", null=True),
     "train.checkpoint_every": Key(None, POSITIVE, "steps between 'last' checkpoints (null: "
                                   "each epoch end)", null=True),
+    "train.qat": Key("none", OneOf(QAT_MODES), "quantisation-aware training: int8 "
+                     "fake-quantises the float conv/dense weights and inputs (docs/int8.md)"),
     "train.channels_last": Key(False, Bool(), "channels-last memory format"),
     "train.device": Key("auto", OneOf(("auto", "cpu", "cuda")), "where to train (auto: CUDA "
                         "when available)"),

@@ -143,6 +143,8 @@ class Trainer:
             model = build_model(self.model_name, self.cfg["model_kwargs"], where="config")
         else:
             self.model_name = getattr(model, "model_name", None) or type(model).__name__
+        if tc["qat"] != "none":
+            self._prepare_qat(model)
         self.model = model.to(self.device)
         if tc["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -152,6 +154,19 @@ class Trainer:
         if self.info.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _prepare_qat(self, model: nn.Module) -> None:
+        """Fake-quantise the float layers (``train.qat``) before the optimiser sees them."""
+        from binface.nn.qat import is_qat, prepare_qat
+
+        if family_of(model, self.model_name) == "binary":
+            raise BinfaceError(f"train.qat={self.cfg['train']['qat']} is for float models; "
+                               f"{self.model_name} is binary (its binary layers are +-1 already)")
+        if not is_qat(model):
+            prepare_qat(model, self.cfg["train"]["qat"])
+        if not is_qat(model):
+            raise BinfaceError(f"train.qat={self.cfg['train']['qat']}: {self.model_name} has "
+                               "no nn.Conv2d or nn.Linear layer to quantise")
 
     def _build_head(self) -> None:
         """The margin head over (a shard of) the class centres, and the distiller if any."""
@@ -217,6 +232,7 @@ class Trainer:
             "version": VERSION,
             "model": self.model_name,
             "model_kwargs": dict(self.cfg["model_kwargs"]),
+            "qat": self.cfg["train"]["qat"],  # load_model rebuilds the fake-quant layers
             "family": self.family,
             "embedding_size": self.embedding_size,
             "num_classes": self.num_classes,
@@ -256,6 +272,10 @@ class Trainer:
         if ck["model"] != self.model_name:
             raise BinfaceError(f"--resume: {self.out / 'last.pt'} holds model {ck['model']!r}, "
                                f"the config says {self.model_name!r}")
+        qat = ck.get("qat", "none")
+        if qat != self.cfg["train"]["qat"]:
+            raise BinfaceError(f"--resume: {self.out / 'last.pt'} was trained with train.qat="
+                               f"{qat}, the config says {self.cfg['train']['qat']}")
         self.model.load_state_dict(ck["state_dict"])
         head = dict(ck["head_state"])
         full = head.pop("weight")

@@ -1,0 +1,241 @@
+"""8-bit models: ONNX Runtime static int8 (QDQ), quantisation-aware training, int8 counting."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from PIL import Image
+
+from binface.cli import main
+from binface.errors import BinfaceError
+from binface.models import create_model
+from binface.models.loading import load_model
+from binface.nn.qat import is_qat, qat_layers
+from binface.profile import profile
+from binface.runtime import export_onnx, export_onnx_int8, load_onnx
+from binface.runtime.int8 import calibration_images, int8_summary
+from binface.train.config import load_config
+from binface.train.loop import Trainer
+from helpers import RandomFaces, register_test_models
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """A tiny synthetic benchmark: a .rec of 32 faces and packs of 20 pairs."""
+    from binface.data.synth import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, identities=8, images_per_identity=4, pairs=20, workers=1, progress=False)
+    return out
+
+
+def _faces(path, n=40):
+    faces = calibration_images(path, (112, 112), n)
+    return (faces.transpose(0, 3, 1, 2).astype(np.float32) - 127.5) / 127.5
+
+
+def _unit(e):
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------- post-training static int8
+def test_ptq_export_is_int8_qdq_and_agrees_with_fp32(synth, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("mobilefacenet")  # default init (see docs/int8.md for a trained one)
+    info = export_onnx_int8(model, tmp_path / "m8.onnx", calibrate=synth / "train.rec",
+                            images=32)
+    assert info["mode"] == "ptq" and info["calibration_images"] == 32
+    proto = onnx.load(str(tmp_path / "m8.onnx"))
+    g = proto.graph
+    ops = [n.op_type for n in g.node]
+    assert ops.count("QuantizeLinear") > 40 and ops.count("DequantizeLinear") > 40
+    int8 = {i.name for i in g.initializer if i.data_type == onnx.TensorProto.INT8}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    weight_of = {n.output[0]: n.input[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    assert len(convs) >= 49 and all(weight_of.get(c.input[1]) in int8 for c in convs)
+    dq = next(n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in int8
+              and numpy_helper.to_array(
+                  next(i for i in g.initializer if i.name == n.input[1])).size > 1)
+    assert dq  # a per-channel weight scale
+    assert info["float_weight_ops"] == 0 and int8_summary(proto)["int8_weights"] >= 49
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["binface.precision"] == "int8" and meta["binface.binary"] == "0"
+
+    export_onnx(model, tmp_path / "m32.onnx")
+    x = _faces(synth / "synth_lfw.bin")  # faces that were not calibrated on
+    fp32 = _unit(load_onnx(tmp_path / "m32.onnx").run(x))
+    q8 = _unit(load_onnx(tmp_path / "m8.onnx").run(x))  # the runner bench and eval use
+    cos = (fp32 * q8).sum(1)
+    assert cos.min() >= 0.98, cos.min()
+    # and closer to its own fp32 embedding than to any other face's
+    assert ((q8 @ fp32.T).argmax(1) == np.arange(len(x))).all()
+
+
+def test_cli_export_int8_from_a_pack_and_a_folder(synth, tmp_path, capsys):
+    out = tmp_path / "m8.onnx"
+    args = ["export", "mobilefacenet", "--format", "onnx", "--int8", "--calibrate",
+            str(synth / "synth_lfw.bin"), "--calibration-images", "8", "-o", str(out)]
+    assert main(args) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"wrote {out}: int8 ONNX (QDQ") and "calibrated on 8 images" in line
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    folder = tmp_path / "faces" / "someone"
+    folder.mkdir(parents=True)
+    images, _ = _pack_images(synth / "synth_lfw.bin", 3)
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    faces = calibration_images(tmp_path / "faces", (112, 112), 5)
+    assert faces.shape == (3, 112, 112, 3) and (faces == images).all()
+
+
+def _pack_images(path, n):
+    faces = calibration_images(path, (112, 112), n)
+    return faces, len(faces)
+
+
+def _one_line_error(capsys, args, match):
+    assert main(args) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and len(cap.err.strip().splitlines()) == 1, cap.err
+    assert match in cap.err, cap.err
+    return cap.err
+
+
+def test_bad_calibration_input_is_one_line(synth, tmp_path, capsys):
+    base = ["export", "mobilefacenet", "--format", "onnx", "--int8", "-o",
+            str(tmp_path / "x.onnx"), "--calibrate"]
+    _one_line_error(capsys, base + [str(tmp_path / "nowhere.rec")],
+                    "calibration data not found")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(capsys, base + [str(tmp_path / "empty")], "no identity subfolders")
+    small = tmp_path / "small" / "a"
+    small.mkdir(parents=True)
+    Image.new("RGB", (96, 96)).save(small / "0.png")
+    _one_line_error(capsys, base + [str(tmp_path / "small")], "takes 112x112")
+    for n in ("0", "-3"):
+        _one_line_error(capsys, base + [str(synth / "train.rec"), "--calibration-images", n],
+                        "must be a positive integer")
+    _one_line_error(capsys, base[:-1], "needs calibration data")
+    assert not (tmp_path / "x.onnx").exists()
+    with pytest.raises(BinfaceError, match="must be a positive integer"):
+        export_onnx_int8("mobilefacenet", tmp_path / "y.onnx", calibrate=synth, images=0)
+
+
+def test_int8_option_errors_and_binary_models_are_refused(synth, tmp_path, capsys):
+    out = str(tmp_path / "b.onnx")
+    _one_line_error(capsys, ["export", "mobilefacenet", "--int8", "-o", out],
+                    "--int8 needs --format onnx")
+    _one_line_error(capsys, ["export", "mobilefacenet", "--format", "onnx", "--calibrate",
+                             str(synth), "-o", out], "go with --int8")
+    err = _one_line_error(capsys, ["export", "binaryfacenet", "--format", "onnx", "--int8",
+                                   "--calibrate", str(synth / "train.rec"), "-o", out],
+                          "binaryfacenet is a binary model")
+    assert "--format packed" in err
+    assert not (tmp_path / "b.onnx").exists()
+
+
+# ---------------------------------------------------------------- quantisation-aware training
+def _cfg(out, *overrides):
+    return load_config(None, [f"output={out}", "model=test_tiny", "train.batch_size=8",
+                              "train.epochs=2", "train.log_every=1", "optim.name=sgd",
+                              "optim.lr=0.1", "head.s=16", "train.qat=int8", *overrides])
+
+
+def _losses(trainer):
+    return [(h["step"], h["loss"]) for h in trainer.history if "loss" in h]
+
+
+@pytest.fixture(scope="module")
+def qat_runs(tmp_path_factory):
+    """A 12-step QAT run, and the same run stopped after 4 steps and resumed."""
+    register_test_models()
+    tmp = tmp_path_factory.mktemp("qat")
+    full = Trainer(_cfg(tmp / "a"), model=create_model("test_tiny"), train_set=RandomFaces(),
+                   progress=False)
+    full.fit()
+    first = Trainer(_cfg(tmp / "b", "train.max_steps=4"), model=create_model("test_tiny"),
+                    train_set=RandomFaces(), progress=False)
+    first.fit()
+    second = Trainer(_cfg(tmp / "b"), model=create_model("test_tiny"), train_set=RandomFaces(),
+                     resume=True, progress=False)
+    second.fit()
+    return full, first, second, tmp
+
+
+def test_qat_trains_fake_quantised_and_resumes_exactly(qat_runs):
+    full, first, second, tmp = qat_runs
+    assert [n for n, _ in qat_layers(full.model)] == ["conv", "fc"]
+    curve = dict(_losses(full))
+    assert len(curve) == 12
+    assert dict(_losses(first) + _losses(second)) == curve  # bit-for-bit
+    a, b = full.model.state_dict(), second.model.state_dict()
+    assert a.keys() == b.keys() and any("input_fake_quant.scale" in k for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert float(full.model.conv.input_fake_quant.scale) != 1.0  # ranges were observed
+    # a QAT checkpoint loads (strictly, weights only) with its learned scales, in eval mode
+    lm = load_model(tmp / "a" / "last.pt")
+    assert is_qat(lm.model) and not lm.model.training
+    x = torch.randn(3, 3, 112, 112)
+    full.model.eval()
+    with torch.no_grad():
+        assert torch.equal(lm.model(x), full.model(x))
+        lm.model(x)  # evaluation does not move the observed ranges
+    assert torch.equal(lm.model.conv.input_fake_quant.scale, full.model.conv.input_fake_quant.scale)
+    with pytest.raises(BinfaceError, match="train.qat=int8, the config says none"):
+        Trainer(_cfg(tmp / "b", "train.qat=none"), model=create_model("test_tiny"),
+                train_set=RandomFaces(), resume=True, progress=False)
+
+
+def test_qat_checkpoint_exports_int8_with_its_learned_scales(qat_runs, tmp_path, capsys):
+    full, _, _, tmp = qat_runs
+    out = tmp_path / "q.onnx"
+    assert main(["export", str(tmp / "a" / "last.pt"), "--format", "onnx", "--int8",
+                 "-o", str(out)]) == 0
+    assert "learned QAT scales, no calibration data read" in capsys.readouterr().out
+    _one_line_error(capsys, ["export", str(tmp / "a" / "last.pt"), "-o",
+                             str(tmp_path / "q.bfp")], "--format onnx --int8")
+    proto = onnx.load(str(out))
+    g = proto.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    q = [n for n in g.node if n.op_type == "QuantizeLinear"]
+    dq_w = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(q) == 2 and len(dq_w) == 2  # the two inputs; the two weights stored as int8
+    assert all(inits[n.input[0]].dtype == np.int8 for n in dq_w)
+    model = full.model.eval()
+    act = sorted(float(inits[n.input[1]].reshape(-1)[0]) for n in q)
+    learned = sorted(float(m.input_fake_quant.scale) for _, m in qat_layers(model))
+    assert np.allclose(act, learned, rtol=1e-6)
+    conv_w = next(n for n in dq_w if inits[n.input[0]].ndim == 4)
+    assert np.allclose(inits[conv_w.input[1]], model.conv.weight_fake_quant.scale.numpy())
+    x = np.random.default_rng(0).standard_normal((4, 3, 112, 112)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = load_onnx(out).run(x)
+    assert (_unit(ref) * _unit(got)).sum(1).min() > 0.999
+
+
+# ---------------------------------------------------------------- accounting
+def test_profile_counts_int8_as_8_bit(qat_runs, capsys):
+    model = create_model("mobilefacenet")
+    fp = profile(model).totals
+    p8 = profile(model, precision="int8")
+    t = p8.totals
+    assert t["macs_kbit"] == fp["macs_32bit"] and t["macs_32bit"] == 0 and p8.kbit_widths == [8]
+    assert t["params_kbit"] == 976_000 and t["memory_kib"] < fp["memory_kib"] / 3
+    assert not is_qat(model)  # counted on a copy
+    _, _, _, tmp = qat_runs
+    assert main(["profile", str(tmp / "a" / "last.pt"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["kbit_widths"] == [8] and d["macs_32bit"] == 0 and d["macs_kbit"] > 0
+    # a QAT checkpoint counts as its float model counted at --precision int8
+    same = profile(create_model("test_tiny"), precision="int8").totals
+    assert {k: d[k] for k in same} == same
+    assert same["params_32bit"] == 4 + 16 + (4 + 1) + (16 + 1)  # biases, scales
+    assert main(["profile", "mobilefacenet", "--precision", "int8"]) == 0
+    assert "(8-bit)" in capsys.readouterr().out
