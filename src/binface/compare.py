@@ -175,6 +175,24 @@ def run_compare(models: list[str] | None = None, packs: Sequence[str] = (),
     return {"meta": meta, "rows": rows}
 
 
+ACCURACY_KEYS = ("accuracy", "std", "pairs", "total_pairs", "subset", "sha256")
+
+
+def add_accuracy(result: dict, scores: dict[str, dict[str, dict]], packs: Sequence[str],
+                 max_pairs: int | None, scored_by: str) -> dict:
+    """Set accuracies scored elsewhere (``{model spec: {pack name: evaluate_pack result}}``)
+    into a :func:`run_compare` result, saying how they were scored (e.g. the demo scores
+    binary students in the packed engine, which is many times faster than PyTorch)."""
+    for row in result["rows"]:
+        mine = scores.get(row["model"])
+        if mine:
+            row["accuracy"] = {p: {k: r[k] for k in ACCURACY_KEYS} for p, r in mine.items()}
+            row["accuracy_note"] = None
+    result["meta"].update(packs=[str(p) for p in packs], max_pairs=max_pairs,
+                          protocol="insightface 10-fold, flip test", scored_by=scored_by)
+    return result
+
+
 def _lce_note() -> str | None:
     """Why LCE cannot run here (one line), or None when it can."""
     from binface.runtime.errors import RuntimeUnavailableError
@@ -234,7 +252,7 @@ def _score(model, pack, label: str, progress: bool) -> dict:
     with torch.no_grad():
         r = evaluate_pack(model, pack, batch_size=32,
                           progress=f"{Path(label).name} {pack.name}" if progress else False)
-    return {k: r[k] for k in ("accuracy", "std", "pairs", "total_pairs", "subset", "sha256")}
+    return {k: r[k] for k in ACCURACY_KEYS}
 
 
 def _seed_published(progress: bool) -> dict[str, dict]:
@@ -349,7 +367,9 @@ def render_markdown(result: dict) -> str:
         sub = f"a fold-balanced subset of {meta['max_pairs']} pairs" if meta["max_pairs"] \
             else "all pairs"
         lines.append(f"- Accuracy (%): mean ± std over the 10 folds, insightface protocol "
-                     f"with flip test, on {sub} of each pack.")
+                     f"with flip test, on {sub} of each pack"
+                     + (f", scored by {meta['scored_by']}." if meta.get("scored_by")
+                        else "."))
     return "\n".join(lines) + "\n"
 
 

@@ -1,14 +1,20 @@
-"""``binface demo``: the seed paper's question, end to end, on the built-in synthetic faces.
+"""``binface demo``: the seed paper's story, end to end, on the built-in synthetic faces.
 
 1. Generate (or reuse from the cache) the synthetic face-identity benchmark: a
    training ``.rec`` and three verification packs (synth LFW, CFP-FP, AgeDB-30).
-2. Train a float MobileFaceNet (the teacher), BinaryFaceNet from scratch, and
-   BinaryFaceNet distilled from the teacher, all with ArcFace.
-3. Verify all three on the three packs (flip test, insightface 10-fold protocol on a
-   fold-balanced subset of pairs, said in the table) and print one table with
-   accuracy, MACs by precision and memory; write the reports and plots.
+2. Train, all with ArcFace: a hybrid-transformer teacher (EdgeFace-XS), BinaryFaceNet
+   and BinaryFaceFormer-sep from scratch, and both binary students distilled from the
+   teacher (embedding cosine + logit KD).
+3. Score the five on every pack (flip test, insightface 10-fold protocol on a
+   fold-balanced subset of pairs): binary students through the packed engine (they
+   run as xor + popcount), the teacher through ONNX Runtime. Time all five in PyTorch,
+   ONNX Runtime and the packed engine side by side (``binface compare``'s report).
+4. Print one table and conclusions computed from the numbers: "A beats B on pack P"
+   only where the paired per-fold difference exceeds twice its standard error,
+   otherwise "within noise" (:mod:`binface.eval.paired`).
 
-Sized for 2 CPU cores: about 20 minutes in full, under 3 with ``--quick``.
+Sized for 2 CPU cores: at most 20 minutes in full (data generation included), a few
+minutes with ``--quick``.
 """
 
 from __future__ import annotations
@@ -38,12 +44,12 @@ class Plan:
     difficulty: float = 1.0
 
 
-# BinaryFaceNet trains at about 6 images/s on 2 cores in PyTorch (float emulation of its
-# binary layers at 112x112x64), MobileFaceNet at about 25: the full plan fits 20 minutes
-FULL = Plan(identities=300, images_per_identity=20, pack_pairs=None, eval_pairs=600,
-            batch_size=32, teacher_steps=160, student_steps=45)
+# Training speed on 2 cores (batch 32): EdgeFace-XS ~60 img/s, BinaryFaceFormer-sep ~55,
+# BinaryFaceNet ~22 (PyTorch emulates its binary layers in float at 112x112x64)
+FULL = Plan(identities=300, images_per_identity=20, pack_pairs=2000, eval_pairs=2000,
+            batch_size=32, teacher_steps=400, student_steps=160)
 QUICK = Plan(identities=60, images_per_identity=8, pack_pairs=100, eval_pairs=100,
-             batch_size=32, teacher_steps=10, student_steps=8)
+             batch_size=32, teacher_steps=10, student_steps=6)
 
 PACKS = ("synth_lfw", "synth_cfp_fp", "synth_agedb_30")
 CACHE_VERSION = 2  # bump when the generator's output changes
@@ -77,29 +83,148 @@ def synth_data(plan: Plan, seed: int, data: Path | None = None) -> Path:
     return data
 
 
-def _train(name: str, out: Path, data: Path, overrides: list[str]) -> Path:
+TEACHER = "edgeface_xs"
+STUDENTS = ("binaryfacenet", "binaryfaceformer_sep")
+# ArcFace with a short-schedule margin (m = 0.3): a few hundred steps from scratch do not
+# converge under the full m = 0.5 of the MS1M recipe
+TEACHER_RECIPE = ["optim.name=adamw", "optim.lr=0.002", "optim.weight_decay=0.05",
+                  "head.s=32", "head.m=0.3"]
+STUDENT_RECIPE = ["optim.name=adam", "optim.lr=0.002", "optim.weight_decay=0", "head.s=16",
+                  "head.m=0.3"]
+DISTILL = ["distill.cosine=4.0", "distill.logit_kd=1.0"]
+OUTPUT_FILES = ("table.txt", "demo.json", "report.json", "report.md", "roc.png",
+                "accuracy_vs_macs.png", "compare.md", "compare.json", "compare.png")
+LATENCY_REPEATS = 30
+
+
+@dataclass(frozen=True)
+class Run:
+    """One model the demo trains."""
+
+    label: str  # as printed, e.g. "binaryfacenet (distilled)"
+    folder: str  # under the output folder
+    model: str
+    distilled: bool = False
+
+
+def runs_of_plan() -> list[Run]:
+    """The teacher first (the distilled students need it), then scratch, then distilled."""
+    out = [Run(f"{TEACHER} (teacher)", f"teacher_{TEACHER}", TEACHER)]
+    out += [Run(f"{s} (scratch)", f"{s}_scratch", s) for s in STUDENTS]
+    out += [Run(f"{s} (distilled)", f"{s}_distilled", s, True) for s in STUDENTS]
+    return out
+
+
+def comparisons() -> list[tuple[str, str]]:
+    """(A, B) pairs the conclusions are about, in the order of the seed's story."""
+    bfn, bff = STUDENTS
+    return [(f"{bff} (scratch)", f"{bfn} (scratch)"),
+            (f"{bfn} (distilled)", f"{bfn} (scratch)"),
+            (f"{bff} (distilled)", f"{bff} (scratch)"),
+            (f"{bff} (distilled)", f"{bfn} (distilled)"),
+            (f"{TEACHER} (teacher)", f"{bff} (distilled)")]
+
+
+def check_demo_outputs(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, a demo folder holding an earlier run (unless ``overwrite``)."""
+    from binface.fileio import check_outputs
+
+    check_outputs([out / n for n in OUTPUT_FILES], overwrite=overwrite)
+    if not overwrite:
+        old = [r.folder for r in runs_of_plan() if (out / r.folder).exists()]
+        if old:
+            raise BinfaceError(f"{out} already holds demo runs ({', '.join(old)}); "
+                               "use --overwrite to replace them, or another --out")
+
+
+def _train(run: Run, out: Path, data: Path, plan: Plan, seed: int,
+           teacher: Path | None) -> Path:
     from binface.train.config import load_config
     from binface.train.loop import Trainer
 
-    cfg = load_config(None, [f"output={out / name}", f"data.train={data / 'train.rec'}",
-                             *overrides])
-    trainer = Trainer(cfg, overwrite=True)
+    steps = plan.teacher_steps if run.model == TEACHER else plan.student_steps
+    recipe = TEACHER_RECIPE if run.model == TEACHER else STUDENT_RECIPE
+    over = [f"output={out / run.folder}", f"data.train={data / 'train.rec'}",
+            f"model={run.model}", f"train.batch_size={plan.batch_size}", f"train.seed={seed}",
+            "train.log_every=10", "train.channels_last=true", f"train.max_steps={steps}",
+            f"schedule.warmup_epochs={_epochs(plan, max(1, steps // 20))}",
+            f"train.epochs={_epochs(plan, steps)}", *recipe]
+    if run.distilled:
+        over += [f"teacher={teacher}", *DISTILL]
+    trainer = Trainer(load_config(None, over), overwrite=True)
     trainer.fit()
-    return out / name / "last.pt"
+    return out / run.folder / "last.pt"
+
+
+def _score_run(checkpoint: Path, family: str, packs: list, label: str) -> dict[str, dict]:
+    """Each pack's verification result, embedded the way the model is deployed: binary
+    networks in the packed engine (xor + popcount), float ones in ONNX Runtime."""
+    import torch
+
+    from binface.eval.run import RunnerEmbedder, evaluate_pack
+    from binface.runtime import export_onnx, export_packed, load_onnx, load_packed
+
+    threads = max(1, torch.get_num_threads())
+    if family == "binary":
+        path = checkpoint.with_name("model.bfp")
+        export_packed(checkpoint, path)
+        runner = load_packed(path, threads=threads)
+    else:
+        path = checkpoint.with_name("model.onnx")
+        export_onnx(checkpoint, path)
+        runner = load_onnx(path, threads=threads)
+    embedder = RunnerEmbedder(runner)
+    out = {}
+    for pack in packs:
+        r = evaluate_pack(embedder, pack, batch_size=64, progress=f"{label} {pack.name}")
+        r["model"] = label
+        r["runtime"] = "packed" if family == "binary" else "onnx"
+        out[pack.name] = r
+    return out
+
+
+def conclusions(rows: list[dict]) -> list[str]:
+    """Sentences computed from the per-fold accuracies (paired, with their standard error)
+    and the measured latencies; nothing here is fixed in advance."""
+    from binface.eval.paired import describe, paired_difference
+
+    by = {r["model"]: r for r in rows}
+    lines = []
+    for a, b in comparisons():
+        if a not in by or b not in by:
+            continue
+        for pack in by[a]["packs"]:
+            fa = by[a]["packs"][pack].get("fold_accuracies")
+            fb = by[b]["packs"].get(pack, {}).get("fold_accuracies")
+            if fa and fb:
+                lines.append(describe(a, b, pack, paired_difference(fa, fb)))
+    lat = {m: r.get("latency_ms", {}) for m, r in by.items()}
+    bfn, bff = STUDENTS
+    pk = {m: v.get("packed") for m, v in lat.items()}
+    if pk.get(f"{bff} (scratch)") and pk.get(f"{bfn} (scratch)"):
+        lines.append(f"packed latency: {bff} {pk[f'{bff} (scratch)']:.2f} ms, {bfn} "
+                     f"{pk[f'{bfn} (scratch)']:.2f} ms "
+                     f"({pk[f'{bff} (scratch)'] / pk[f'{bfn} (scratch)']:.2f}x)")
+    t_onnx = lat.get(f"{TEACHER} (teacher)", {}).get("onnx")
+    if t_onnx and pk.get(f"{bff} (distilled)"):
+        lines.append(f"{bff} (distilled) in the packed engine runs "
+                     f"{t_onnx / pk[f'{bff} (distilled)']:.1f}x faster than the teacher in "
+                     f"ONNX Runtime ({pk[f'{bff} (distilled)']:.2f} vs {t_onnx:.2f} ms)")
+    return lines
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = None,
-             plan: Plan | None = None, latency: bool = True) -> dict:
+             plan: Plan | None = None, latency: bool = True, overwrite: bool = False,
+             repeats: int = LATENCY_REPEATS) -> dict:
     """Run the demo; returns the table rows and writes the reports into ``out``."""
-    import torch
-
+    from binface.compare import add_accuracy, run_compare, write_outputs
     from binface.eval.report import plot_roc, write_report_json, write_report_markdown
-    from binface.eval.run import evaluate_pack, load_eval_pack
-    from binface.models import model_info
-    from binface.models.loading import load_checkpoint, model_from_checkpoint
+    from binface.eval.run import load_eval_pack
+    from binface.models.loading import load_model
     from binface.profile import profile
 
     plan = plan or (QUICK if quick else FULL)
+    check_demo_outputs(out, overwrite)
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     data = synth_data(plan, seed, data)
@@ -107,73 +232,58 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, data: Path | None = 
         if not (data / f"{p}.bin").is_file():
             raise BinfaceError(f"{data} lacks {p}.bin: not a complete synthetic benchmark")
 
-    bs = plan.batch_size
-    common = [f"train.batch_size={bs}", f"train.seed={seed}", "train.log_every=5"]
-    runs = {}
-    # ArcFace with a short-schedule margin (m = 0.3): a few hundred steps from scratch
-    # do not converge under the full m = 0.5 of the MS1M recipe
-    print("[demo] 1/3 training the float teacher: mobilefacenet")
-    runs["mobilefacenet (teacher)"] = _train("teacher_mobilefacenet", out, data, [
-        *common, "model=mobilefacenet", "optim.name=sgd", "optim.lr=0.1",
-        "optim.weight_decay=5e-4", "head.s=32", "head.m=0.3",
-        f"schedule.warmup_epochs={_epochs(plan, max(1, plan.teacher_steps // 10))}",
-        f"train.epochs={_epochs(plan, plan.teacher_steps)}"])
-    student = [*common, "model=binaryfacenet", "optim.name=adam", "optim.lr=0.002",
-               "optim.weight_decay=0", "head.s=16", "head.m=0.3",
-               f"schedule.warmup_epochs={_epochs(plan, max(1, plan.student_steps // 20))}",
-               f"train.epochs={_epochs(plan, plan.student_steps)}"]
-    print("[demo] 2/3 training binaryfacenet from scratch")
-    runs["binaryfacenet (scratch)"] = _train("binaryfacenet_scratch", out, data, student)
-    print("[demo] 3/3 training binaryfacenet distilled from the teacher")
-    runs["binaryfacenet (distilled)"] = _train("binaryfacenet_distilled", out, data, [
-        *student, f"teacher={runs['mobilefacenet (teacher)']}", "distill.cosine=4.0",
-        "distill.logit_kd=1.0"])
+    runs, ckpts = runs_of_plan(), {}
+    for k, run in enumerate(runs, 1):
+        print(f"[demo] {k}/{len(runs)} training {run.label}")
+        ckpts[run.label] = _train(run, out, data, plan, seed,
+                                  ckpts.get(f"{TEACHER} (teacher)"))
 
-    print(f"[demo] verifying on {plan.eval_pairs} pairs of each pack (flip test)")
+    print(f"[demo] verifying on {plan.eval_pairs} pairs of each pack (flip test; binary "
+          "models in the packed engine, the teacher in ONNX Runtime)")
     packs = [load_eval_pack(data / f"{p}.bin", plan.eval_pairs) for p in PACKS]
-    rows, results = [], []
-    for label, ckpt_path in runs.items():
-        ck = load_checkpoint(ckpt_path)
-        model = model_from_checkpoint(ck)
-        backbone_cost = profile(model, name=ck["model"]).totals
-        row = {"model": label, "family": model_info(ck["model"]).family,
-               "macs_1bit": backbone_cost["macs_1bit"], "macs_32bit": backbone_cost["macs_32bit"],
-               "macs_runtime_binary": backbone_cost["macs_runtime_binary"],
-               "memory_kib": backbone_cost["memory_kib"], "packs": {}}
-        for pack in packs:
-            with torch.no_grad():
-                r = evaluate_pack(model, pack, batch_size=32, progress=f"{label} {pack.name}")
-            r["model"] = label
-            results.append(r)
-            row["packs"][pack.name] = {"accuracy": r["accuracy"], "std": r["std"]}
-        if latency:
-            row["latency_ms"] = _latency(ckpt_path)
-        rows.append(row)
+    rows, results, scores = [], [], {}
+    for run in runs:
+        lm = load_model(ckpts[run.label])
+        res = _score_run(ckpts[run.label], lm.family, packs, run.label)
+        scores[str(ckpts[run.label])] = res
+        results += list(res.values())
+        totals = profile(lm.model, lm.input_size, name=lm.name).totals
+        rows.append({"model": run.label, "family": lm.family, "checkpoint":
+                     str(ckpts[run.label]), "scored_in": res[packs[0].name]["runtime"],
+                     **{k: totals[k] for k in ("macs_1bit", "macs_32bit",
+                                               "macs_runtime_binary", "memory_kib")},
+                     "packs": {n: {"accuracy": r["accuracy"], "std": r["std"],
+                                   "fold_accuracies": r["fold_accuracies"]}
+                               for n, r in res.items()}})
+    if latency:
+        print("[demo] timing all five in torch, onnx and packed, side by side (1 thread)")
+        cmp = run_compare([str(c) for c in ckpts.values()], runtimes="torch,onnx,packed",
+                          repeats=repeats, rounds=5, progress=True,
+                          command=f"binface compare {' '.join(str(c) for c in ckpts.values())}")
+        add_accuracy(cmp, scores, [str(p.path) for p in packs], plan.eval_pairs,
+                     "the packed engine (binary models) and ONNX Runtime (float models)")
+        for row, crow in zip(rows, cmp["rows"], strict=True):
+            row["latency_ms"] = {rt: c["median_ms"] for rt, c in crow["latency"].items()
+                                 if c and "median_ms" in c}
+        write_outputs(cmp, out)
 
     elapsed = time.perf_counter() - t_start
-    meta = {"mode": "quick" if quick else "full", "plan": json.dumps(asdict(plan)),
+    meta = {"mode": "quick" if quick else "full", "plan": asdict(plan), "seed": seed,
             "data": str(data), "eval pairs per pack": plan.eval_pairs,
             "protocol": "insightface 10-fold, flip test", "minutes": round(elapsed / 60, 1)}
-    table = demo_table(rows, plan)
+    concl = conclusions(rows)
+    table = demo_table(rows, plan, concl)
     write_text(out / "table.txt", table)
-    write_report_json(results, out / "report.json", meta)
-    write_report_markdown(results, out / "report.md", "binface demo", meta)
-    write_text(out / "demo.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_report_json(results, out / "report.json", {**meta, "plan": json.dumps(meta["plan"])})
+    write_report_markdown(results, out / "report.md", "binface demo",
+                          {**meta, "plan": json.dumps(meta["plan"])})
+    write_text(out / "demo.json", json.dumps({"meta": meta, "rows": rows,
+                                              "conclusions": concl}, indent=2) + "\n")
     plot_roc(results, out / "roc.png", "binface demo: synthetic benchmark")
     plot_accuracy_vs_cost(rows, out / "accuracy_vs_macs.png")
     print(table, end="")
     print(f"[demo] done in {elapsed / 60:.1f} min; reports and plots in {out}")
-    return {"rows": rows, "meta": meta}
-
-
-def _latency(checkpoint: Path) -> dict[str, float]:
-    """Median single-image latency (1 thread) in PyTorch, ONNX Runtime and the packed engine."""
-    from binface.runtime.bench import run_bench
-
-    print(f"[demo] timing {checkpoint.parent.name} in torch, onnx and packed (1 thread)")
-    res = run_bench(str(checkpoint), ["torch", "onnx", "packed"], threads=1, batch=1,
-                    repeats=30, warmup=5)
-    return {r["runtime"]: r["median_ms"] for r in res["results"]}
+    return {"rows": rows, "meta": meta, "conclusions": concl}
 
 
 def _epochs(plan: Plan, steps: int) -> float:
@@ -182,9 +292,9 @@ def _epochs(plan: Plan, steps: int) -> float:
     return round(steps / per_epoch, 6)
 
 
-def demo_table(rows: list[dict], plan: Plan) -> str:
+def demo_table(rows: list[dict], plan: Plan, concl: list[str] = ()) -> str:
     packs = list(rows[0]["packs"]) if rows else []
-    head = f"{'model':<27} {'family':<7}" + "".join(f" {p:>16}" for p in packs)
+    head = f"{'model':<34} {'family':<7}" + "".join(f" {p:>16}" for p in packs)
     head += f" {'1-bit MACs':>12} {'32-bit MACs':>12} {'memory KiB':>11}"
     timed = any("latency_ms" in r for r in rows)
     if timed:
@@ -193,7 +303,7 @@ def demo_table(rows: list[dict], plan: Plan) -> str:
     for r in rows:
         accs = "".join(f" {100 * v['accuracy']:>8.2f} +- {100 * v['std']:<4.1f}"
                        for v in r["packs"].values())
-        line = (f"{r['model']:<27} {r['family']:<7}{accs} {r['macs_1bit'] / 1e6:>11.1f}M "
+        line = (f"{r['model']:<34} {r['family']:<7}{accs} {r['macs_1bit'] / 1e6:>11.1f}M "
                 f"{r['macs_32bit'] / 1e6:>11.1f}M {r['memory_kib']:>11.1f}")
         if timed:
             lat = r.get("latency_ms", {})
@@ -202,20 +312,18 @@ def demo_table(rows: list[dict], plan: Plan) -> str:
         lines.append(line)
     lines += [
         "",
-        f"accuracy (%): insightface 10-fold protocol with flip test, on {plan.eval_pairs} "
-        "fold-balanced pairs of each synthetic pack (a subset; `binface eval` scores full packs)",
-        "MACs: larq convention, whole model at 112x112 (1-bit MACs of BinaryFaceNet that run "
-        "as xor + popcount: see `binface profile binaryfacenet --per-layer`)",
+        f"accuracy (%): mean +- std over the 10 folds (insightface protocol, flip test) on "
+        f"{plan.eval_pairs} fold-balanced pairs of each synthetic pack; binary models "
+        "embedded by the packed engine, the float teacher by ONNX Runtime",
+        "MACs: larq convention, whole model at 112x112 (1-bit MACs that run as xor + "
+        "popcount: `binface profile NAME --per-layer`)",
     ]
     if timed:
-        lines.append("latency: median of 30 single images, 1 thread, PyTorch eager / ONNX Runtime"
-                     " / binface's packed engine (xor + popcount for every +-1 layer)")
-    by = {r["model"]: r for r in rows}
-    a, b = by.get("binaryfacenet (distilled)"), by.get("binaryfacenet (scratch)")
-    if a and b:
-        wins = [p for p in a["packs"] if a["packs"][p]["accuracy"] > b["packs"][p]["accuracy"]]
-        lines.append(f"distillation beat training from scratch on {len(wins)} of {len(a['packs'])}"
-                     f" packs{': ' + ', '.join(wins) if wins else ''}")
+        lines.append("latency: median of single images, 1 thread, PyTorch eager / ONNX Runtime"
+                     " / binface's packed engine, timed side by side (compare.md)")
+    if concl:
+        lines += ["", "conclusions (a difference is called only where the paired per-fold "
+                  "difference exceeds 2 standard errors):", *(f"- {c}" for c in concl)]
     return "\n".join(lines) + "\n"
 
 
@@ -246,19 +354,25 @@ def plot_accuracy_vs_cost(rows: list[dict], path: Path) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from binface.fileio import OVERWRITE_FLAG
+
     p = sub.add_parser(
-        "demo", help="train and compare a float teacher and binary students on synthetic faces",
-        description="Generate (or reuse) the synthetic face-identity benchmark, train a float "
-        "MobileFaceNet, BinaryFaceNet from scratch and BinaryFaceNet distilled from it, and "
-        "compare them: verification accuracy, MACs by precision and memory. About 20 minutes "
-        "on 2 CPU cores; --quick in under 3.")
+        "demo", help="a transformer teacher and binary students on synthetic faces, compared",
+        description="Generate (or reuse) the synthetic face-identity benchmark; train a "
+        "hybrid-transformer teacher (EdgeFace-XS), BinaryFaceNet and BinaryFaceFormer from "
+        "scratch and both distilled from the teacher; compare them (verification accuracy "
+        "with its uncertainty, MACs by precision, memory, latency in PyTorch, ONNX Runtime "
+        "and the packed engine). At most 20 minutes on 2 CPU cores; --quick in a few.")
     p.add_argument("--out", default="binface-demo", help="output folder (default binface-demo)")
-    p.add_argument("--quick", action="store_true", help="a tiny run (smoke test, < 3 minutes)")
+    p.add_argument("--quick", action="store_true", help="a tiny run (smoke test, a few minutes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None,
                    help="benchmark folder to use or create (default: the user cache)")
     p.add_argument("--no-latency", action="store_true",
-                   help="skip the torch / onnx / packed latency columns")
+                   help="skip the torch / onnx / packed timing (and compare.*)")
+    p.add_argument(OVERWRITE_FLAG, action="store_true",
+                   help="replace an earlier demo's results in --out")
     p.set_defaults(func=lambda a: run_demo(Path(a.out), a.quick, a.seed,
                                            Path(a.data) if a.data else None,
-                                           latency=not a.no_latency) and 0)
+                                           latency=not a.no_latency,
+                                           overwrite=a.overwrite) and 0)

@@ -111,21 +111,29 @@ def embed_images(
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
 
-class OnnxEmbedder(nn.Module):
-    """An ``.onnx`` file (float or int8) behind the module interface ``embed_images`` uses,
-    so ``binface eval`` scores exported models with the same preprocessing and protocol."""
+class RunnerEmbedder(nn.Module):
+    """Any runner with ``run(ndarray) -> ndarray`` (the packed engine, ONNX Runtime, LCE)
+    behind the module interface ``embed_images`` uses: exported models are scored with the
+    same preprocessing, flip test and protocol as PyTorch ones."""
+
+    def __init__(self, runner) -> None:
+        super().__init__()
+        self.runner = runner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.runner.run(x.detach().cpu().numpy())))
+
+
+class OnnxEmbedder(RunnerEmbedder):
+    """An ``.onnx`` file (float or int8) as a module, for ``binface eval``."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        super().__init__()
         from binface.runtime.onnx_rt import OnnxRunner
 
-        self.runner = OnnxRunner(path, threads=threads)
+        super().__init__(OnnxRunner(path, threads=threads))
         meta = self.runner.session.get_modelmeta().custom_metadata_map
         self.model_name = meta.get("binface.model", Path(path).stem)
         self.precision = meta.get("binface.precision", "float")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.runner.run(x.detach().cpu().numpy()))
 
 
 def evaluate_pack(model: nn.Module, pack: Pack, batch_size: int = 64, flip: bool = True,
