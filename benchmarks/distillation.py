@@ -21,7 +21,12 @@ On the default synthetic benchmark (1,000 identities x 20 images, full packs):
 Students are scored through the packed engine on the full packs (flip test, 10-fold),
 teachers through ONNX Runtime; packed latency is measured side by side (1 thread).
 Writes ``docs/results/distillation.json`` / ``.md`` / ``.png``; runs resume from
-``--work`` like the binary-attention study.
+``--work`` like the binary-attention study. Every finished run is also recorded in
+``--records`` (default ``docs/results/distillation_runs/``, one small JSON per run with
+its tag, accuracy and commit; committed), so the study can be finished over several
+sessions: a student run whose record matches its tag is not trained again, and a teacher
+whose checkpoint is gone is retrained (deterministically: same data, seed and threads)
+and checked against its record.
 """
 
 from __future__ import annotations
@@ -130,6 +135,24 @@ def _scored(res: dict, run_dir: Path, packs: dict, threads: int, onnx: bool) -> 
     return out
 
 
+def load_record(records: Path, name: str, tag: dict) -> dict | None:
+    """The recorded result of run ``name`` if its tag matches (else None)."""
+    path = records / f"{name}.json"
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    return rec if rec.get("tag") == tag else None
+
+
+def save_record(records: Path, name: str, res: dict, commit: str) -> None:
+    from binface.fileio import write_text
+
+    keep = {k: v for k, v in res.items() if k != "checkpoint"}
+    write_text(records / f"{name}.json", json.dumps({**keep, "run": name, "commit":
+                                                      res.get("commit", commit)}, indent=2)
+               + "\n")
+
+
 def gap_closed(scratch: float, distilled: float, teacher: float) -> float | None:
     """Fraction of the scratch-to-teacher gap that distillation closes (None: no gap)."""
     gap = teacher - scratch
@@ -234,6 +257,9 @@ def main() -> None:
     ap.add_argument("--scratch-work", type=Path, default=ROOT / "runs" / "binary_attention",
                     help="the binary-attention study's work folder (scratch runs reused)")
     ap.add_argument("--out", type=Path, help="default: docs/results (--quick: work folder)")
+    ap.add_argument("--records", type=Path, default=ROOT / "docs" / "results" /
+                    "distillation_runs", help="one JSON per finished run (default "
+                    "docs/results/distillation_runs; --quick: in the work folder)")
     args = ap.parse_args()
 
     import torch
@@ -258,6 +284,7 @@ def main() -> None:
                     batch_size=32, teacher_steps=0, student_steps=0)
         work = work.with_name(work.name + "_quick")
         scratch_work = work / "scratch"
+        args.records = work / "records"
     else:
         plan = Plan(identities=1000, images_per_identity=20, pack_pairs=None, eval_pairs=0,
                     batch_size=32, teacher_steps=0, student_steps=0)
@@ -283,6 +310,13 @@ def main() -> None:
         print(f"[study] teacher {t}: {t_steps} steps of 32", flush=True)
         res = _scored(train(t, over, work / f"teacher_{t}", tag), work / f"teacher_{t}",
                       packs, args.threads, onnx=True)
+        rec = load_record(args.records, f"teacher_{t}", tag)
+        if rec is not None and rec["accuracy"] != res["accuracy"]:
+            # the students distilled earlier learnt from the recorded teacher
+            raise SystemExit(f"teacher {t} retrained differently from its record "
+                             f"({rec['accuracy']} vs {res['accuracy']}); delete "
+                             f"{args.records} to start the study again")
+        save_record(args.records, f"teacher_{t}", res, start_commit)
         teacher_ckpt[t] = res["checkpoint"]
         teacher_rows.append({"model": t, "accuracy": {p: round(res["accuracy"][p], 3)
                                                       for p in PACKS},
@@ -298,9 +332,13 @@ def main() -> None:
             sdir = scratch_work / f"{student}_s{seed}"
             prev = sdir / "result.json"
             tag_ba = {"recipe": ba.RECIPE, "steps": steps, "data": str(data)}
+            rec = load_record(args.records, f"scratch_{student}_s{seed}", tag_ba)
             if prev.is_file() and json.loads(prev.read_text()).get("tag") == tag_ba:
                 print(f"[study] scratch {student} seed {seed}: reusing {prev}", flush=True)
                 scratch = json.loads(prev.read_text())
+            elif rec is not None:
+                print(f"[study] scratch {student} seed {seed}: recorded", flush=True)
+                scratch = rec
             else:
                 print(f"[study] scratch {student} seed {seed}: training", flush=True)
                 scratch = ba.train_one(student, seed, steps, data, sdir, n_train)
@@ -308,6 +346,7 @@ def main() -> None:
                 scratch["tag"] = tag_ba
                 scratch["commit"] = start_commit
                 write_text(prev, json.dumps(scratch, indent=2) + "\n")
+            save_record(args.records, f"scratch_{student}_s{seed}", scratch, start_commit)
             runs.setdefault((student, None, "arcface"), []).append(scratch)
             for t in teachers:
                 for v in variants:
@@ -319,8 +358,13 @@ def main() -> None:
                     run_dir = work / f"{student}_from_{t}_{v}_s{seed}"
                     tag = {"overrides": over, "data": str(data)}
                     print(f"[study] {student} from {t} ({v}), seed {seed}", flush=True)
-                    res = _scored(train(student, over, run_dir, tag), run_dir, packs,
-                                  args.threads, onnx=False)
+                    res = load_record(args.records, run_dir.name, tag)
+                    if res is None:
+                        res = _scored(train(student, over, run_dir, tag), run_dir, packs,
+                                      args.threads, onnx=False)
+                        save_record(args.records, run_dir.name, res, start_commit)
+                    else:
+                        print(f"[study] {run_dir.name}: recorded", flush=True)
                     runs.setdefault((student, t, v), []).append(res)
 
     rows = []

@@ -239,3 +239,21 @@ def test_profile_counts_int8_as_8_bit(qat_runs, capsys):
     assert same["params_32bit"] == 4 + 16 + (4 + 1) + (16 + 1)  # biases, scales
     assert main(["profile", "mobilefacenet", "--precision", "int8"]) == 0
     assert "(8-bit)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the onnx-int8 runtime
+def test_onnx_int8_is_a_runtime_of_bench_and_compare(synth, tmp_path, capsys):
+    from binface.compare import render_markdown, run_compare
+
+    assert main(["bench", "mobilefacenet", "--runtime", "onnx,onnx-int8", "--repeats", "3",
+                 "--warmup", "1", "--rounds", "1", "--calibrate", str(synth / "train.rec"),
+                 "--json"]) == 0
+    rows = {r["runtime"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert rows["onnx-int8"]["median_ms"] > 0 and rows["onnx"]["median_ms"] > 0
+    # no calibration data: timed on a noise-calibrated graph; a binary model gets a note
+    res = run_compare(["mobilefacenet", "binaryfacenet"], runtimes="onnx-int8", repeats=2,
+                      warmup=1, rounds=1, progress=False)
+    mfn, bfn = res["rows"]
+    assert mfn["latency"]["onnx-int8"]["median_ms"] > 0
+    assert "binary model" in bfn["latency"]["onnx-int8"]["error"]
+    assert "onnx-int8 ms" in render_markdown(res)

@@ -94,10 +94,11 @@ def run_compare(models: list[str] | None = None, packs: Sequence[str] = (),
                 runtimes: list[str] | str = DEFAULT_RUNTIMES, repeats: int = 50,
                 warmup: int = 5, rounds: int = 5, max_pairs: int | None = None,
                 table: str | None = None, progress: bool = True,
-                command: str | None = None) -> dict:
+                command: str | None = None, calibrate: str | None = None) -> dict:
     """Measure every model; returns ``{"meta": ..., "rows": [...]}`` (what compare.json holds).
 
-    ``table="seed"`` takes the seed's Tables 1 and 2 instead of ``models``.
+    ``table="seed"`` takes the seed's Tables 1 and 2 instead of ``models``; ``calibrate``
+    is the data ``onnx-int8`` calibrates on (default: noise, enough for timing).
     """
     from binface.runtime.bench import Job, check_runtimes, time_jobs
 
@@ -135,7 +136,8 @@ def run_compare(models: list[str] | None = None, packs: Sequence[str] = (),
             bar.set_postfix_str(entry.spec, refresh=False)
             work = Path(tmp) / str(k)
             work.mkdir()
-            row, art, errors = _prepare(entry, runtimes, work, loaded_packs, lce_note, progress)
+            row, art, errors = _prepare(entry, runtimes, work, loaded_packs, lce_note, progress,
+                                        calibrate)
             if entry.spec in published:
                 row["published"] = published[entry.spec]
             for rt in runtimes:
@@ -206,7 +208,8 @@ def _lce_note() -> str | None:
 
 
 def _prepare(entry: Entry, runtimes: list[str], work: Path, packs: list, lce_note: str | None,
-             progress: bool) -> tuple[dict, object, dict[str, str]]:
+             progress: bool, calibrate: str | None = None
+             ) -> tuple[dict, object, dict[str, str]]:
     """One model's row (complexity, accuracy) and the files its runtimes need."""
     from binface.runtime.bench import prepare
 
@@ -240,7 +243,7 @@ def _prepare(entry: Entry, runtimes: list[str], work: Path, packs: list, lce_not
     else:
         row["accuracy"] = {pack.name: _score(lm.model, pack, entry.spec, progress)
                            for pack in packs}
-    art = prepare(entry.spec, wanted, work, loaded=lm, errors=errors)
+    art = prepare(entry.spec, wanted, work, loaded=lm, errors=errors, calibrate=calibrate)
     return row, art, errors
 
 
@@ -555,7 +558,8 @@ def _command_line(args: argparse.Namespace) -> str:
     return _api_command(args.models, args.packs, [r.strip() for r in args.runtimes.split(",")
                                                   if r.strip()], args.repeats, args.warmup,
                         args.rounds, args.max_pairs, args.table) + (
-        f" --out {shlex.quote(args.out)}" if args.out != "compare" else "")
+        f" --out {shlex.quote(args.out)}" if args.out != "compare" else "") + (
+        f" --calibrate {shlex.quote(args.calibrate)}" if args.calibrate else "")
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -564,7 +568,7 @@ def _cmd(args: argparse.Namespace) -> int:
     check_outputs([out / n for n in OUTPUTS], inputs=inputs, overwrite=args.overwrite)
     result = run_compare(args.models, args.packs, args.runtimes, args.repeats, args.warmup,
                          args.rounds, args.max_pairs, args.table, progress=True,
-                         command=_command_line(args))
+                         command=_command_line(args), calibrate=args.calibrate)
     paths = write_outputs(result, out)
     print(render_markdown(result), end="")
     print(f"wrote {', '.join(str(p) for p in paths)}")
@@ -590,7 +594,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="verification packs to score the checkpoints on (give them after "
                    "the models)")
     p.add_argument("--runtimes", "--runtime", default=DEFAULT_RUNTIMES,
-                   help=f"comma-separated: torch, onnx, packed, lce (default {DEFAULT_RUNTIMES})")
+                   help="comma-separated: torch, onnx, onnx-int8, packed, lce (default "
+                   f"{DEFAULT_RUNTIMES})")
+    p.add_argument("--calibrate", metavar="DATA", default=None, help="onnx-int8: calibration "
+                   "faces (.rec, image folder or .bin pack; default: noise, for timing)")
     p.add_argument("--out", default="compare", metavar="DIR",
                    help="folder for compare.md, compare.json, compare.png (default compare/)")
     p.add_argument("--repeats", type=positive_int, default=50,

@@ -28,11 +28,13 @@ import numpy as np
 from binface.errors import BinfaceError
 from binface.runtime.errors import RuntimeUnavailableError
 
-RUNTIMES = ("torch", "onnx", "packed", "lce")
+RUNTIMES = ("torch", "onnx", "onnx-int8", "packed", "lce")
 FILE_RUNTIMES = {".bfp": "packed", ".onnx": "onnx", ".tflite": "lce"}
 NOTES = {
     "torch": "PyTorch eager, oneDNN (binary weights quantized ahead of time)",
     "onnx": "ONNX Runtime CPU (binary layers, if any, as float convs)",
+    "onnx-int8": "ONNX Runtime CPU, static int8 QDQ from ONNX Runtime's quantiser (per-channel "
+                 "S8S8; float models only)",
     "packed": "binface packed engine, numba (binary layers as xor + popcount)",
     "lce": "Larq Compute Engine 0.16 interpreter (LceBconv2d where LCE can; x86: portable C++)",
 }
@@ -55,7 +57,7 @@ def check_runtimes(names: list[str], installed: bool = True) -> list[str]:
         if r not in out:
             out.append(r)
     if not out:
-        raise RuntimeUnavailableError("no runtime given (choose from torch, onnx, packed, lce)")
+        raise RuntimeUnavailableError(f"no runtime given (choose from {', '.join(RUNTIMES)})")
     return out
 
 
@@ -68,19 +70,33 @@ class Artifacts:
     spec: str | None  # registered name or checkpoint (torch); None for a bare file
     packed: str | None = None
     onnx: str | None = None
+    onnx_int8: str | None = None
     lce: str | None = None
     input_size: tuple[int, int] = (112, 112)
 
     def path(self, runtime: str) -> str | None:
         """What ``runtime`` loads: the spec for torch, else the exported file (None if none)."""
-        return self.spec if runtime == "torch" else getattr(self, runtime)
+        return self.spec if runtime == "torch" else getattr(self, runtime.replace("-", "_"))
 
 
-SUFFIXES = {"packed": ".bfp", "onnx": ".onnx", "lce": ".tflite"}
+SUFFIXES = {"packed": ".bfp", "onnx": ".onnx", "onnx-int8": ".int8.onnx", "lce": ".tflite"}
+# images an int8 export calibrates on when timing without --calibrate (the latency of an
+# int8 graph does not depend on its scales, so noise serves for timing)
+TIMING_CALIBRATION_IMAGES = 8
 
 
-def _export(runtime: str, model, path: Path, input_size: tuple[int, int]) -> None:
-    if runtime == "packed":
+def _export(runtime: str, model, path: Path, input_size: tuple[int, int],
+            calibrate: str | None = None) -> None:
+    if runtime == "onnx-int8":
+        from binface.nn.qat import is_qat
+        from binface.runtime.int8 import export_onnx_int8
+
+        data = calibrate
+        if data is None and not is_qat(model):
+            data = np.random.default_rng(0).integers(
+                0, 256, (TIMING_CALIBRATION_IMAGES, *input_size, 3), dtype=np.uint8)
+        export_onnx_int8(model, path, calibrate=data, input_size=input_size)
+    elif runtime == "packed":
         from binface.runtime.export import export_packed
 
         export_packed(model, path, input_size)
@@ -102,13 +118,15 @@ def first_line(exc: BaseException) -> str:
 
 def prepare(spec: str, runtimes: list[str], workdir: str | os.PathLike,
             input_size: tuple[int, int] | None = None, *, loaded=None,
-            errors: dict[str, str] | None = None) -> Artifacts:
+            errors: dict[str, str] | None = None, calibrate: str | None = None) -> Artifacts:
     """Export what the runtimes need into ``workdir`` (unless ``spec`` is already that file).
 
     ``loaded``: the :class:`~binface.models.loading.LoadedModel` of ``spec`` when the
     caller has it already. With an ``errors`` dict, a runtime that cannot run the
     model (another runtime's file, an export that fails) is noted there as one line
     and left out, instead of raising: one model's gap does not stop a comparison.
+    ``calibrate``: data for ``onnx-int8`` (a .rec, image folder or pack); without it a
+    float model is calibrated on noise, which is enough to time it (not to score it).
     """
     p = Path(spec)
     runtime = FILE_RUNTIMES.get(p.suffix)
@@ -136,18 +154,18 @@ def prepare(spec: str, runtimes: list[str], workdir: str | os.PathLike,
     lm = loaded
     art = Artifacts(lm.name, spec, input_size=lm.input_size)
     work = Path(workdir)
-    for r in ("packed", "onnx", "lce"):
+    for r in ("packed", "onnx", "onnx-int8", "lce"):
         if r not in runtimes:
             continue
         path = work / f"{lm.name}{SUFFIXES[r]}"
         try:
-            _export(r, lm.model, path, lm.input_size)
+            _export(r, lm.model, path, lm.input_size, calibrate)
         except Exception as exc:  # noqa: BLE001 - exporters raise many types; noted per runtime
             if errors is None:
                 raise
             errors[r] = f"export failed: {first_line(exc)}"
             continue
-        setattr(art, r, str(path))
+        setattr(art, r.replace("-", "_"), str(path))
     return art
 
 
@@ -335,13 +353,14 @@ def time_jobs(jobs: list[Job], threads: int = 1, batch: int = 1, repeats: int = 
 
 def run_bench(spec: str, runtimes: list[str], threads: int = 1, batch: int = 1,
               repeats: int = 50, warmup: int = 5, rounds: int = 5,
-              input_size: tuple[int, int] | None = None, progress: bool = False) -> dict:
+              input_size: tuple[int, int] | None = None, progress: bool = False,
+              calibrate: str | None = None) -> dict:
     """Benchmark ``spec`` (name, checkpoint, .bfp, .onnx, .tflite) in each runtime, side by side."""
     runtimes = check_runtimes(runtimes)
     if threads < 1 or batch < 1 or repeats < 1:
         raise BinfaceError("threads, batch and repeats must be positive")
     with tempfile.TemporaryDirectory(prefix="binface-bench-") as tmp:
-        art = prepare(spec, runtimes, tmp, input_size)
+        art = prepare(spec, runtimes, tmp, input_size, calibrate=calibrate)
         jobs = [Job(r, str(art.path(r)), art.input_size) for r in runtimes]
         results = time_jobs(jobs, threads, batch, repeats, warmup, rounds,
                             progress=f"bench {art.name}" if progress else None)
@@ -386,7 +405,7 @@ def _load_runner(runtime: str, artifact: str, threads: int, shape: tuple[int, ..
 
         eng = load_packed(artifact, threads=threads, limit_blas=False)  # env var does it
         return eng.run, resolve(eng.input_shape, 1)[1:]
-    if runtime == "onnx":
+    if runtime in ("onnx", "onnx-int8"):
         from binface.runtime.onnx_rt import OnnxRunner
 
         runner = OnnxRunner(artifact, threads)

@@ -128,7 +128,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     runtimes = [r for r in args.runtime.split(",")]
     res = run_bench(args.model, runtimes, threads=args.threads, batch=args.batch,
                     repeats=args.repeats, warmup=args.warmup, rounds=args.rounds,
-                    input_size=args.input_size, progress=not args.json)
+                    input_size=args.input_size, progress=not args.json,
+                    calibrate=args.calibrate)
     print(json.dumps(res, indent=2) if args.json else render(res), end="\n" if args.json else "")
     return 0
 
@@ -173,11 +174,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Median and p90 latency, images per second and peak memory of one model in "
         "each runtime asked, measured in turns so that background load hits all alike. Given a "
         "model name or checkpoint, exports what packed and onnx need into a temporary folder. "
-        "onnx runs binary models as float; lce needs the `lce` extra.")
+        "onnx runs binary models as float; onnx-int8 is ONNX Runtime's static int8 (float "
+        "models; calibrated on --calibrate DATA, else on noise, which is enough for timing); "
+        "lce needs the `lce` extra.")
     b.add_argument("model", help="registered model name, checkpoint, .bfp, .onnx or .tflite file")
     b.add_argument("--runtime", default="torch,onnx,packed",
-                   help="comma-separated runtimes: torch, onnx, packed, lce "
+                   help="comma-separated runtimes: torch, onnx, onnx-int8, packed, lce "
                    "(default torch,onnx,packed)")
+    b.add_argument("--calibrate", metavar="DATA", default=None, help="onnx-int8: calibration "
+                   "faces (.rec, image folder or .bin pack; default: noise, for timing)")
     b.add_argument("--threads", type=positive_int, default=1,
                    help="threads per runtime (default 1)")
     b.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")

@@ -149,7 +149,8 @@ def export_onnx_int8(model, path: str | os.PathLike, calibrate: str | os.PathLik
     """Write ``model`` (name, checkpoint or module) to ``path`` as an int8 QDQ ONNX model.
 
     A float model needs ``calibrate`` (calibration data, see :func:`calibration_images`;
-    ``images`` of them are used); a QAT model uses its learned scales and reads no data.
+    ``images`` of them are used; or the faces themselves, uint8 (N, H, W, 3)); a QAT model
+    uses its learned scales and reads no data.
     Returns what was written.
     """
     from binface.models.loading import load_model
@@ -164,7 +165,13 @@ def export_onnx_int8(model, path: str | os.PathLike, calibrate: str | os.PathLik
     if not qat and calibrate is None:
         raise BinfaceError(f"{lm.name} is a float model: int8 needs calibration data "
                            "(--calibrate a .rec, an image folder or a .bin pack)")
-    faces = None if qat else calibration_images(calibrate, lm.input_size, images)
+    if qat:
+        faces = None
+    elif isinstance(calibrate, np.ndarray):
+        faces, source = _check_faces(calibrate, lm.input_size), f"{len(calibrate)} given images"
+    else:
+        faces = calibration_images(calibrate, lm.input_size, images)
+        source = f"{len(faces)} images from {Path(calibrate).name}"
     opset = max(int(opset), 13)  # per-channel QuantizeLinear / DequantizeLinear
     with tempfile.TemporaryDirectory(prefix="binface-int8-") as tmpdir:
         tmp = Path(tmpdir)
@@ -175,8 +182,7 @@ def export_onnx_int8(model, path: str | os.PathLike, calibrate: str | os.PathLik
     props = {"binface.model": lm.name, "binface.binary": "0", "binface.precision": "int8",
              "binface.int8": "qat" if qat else "ptq"}
     if faces is not None:
-        props["binface.calibration"] = f"{len(faces)} images from {Path(calibrate).name}, " \
-                                       "min/max"
+        props["binface.calibration"] = f"{source}, min/max"
     _set_metadata(proto, props)
     summary = int8_summary(proto)
     if not summary["int8_weights"] or not summary["quantize_linear"]:
@@ -187,6 +193,14 @@ def export_onnx_int8(model, path: str | os.PathLike, calibrate: str | os.PathLik
     return {"model": lm.name, "path": str(path), "mode": "qat" if qat else "ptq",
             "opset": opset, "calibration_images": 0 if faces is None else len(faces),
             **summary, "bytes": path.stat().st_size}
+
+
+def _check_faces(faces: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != (*size, 3) \
+            or len(faces) == 0:
+        raise BinfaceError(f"calibration faces must be uint8 (N, {size[0]}, {size[1]}, 3), got "
+                           f"{faces.dtype} {faces.shape}")
+    return faces
 
 
 def _has_binary(model) -> bool:
