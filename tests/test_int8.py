@@ -257,3 +257,24 @@ def test_onnx_int8_is_a_runtime_of_bench_and_compare(synth, tmp_path, capsys):
     assert mfn["latency"]["onnx-int8"]["median_ms"] > 0
     assert "binary model" in bfn["latency"]["onnx-int8"]["error"]
     assert "onnx-int8 ms" in render_markdown(res)
+
+
+def test_train_init_starts_qat_from_a_float_checkpoint(tmp_path):
+    """train.init: the float run's weights and class centres start the QAT run."""
+    register_test_models()
+    fl = Trainer(_cfg(tmp_path / "f", "train.qat=none", "train.max_steps=2"),
+                 model=create_model("test_tiny"), train_set=RandomFaces(), progress=False)
+    fl.fit()
+    ck = tmp_path / "f" / "last.pt"
+    q = Trainer(_cfg(tmp_path / "q", f"train.init={ck}"), model=create_model("test_tiny"),
+                train_set=RandomFaces(), progress=False)
+    state = q.model.state_dict()
+    for k, v in fl.model.state_dict().items():
+        assert torch.equal(state[k], v), k
+    assert torch.equal(q.head.weight.detach(), fl.head.weight.detach())
+    assert is_qat(q.model) and q.step == 0
+    q.fit()
+    assert is_qat(load_model(tmp_path / "q" / "last.pt").model)
+    with pytest.raises(BinfaceError, match="holds model 'test_tiny'"):
+        Trainer(_cfg(tmp_path / "x", f"train.init={ck}", "model=mobilefacenet"),
+                train_set=RandomFaces(), progress=False)

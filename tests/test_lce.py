@@ -448,3 +448,41 @@ def test_binary_attention_models_run_binary_in_lce(name, tmp_path):
         want = model(torch.from_numpy(x)).numpy()
     cos = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
     assert cos >= 0.99
+
+
+# ---------------------------------------------------------------- full-integer int8 TFLite
+def test_tflite_int8_of_a_float_model(tmp_path, capsys):
+    """TensorFlow's full-integer int8: int8 ops, agrees with PyTorch on faces, LCE runs it."""
+    from binface.cli import main
+    from binface.data.synth import generate
+    from binface.models import create_model
+    from binface.runtime.int8 import calibration_images
+    from binface.runtime.lce import LceRunner, export_tflite_int8
+
+    data = tmp_path / "synth"
+    generate(data, identities=6, images_per_identity=4, pairs=20, workers=1, progress=False)
+    torch.manual_seed(0)
+    model = create_model("mobilefacenet").eval()
+    info = export_tflite_int8(model, tmp_path / "m8.tflite", data / "train.rec", images=16)
+    assert info["format"] == "tflite-int8" and info["calibration_images"] == 16
+    assert info["int8_ops"] > 0.8 * info["ops"]
+    faces = calibration_images(data / "synth_lfw.bin", (112, 112), 8)
+    x = (faces.transpose(0, 3, 1, 2).astype(np.float32) - 127.5) / 127.5
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = LceRunner(tmp_path / "m8.tflite").run(x)
+    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() > 0.95
+    # the command, then the LCE runner times it; binary models are refused in one line
+    out = tmp_path / "cli8.tflite"
+    assert main(["export", "mobilefacenet", "--format", "tflite", "--int8", "--calibrate",
+                 str(data / "synth_lfw.bin"), "--calibration-images", "8", "-o", str(out)]) == 0
+    assert "full-integer int8" in capsys.readouterr().out
+    assert main(["bench", str(out), "--runtime", "lce", "--repeats", "2", "--warmup", "1",
+                 "--rounds", "1"]) == 0
+    capsys.readouterr()
+    assert main(["export", "binaryfacenet", "--format", "tflite", "--int8", "--calibrate",
+                 str(data / "synth_lfw.bin"), "-o", str(tmp_path / "b.tflite")]) == 2
+    err = capsys.readouterr().err
+    assert "binary model" in err and "\n" not in err.strip()
+    assert not (tmp_path / "b.tflite").exists()

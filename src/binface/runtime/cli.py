@@ -17,7 +17,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     fmt = args.format
     _check_int8_args(args)
     stem = Path(args.model).stem if Path(args.model).suffix else args.model
-    suffix = {"packed": ".bfp", "lce": ".tflite"}.get(fmt, ".onnx")
+    suffix = {"packed": ".bfp", "lce": ".tflite", "tflite": ".tflite"}.get(fmt, ".onnx")
     if args.int8:
         stem += "_int8"
     out = Path(args.output) if args.output else Path(f"{stem}{suffix}")
@@ -48,6 +48,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         msg = (f"wrote {out}: LCE flatbuffer for ARM, NHWC input {info['input_shape']}, "
                f"{t['binary_layers']} of {t['layers']} layers binary, "
                f"{info['bytes'] / 1024:.1f} KiB")
+    elif fmt == "tflite":
+        from binface.runtime.lce import export_tflite_int8
+
+        info = export_tflite_int8(lm.model, out, args.calibrate, args.calibration_images,
+                                  lm.input_size, int8=args.int8)
+        how = (f"full-integer int8, calibrated on {info['calibration_images']} images of "
+               f"{args.calibrate}, {info['int8_ops']} of {info['ops']} ops on int8"
+               if args.int8 else "float32")
+        msg = f"wrote {out}: TFLite (TensorFlow's converter) for ARM, {how}, " \
+              f"{info['bytes'] / 1024:.1f} KiB"
     elif args.int8:
         from binface.runtime.int8 import export_onnx_int8
 
@@ -84,9 +94,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _check_int8_args(args: argparse.Namespace) -> None:
-    """The int8 options go together, and with ONNX only."""
-    if args.int8 and args.format != "onnx":
-        raise BinfaceError("--int8 needs --format onnx (ONNX Runtime's QDQ int8)")
+    """The int8 options go together, and with ONNX or plain TFLite only."""
+    if args.int8 and args.format not in ("onnx", "tflite"):
+        raise BinfaceError("--int8 needs --format onnx (ONNX Runtime's QDQ int8) or --format "
+                           "tflite (TensorFlow's full-integer int8)")
     if not args.int8 and (args.calibrate or args.calibration_images is not None):
         raise BinfaceError("--calibrate and --calibration-images go with --int8")
     if args.calibration_images is None:
@@ -108,7 +119,7 @@ def _check(lm, fmt: str, path: Path) -> tuple[float, float]:
         from binface.runtime.engine import load_packed
 
         got = load_packed(path).run(x)
-    elif fmt == "lce":
+    elif fmt in ("lce", "tflite"):
         from binface.runtime.lce import LceRunner
 
         got = LceRunner(path).run(x)
@@ -147,9 +158,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "binarises, converts it for ARM and prints, per layer, whether LCE runs it in binary. "
         "--format onnx --int8 writes an int8 QDQ model with ONNX Runtime's quantisation tools: "
         "a float model is calibrated on --calibrate DATA, a train.qat=int8 checkpoint uses "
-        "its learned scales (docs/int8.md).")
+        "its learned scales (docs/int8.md). --format tflite (the `lce` extra) writes a plain "
+        "TFLite model of a float network through TensorFlow's converter; with --int8 it is "
+        "full-integer int8 calibrated on --calibrate DATA, and LCE's interpreter runs it.")
     p.add_argument("model", help="registered model name or checkpoint (.pt)")
-    p.add_argument("--format", choices=["packed", "onnx", "lce"], default="packed",
+    p.add_argument("--format", choices=["packed", "onnx", "lce", "tflite"], default="packed",
                    help="output format (default packed)")
     p.add_argument("-o", "--output", metavar="PATH", help="output file (default NAME.bfp, "
                    "NAME.onnx or NAME.tflite)")
@@ -158,7 +171,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--check", action="store_true", help="compare the export with PyTorch on "
                    "random input")
-    p.add_argument("--int8", action="store_true", help="with --format onnx: int8 weights and "
+    p.add_argument("--int8", action="store_true", help="with --format onnx or tflite: int8 "
+                   "weights and "
                    "activations (QDQ, per-channel weights); float models need --calibrate")
     p.add_argument("--calibrate", metavar="DATA", help="aligned faces at the model's input "
                    "size for int8 ranges: a .rec, an image folder or a .bin pack")

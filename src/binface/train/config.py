@@ -331,6 +331,10 @@ SCHEMA: dict[str, Key] = {
     "train.qat": Key("none", OneOf(QAT_MODES), "quantisation-aware training: int8 "
                      "fake-quantises the float conv/dense weights and inputs (docs/int8.md)"),
     "train.channels_last": Key(False, Bool(), "channels-last memory format"),
+    "train.init": Key(None, Text("a checkpoint path"), "start from this checkpoint's weights "
+                      "(fine-tuning, e.g. QAT of a trained float model): same model; class "
+                      "centres too when the classes match; step, optimiser and schedule start "
+                      "afresh (not --resume)", null=True),
     "train.device": Key("auto", OneOf(("auto", "cpu", "cuda")), "where to train (auto: CUDA "
                         "when available)"),
     "output": Key("runs/experiment", Text("a folder"), "the run's folder (checkpoints, "

@@ -143,8 +143,11 @@ class Trainer:
             model = build_model(self.model_name, self.cfg["model_kwargs"], where="config")
         else:
             self.model_name = getattr(model, "model_name", None) or type(model).__name__
+        self._init_ck = self._load_init(model) if tc["init"] else None
         if tc["qat"] != "none":
             self._prepare_qat(model)
+        if self._init_ck is not None and self._init_ck.get("qat", "none") != "none":
+            model.load_state_dict(self._init_ck["state_dict"])  # its fake-quant layers too
         self.model = model.to(self.device)
         if tc["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -154,6 +157,27 @@ class Trainer:
         if self.info.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _load_init(self, model: nn.Module) -> dict:
+        """``train.init``: a float checkpoint's weights go in now (before QAT wraps the
+        layers); a QAT checkpoint's after, into layers built the same way."""
+        path = self.cfg["train"]["init"]
+        ck = load_checkpoint(path)
+        if ck["model"] != self.model_name:
+            raise BinfaceError(f"train.init={path} holds model {ck['model']!r}, the config "
+                               f"says {self.model_name!r}")
+        qat = ck.get("qat", "none")
+        if qat != "none" and qat != self.cfg["train"]["qat"]:
+            raise BinfaceError(f"train.init={path} was trained with train.qat={qat}; set "
+                               f"train.qat={qat} to continue it")
+        if qat == "none":
+            try:
+                model.load_state_dict(ck["state_dict"])
+            except RuntimeError as exc:
+                raise BinfaceError(f"train.init={path}: its weights do not fit "
+                                   f"{self.model_name} ({str(exc).splitlines()[0][:160]})") \
+                    from None
+        return ck
 
     def _prepare_qat(self, model: nn.Module) -> None:
         """Fake-quantise the float layers (``train.qat``) before the optimiser sees them."""
@@ -174,6 +198,14 @@ class Trainer:
         margin = make_margin(hc["margin"], hc["s"], hc["m1"], hc["m2"], hc["m3"], hc["m"])
         self.head = PartialFC(margin, self.embedding_size, self.num_classes,
                               hc["sample_rate"], seed=self.cfg["train"]["seed"]).to(self.device)
+        ck = self._init_ck
+        if ck is not None and ck["head_state"]["weight"].shape == (self.num_classes,
+                                                                    self.embedding_size):
+            head = dict(ck["head_state"])
+            start = self.head.class_start
+            head["weight"] = head["weight"][start:start + self.head.num_local]
+            self.head.load_state_dict(head)
+        self._init_ck = None  # not kept: a checkpoint's worth of memory
         self.distiller = None
         if self.cfg["teacher"]:
             from binface.train.distill import Distiller

@@ -15,12 +15,18 @@ importing this package loads neither TensorFlow nor torch.
 """
 
 from binface.runtime.lce.build import TFBuilder
-from binface.runtime.lce.export import convert_ir, export_lce
+from binface.runtime.lce.export import (
+    convert_ir,
+    convert_ir_int8,
+    export_lce,
+    export_tflite_int8,
+)
 from binface.runtime.lce.plan import Plan, plan_qlayer, resolve_plans
 from binface.runtime.lce.report import BINARY_OPS, LayerRow, LceReport, layer_report, tflite_ops
 from binface.runtime.lce.runner import LceRunner, load_lce
 from binface.runtime.lce.tflib import LCE_HINT, import_lce, lce_available
 
 __all__ = ["BINARY_OPS", "LCE_HINT", "LayerRow", "LceReport", "LceRunner", "Plan", "TFBuilder",
-           "convert_ir", "export_lce", "import_lce", "layer_report", "lce_available", "load_lce",
-           "plan_qlayer", "resolve_plans", "tflite_ops"]
+           "convert_ir", "convert_ir_int8", "export_lce", "export_tflite_int8", "import_lce",
+           "layer_report", "lce_available", "load_lce", "plan_qlayer", "resolve_plans",
+           "tflite_ops"]

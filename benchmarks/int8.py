@@ -1,0 +1,274 @@
+"""Study: 8-bit models, the seed's middle ground between float and binary.
+
+    python benchmarks/int8.py                # full: about 70 min on 2 cores
+    python benchmarks/int8.py --quick        # smoke run, a few minutes
+    nohup python benchmarks/int8.py > int8.log 2>&1 &
+
+For MobileFaceNet, EdgeFace-XS and GhostFaceNetV2 on the default synthetic benchmark
+(1,000 identities x 20 images, full packs):
+
+- fp32: the distillation study's teachers where they exist (``runs/distillation``,
+  same recipe and budget), else trained here the same way (GhostFaceNetV2 with
+  MobileFaceNet's SGD recipe);
+- PTQ: ONNX Runtime's static int8 (QDQ, per-channel S8S8, min/max) calibrated on 256
+  training faces (``binface export --int8 --calibrate``);
+- QAT: the fp32 checkpoint fine-tuned with ``train.qat=int8`` (``train.init``) for
+  ``--qat-budget`` images at a tenth of the fp32 learning rate, then exported with its
+  learned scales.
+
+Every variant is scored through ONNX Runtime on the full packs (flip test, 10-fold)
+and timed side by side in interleaved rounds (1 thread, batch 1). To say where int8
+loses speed, ONNX Runtime's own profiler gives each variant's time by op type.
+Writes ``docs/results/int8.json`` / ``.md`` / ``.png`` with the command, commit and
+budgets; runs resume from ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import binary_attention as ba  # noqa: E402  (shared study helpers)
+import distillation as ds  # noqa: E402  (the teachers' recipe and training)
+
+ROOT = ba.ROOT
+PACKS = ba.PACKS
+MODELS = ("mobilefacenet", "edgeface_xs", "ghostfacenetv2")
+RECIPES = {**ds.TEACHERS, "ghostfacenetv2": ds.TEACHERS["mobilefacenet"]}
+VARIANTS = ("fp32", "ptq", "qat")
+GOAL_POINTS, GOAL_SPEEDUP = 0.5, 1.5
+
+
+def _train_overrides(model: str, data: Path, steps: int, n_train: int, extra=()) -> list[str]:
+    return [f"data.train={data / 'train.rec'}", "train.batch_size=32", "train.seed=0",
+            f"train.max_steps={steps}", f"train.epochs={steps * 32 / n_train}",
+            f"schedule.warmup_epochs={max(1, steps // 20) * 32 / n_train}",
+            "train.log_every=25", "train.channels_last=true", *RECIPES[model], *extra]
+
+
+def _qat_overrides(model: str, base: list[str]) -> list[str]:
+    """The fp32 recipe at a tenth of its learning rate, fake-quantised."""
+    out = []
+    for o in base:
+        if o.startswith("optim.lr="):
+            o = f"optim.lr={float(o.split('=', 1)[1]) / 10:g}"
+        out.append(o)
+    return [*out, "train.qat=int8"]
+
+
+def op_times(path: Path, images: np.ndarray, runs: int) -> dict[str, float]:
+    """Mean ms per image spent in each ONNX Runtime op type (its profiler, 1 thread)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.profile_file_prefix = str(path.with_suffix("")) + "_prof"
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = (images[:1].transpose(0, 3, 1, 2).astype(np.float32) - 127.5) / 127.5
+    for _ in range(runs):
+        sess.run(None, {name: x})
+    prof = Path(sess.end_profiling())
+    events = json.loads(prof.read_text())
+    prof.unlink()
+    out: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            out[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny data and budgets")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--budget", type=int, default=48000,
+                    help="fp32 images seen (the distillation study's teacher budget)")
+    ap.add_argument("--qat-budget", type=int, default=6400, help="QAT fine-tuning images")
+    ap.add_argument("--calibration-images", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2, help="threads for training and scoring")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "int8")
+    ap.add_argument("--teachers", type=Path, default=ROOT / "runs" / "distillation",
+                    help="the distillation study's work folder (fp32 teachers reused)")
+    ap.add_argument("--out", type=Path, help="default: docs/results (--quick: work folder)")
+    args = ap.parse_args()
+
+    import torch
+
+    from binface.demo import Plan, synth_data
+    from binface.eval.run import OnnxEmbedder, evaluate_pack, load_eval_pack
+    from binface.fileio import write_text
+    from binface.models.loading import load_model
+    from binface.profile import profile
+    from binface.runtime import export_onnx, export_onnx_int8
+    from binface.runtime.bench import Job, time_jobs
+
+    torch.set_num_threads(args.threads)
+    models = [m for m in args.models.split(",") if m]
+    for m in models:
+        if m not in RECIPES:
+            raise SystemExit(f"unknown model {m!r}; the study has {', '.join(RECIPES)}")
+    budget, qat_budget, calib = args.budget, args.qat_budget, args.calibration_images
+    work, teachers = args.work, args.teachers
+    if args.quick:
+        budget, qat_budget, calib = 8 * 32, 4 * 32, 16
+        plan = Plan(identities=80, images_per_identity=8, pack_pairs=200, eval_pairs=200,
+                    batch_size=32, teacher_steps=0, student_steps=0)
+        work = work.with_name(work.name + "_quick")
+        teachers = work / "none"
+    else:
+        plan = Plan(identities=1000, images_per_identity=20, pack_pairs=None, eval_pairs=0,
+                    batch_size=32, teacher_steps=0, student_steps=0)
+    n_train = plan.identities * plan.images_per_identity
+    data = synth_data(plan, 0, None)
+    packs = {p: load_eval_pack(data / f"{p}.bin") for p in PACKS}
+    work.mkdir(parents=True, exist_ok=True)
+    t_start, start_commit = time.perf_counter(), ba.commit()
+    steps, qat_steps = -(-budget // 32), -(-qat_budget // 32)
+
+    files: dict[tuple[str, str], Path] = {}
+    rows = []
+    for m in models:
+        over = _train_overrides(m, data, steps, n_train)
+        tag = {"overrides": over, "data": str(data)}
+        tdir = teachers / f"teacher_{m}"
+        mine = tdir if (tdir / "trained.json").is_file() and json.loads(
+            (tdir / "trained.json").read_text()).get("tag") == tag else work / f"fp32_{m}"
+        print(f"[int8] {m} fp32: {'reusing ' + str(mine) if mine == tdir else 'training'}",
+              flush=True)
+        fp32 = ds.train(m, over, mine, tag)["checkpoint"]
+        qdir = work / f"qat_{m}"
+        qover = _qat_overrides(m, _train_overrides(m, data, qat_steps, n_train,
+                                                   [f"train.init={fp32}"]))
+        print(f"[int8] {m} QAT fine-tuning: {qat_steps} steps", flush=True)
+        qat = ds.train(m, qover, qdir, {"overrides": qover, "data": str(data)})["checkpoint"]
+        for variant in VARIANTS:
+            path = work / f"{m}_{variant}.onnx"
+            if variant == "fp32":
+                export_onnx(fp32, path)
+            elif variant == "ptq":
+                export_onnx_int8(fp32, path, calibrate=data / "train.rec", images=calib)
+            else:
+                export_onnx_int8(qat, path)
+            files[(m, variant)] = path
+            lm = load_model(fp32 if variant != "qat" else qat)
+            mem = profile(lm.model, lm.input_size, name=m,
+                          precision="float" if variant == "fp32" else "int8").totals
+            emb = OnnxEmbedder(path, threads=args.threads)
+            acc, folds = {}, {}
+            for p, pack in packs.items():
+                r = evaluate_pack(emb, pack, batch_size=64, progress=f"{m} {variant} {p}")
+                acc[p], folds[p] = round(100 * r["accuracy"], 3), r["fold_accuracies"]
+            print(f"[int8] {m} {variant}: " + ", ".join(f"{p} {a:.2f}" for p, a in acc.items()),
+                  flush=True)
+            rows.append({"model": m, "variant": variant, "accuracy": acc,
+                         "fold_accuracies": folds, "memory_kib": round(mem["memory_kib"], 2),
+                         "macs_kbit": int(mem["macs_kbit"]), "macs_32bit": int(mem["macs_32bit"]),
+                         "file_kib": round(path.stat().st_size / 1024, 1)})
+
+    print("[int8] timing every variant side by side (ONNX Runtime, 1 thread)", flush=True)
+    keys = list(files)
+    res = time_jobs([Job("onnx", str(files[k])) for k in keys], threads=1, batch=1,
+                    repeats=10 if args.quick else 100, warmup=5, rounds=5 if args.quick else 10,
+                    progress="timing")
+    faces = packs[PACKS[0]].images
+    for row, k, r in zip(rows, keys, res, strict=True):
+        row["onnx_ms"] = round(r["median_ms"], 3)
+        row["onnx_p90_ms"] = round(r["p90_ms"], 3)
+        row["op_ms"] = {op: round(v, 3) for op, v in
+                        list(op_times(files[k], faces, 5 if args.quick else 30).items())[:8]}
+
+    doc = {"command": "python benchmarks/int8.py" + " ".join([""] + sys.argv[1:]),
+           "commit": start_commit, "budget_images": steps * 32,
+           "qat_budget_images": qat_steps * 32, "calibration_images": calib,
+           "recipes": {m: RECIPES[m] for m in models}, "threads": args.threads,
+           "torch": torch.__version__, "minutes": round((time.perf_counter() - t_start) / 60, 1),
+           "rows": rows}
+    doc["verdict"] = verdict(rows)
+    out = args.out or (work / "results" if args.quick else ROOT / "docs" / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "int8.json", json.dumps(doc, indent=2) + "\n")
+    md = render(doc)
+    write_text(out / "int8.md", md)
+    plot(doc, out / "int8.png")
+    print(md)
+
+
+def verdict(rows: list[dict]) -> list[str]:
+    """The goal, computed: int8 within 0.5 points of fp32 on every pack, >= 1.5x faster."""
+    by = {(r["model"], r["variant"]): r for r in rows}
+    out = []
+    for (m, v), r in by.items():
+        if v == "fp32":
+            continue
+        base = by[(m, "fp32")]
+        drops = {p: base["accuracy"][p] - r["accuracy"][p] for p in PACKS}
+        speed = base["onnx_ms"] / r["onnx_ms"]
+        ok_acc = all(d <= GOAL_POINTS for d in drops.values())
+        ok_speed = speed >= GOAL_SPEEDUP
+        worst = max(drops, key=drops.get)
+        out.append(f"- {m} {v}: accuracy {'within' if ok_acc else 'not within'} "
+                   f"{GOAL_POINTS} points (largest drop {drops[worst]:+.2f} on {worst}); "
+                   f"{speed:.2f}x fp32's speed ({'meets' if ok_speed else 'misses'} "
+                   f"{GOAL_SPEEDUP}x); where its time goes: " + ", ".join(
+                       f"{op} {ms:.2f} ms" for op, ms in list(r["op_ms"].items())[:4]))
+    return out
+
+
+def render(doc: dict) -> str:
+    lines = ["# 8-bit models: fp32, post-training int8, quantisation-aware int8\n",
+             f"Command: `{doc['command']}` at commit `{doc['commit']}`; fp32 "
+             f"{doc['budget_images']:,} images, QAT fine-tuning {doc['qat_budget_images']:,} "
+             f"images from fp32, PTQ calibrated on {doc['calibration_images']} training faces; "
+             f"{doc['minutes']} min.\n",
+             "Accuracy (%) on the full synthetic packs through ONNX Runtime (flip test, 10-fold); "
+             "latency: median of single images, 1 thread, all variants timed side by side.\n",
+             "| model | variant | " + " | ".join(PACKS) + " | onnx ms | memory KiB | file KiB |",
+             "|---|---|" + "---|" * (len(PACKS) + 3)]
+    for r in doc["rows"]:
+        lines.append(f"| {r['model']} | {r['variant']} | "
+                     + " | ".join(f"{r['accuracy'][p]:.2f}" for p in PACKS)
+                     + f" | {r['onnx_ms']:.2f} | {r['memory_kib']:,.1f} | {r['file_kib']:,.1f} |")
+    lines += ["", "Goal: int8 within 0.5 points of fp32 on every pack and at least 1.5x faster "
+              "in ONNX Runtime.", "", *doc["verdict"], ""]
+    return "\n".join(lines)
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from binface.fileio import write_with
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=110)
+    marks = {"fp32": "o", "ptq": "s", "qat": "^"}
+    for m in dict.fromkeys(r["model"] for r in doc["rows"]):
+        rs = [r for r in doc["rows"] if r["model"] == m]
+        xs = [r["onnx_ms"] for r in rs]
+        ys = [float(np.mean([r["accuracy"][p] for p in PACKS])) for r in rs]
+        line = ax.plot(xs, ys, "-", lw=0.8, alpha=0.5)[0]
+        for r, x, y in zip(rs, xs, ys, strict=True):
+            ax.plot(x, y, marks[r["variant"]], color=line.get_color(),
+                    label=f"{m} {r['variant']}")
+    ax.set_xlabel("ONNX Runtime latency, ms (1 thread)")
+    ax.set_ylabel("mean accuracy over the packs, %")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
