@@ -92,7 +92,7 @@ def train(model: str, overrides: list[str], run_dir: Path, tag: dict) -> dict:
     done = run_dir / "trained.json"
     if done.is_file():
         prev = json.loads(done.read_text())
-        if prev.get("tag") == tag:
+        if prev.get("tag") == tag and Path(prev["checkpoint"]).is_file():
             print(f"[study] reusing {done}", flush=True)
             return prev
     cfg = load_config(None, [f"model={model}", f"output={run_dir}", *overrides])
@@ -135,22 +135,36 @@ def _scored(res: dict, run_dir: Path, packs: dict, threads: int, onnx: bool) -> 
     return out
 
 
+def portable(tag: dict) -> str:
+    """A tag with this checkout's and the data cache's absolute paths taken out, so that
+    records match from another clone or cache folder."""
+    from binface.demo import cache_dir
+
+    text = json.dumps(tag, sort_keys=True)
+    for root, name in ((str(ROOT), "<checkout>"), (str(cache_dir()), "<cache>")):
+        text = text.replace(root, name)
+    return text
+
+
 def load_record(records: Path, name: str, tag: dict) -> dict | None:
     """The recorded result of run ``name`` if its tag matches (else None)."""
     path = records / f"{name}.json"
     if not path.is_file():
         return None
     rec = json.loads(path.read_text())
-    return rec if rec.get("tag") == tag else None
+    return rec if portable(rec.get("tag", {})) == portable(tag) else None
 
 
 def save_record(records: Path, name: str, res: dict, commit: str) -> None:
+    """Write run ``name``'s record; a run recorded before keeps its first commit."""
     from binface.fileio import write_text
 
+    path = records / f"{name}.json"
+    if path.is_file() and "commit" not in res:
+        commit = json.loads(path.read_text()).get("commit", commit)
     keep = {k: v for k, v in res.items() if k != "checkpoint"}
-    write_text(records / f"{name}.json", json.dumps({**keep, "run": name, "commit":
-                                                      res.get("commit", commit)}, indent=2)
-               + "\n")
+    write_text(path, json.dumps({**keep, "run": name, "commit": res.get("commit", commit)},
+                                indent=2) + "\n")
 
 
 def gap_closed(scratch: float, distilled: float, teacher: float) -> float | None:

@@ -170,7 +170,7 @@ def run_compare(models: list[str] | None = None, packs: Sequence[str] = (),
         "binface": __version__, "cpu": cpu_name(), "python": platform.python_version(),
         "load_average_at_start": round(load, 2) if load is not None else None,
         "minutes": round((time.time() - started) / 60, 2),
-        "packs": [str(p) for p in packs], "max_pairs": max_pairs,
+        "packs": [str(p) for p in packs], "max_pairs": max_pairs, "calibrate": calibrate,
         "protocol": "insightface 10-fold, flip test" if packs else None,
         "worker_peak_rss_mb": rss,
     }
@@ -181,7 +181,7 @@ ACCURACY_KEYS = ("accuracy", "std", "pairs", "total_pairs", "subset", "sha256")
 
 
 def add_accuracy(result: dict, scores: dict[str, dict[str, dict]], packs: Sequence[str],
-                 max_pairs: int | None, scored_by: str) -> dict:
+                 max_pairs: int | None, scored_by: str, flip: bool = True) -> dict:
     """Set accuracies scored elsewhere (``{model spec: {pack name: evaluate_pack result}}``)
     into a :func:`run_compare` result, saying how they were scored (e.g. the demo scores
     binary students in the packed engine, which is many times faster than PyTorch)."""
@@ -191,7 +191,8 @@ def add_accuracy(result: dict, scores: dict[str, dict[str, dict]], packs: Sequen
             row["accuracy"] = {p: {k: r[k] for k in ACCURACY_KEYS} for p, r in mine.items()}
             row["accuracy_note"] = None
     result["meta"].update(packs=[str(p) for p in packs], max_pairs=max_pairs,
-                          protocol="insightface 10-fold, flip test", scored_by=scored_by)
+                          protocol=f"insightface 10-fold, {'flip' if flip else 'no flip'} test",
+                          scored_by=scored_by)
     return result
 
 
@@ -356,6 +357,11 @@ def render_markdown(result: dict) -> str:
               "attention's activation products, outside the larq count; BatchNorm counts "
               "mean and variance); see docs/counting.md.",
               "- Runtimes: " + "; ".join(f"{r}: {_runtime_note(r)}" for r in rts) + "."]
+    if "onnx-int8" in rts:
+        lines.append("- onnx-int8 times an int8 export made on the fly (calibrated on "
+                     + (f"`{meta['calibrate']}`" if meta.get("calibrate") else "noise, which "
+                        "is enough for timing") + "); accuracies are the float model's, so "
+                     "the plot leaves its points out.")
     if meta["table"] == "seed":
         lines += ["- Our latencies are of the whole model (embedding head included) with "
                   "random weights, on this CPU; the published times are the seed's, on "
@@ -369,8 +375,9 @@ def render_markdown(result: dict) -> str:
     elif meta["packs"]:
         sub = f"a fold-balanced subset of {meta['max_pairs']} pairs" if meta["max_pairs"] \
             else "all pairs"
+        flip = "no flip test" if "no flip" in (meta.get("protocol") or "") else "flip test"
         lines.append(f"- Accuracy (%): mean ± std over the 10 folds, insightface protocol "
-                     f"with flip test, on {sub} of each pack"
+                     f"with {flip}, on {sub} of each pack"
                      + (f", scored by {meta['scored_by']}." if meta.get("scored_by")
                         else "."))
     return "\n".join(lines) + "\n"
@@ -491,14 +498,17 @@ def plot_pareto(result: dict, path: str | os.PathLike) -> None:
     import matplotlib.ticker
 
     values, ylabel, higher = _plot_values(result)
-    colors = {"torch": "#d62728", "onnx": "#1f77b4", "packed": "#2ca02c", "lce": "#9467bd"}
+    colors = {"torch": "#d62728", "onnx": "#1f77b4", "onnx-int8": "#17becf", "packed": "#2ca02c",
+              "lce": "#9467bd"}
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     points, labels = [], []
     for r in result["rows"]:
         if r["model"] not in values:
             continue
+        # an int8 export's latency beside the float model's accuracy would be a point no
+        # model has: with accuracies, onnx-int8 stays in the table only
         mine = [(c["median_ms"], rt) for rt, c in r["latency"].items()
-                if c and "median_ms" in c]
+                if c and "median_ms" in c and not (higher and rt == "onnx-int8")]
         if not mine:
             continue
         y = values[r["model"]]

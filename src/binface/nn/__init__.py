@@ -12,6 +12,7 @@ from binface.nn.attention import (
     TokenToMapAttention,
     TransposedSelfAttention,
 )
+from binface.nn.autodiff import twice_differentiable
 from binface.nn.binary_attention import (
     BinaryAdditiveAttention,
     BinaryFormerBlock,
@@ -114,5 +115,6 @@ __all__ = [
     "pad_same",
     "same_padding",
     "set_kernel_quantization",
+    "twice_differentiable",
     *_quantizers.__all__,
 ]

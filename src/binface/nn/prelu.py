@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from binface.nn import autodiff
+
 __all__ = ["PReLU"]
 
 
@@ -134,6 +136,7 @@ class PReLU(nn.PReLU):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-                and x.dtype == self.weight.dtype):  # autocast (bf16 x): PyTorch's own path
+                and x.dtype == self.weight.dtype  # autocast (bf16 x): PyTorch's own path
+                and not autodiff.enabled()):
             return _PReLUFn.apply(x, self.weight)
         return F.prelu(x, self.weight)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from binface.errors import UnsupportedOpError
+from binface.nn import autodiff
 
 __all__ = ["QUANTIZERS", "ApproxSign", "DoReFa", "EdeSign", "MagnitudeAwareSign", "Quantizer",
            "RPReLU", "RSign", "SignQuantizer", "SteSign", "SwishSign", "get_quantizer", "is_pm_one",
@@ -242,6 +243,8 @@ class SteSign(SignQuantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _needs_grad(x):
             return sign_pos(x)
+        if autodiff.enabled():
+            return _straight_through(sign_pos(x), x.clamp(-self.clip_value, self.clip_value))
         return _SteSignFn.apply(x, self.clip_value)
 
     def extra_repr(self) -> str:
@@ -252,6 +255,9 @@ class ApproxSign(SignQuantizer):
     """sign(x) (sign(0) = +1); gradient 2(1 - |x|) on [-1, 1] (Bi-Real Net)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _needs_grad(x) and autodiff.enabled():  # d/dx (2x - x|x|) = 2 - 2|x| on [-1, 1]
+            return _straight_through(sign_pos(x), torch.where(
+                x.abs() <= 1.0, 2.0 * x - x * x.abs(), torch.sign(x).detach()))
         return _ApproxSignFn.apply(x) if _needs_grad(x) else sign_pos(x)
 
 
@@ -267,6 +273,10 @@ class SwishSign(SignQuantizer):
         self.beta = float(beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _needs_grad(x) and autodiff.enabled():  # the SS function, whose derivative it is
+            s = torch.sigmoid(self.beta * x)
+            return _straight_through(sign_pos(x), 2.0 * s * (1.0 + self.beta * x * (1.0 - s))
+                                     - 1.0)
         return _SwishSignFn.apply(x, self.beta) if _needs_grad(x) else sign_pos(x)
 
     def extra_repr(self) -> str:
@@ -305,7 +315,10 @@ class EdeSign(SignQuantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _needs_grad(x):
             return sign_pos(x)
-        return _EdeSignFn.apply(x, self.t, max(1.0 / self.t, 1.0))
+        k = max(1.0 / self.t, 1.0)
+        if autodiff.enabled():
+            return _straight_through(sign_pos(x), k * torch.tanh(self.t * x))
+        return _EdeSignFn.apply(x, self.t, k)
 
     def extra_repr(self) -> str:
         return f"t={self.t}"
@@ -342,6 +355,9 @@ class DoReFa(Quantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         levels = 2**self.k_bit - 1
         if self.pm_one:  # one bit, weights mode: the forward value is sign(x), sign(0) = -1
+            if _needs_grad(x) and autodiff.enabled():
+                t = torch.tanh(x)
+                return _straight_through(sign_neg(x), t / t.abs().amax())
             return _DoReFa1Fn.apply(x) if _needs_grad(x) else sign_neg(x)
         if self.mode == "activations":
             return _round_ste(x.clamp(0.0, 1.0), levels)

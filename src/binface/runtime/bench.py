@@ -386,12 +386,12 @@ def render(result: dict) -> str:
     h, w = result.get("input_size", (112, 112))
     lines = [f"{result['model']} at {h}x{w}, batch {result['batch']}, {result['threads']} "
              f"thread(s)",
-             f"{'runtime':<8} {'median ms':>10} {'p90 ms':>9} {'img/s':>9} {'peak RSS MB':>12} "
+             f"{'runtime':<9} {'median ms':>10} {'p90 ms':>9} {'img/s':>9} {'peak RSS MB':>12} "
              f"{'vs torch':>9}  note"]
     base = next((r["median_ms"] for r in rows if r["runtime"] == "torch"), None)
     for r in rows:
         speed = f"{base / r['median_ms']:.2f}x" if base else "-"
-        lines.append(f"{r['runtime']:<8} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} "
+        lines.append(f"{r['runtime']:<9} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} "
                      f"{r['fps']:>9.1f} {r['peak_rss_mb']:>12.1f} {speed:>9}  "
                      f"{NOTES.get(r['runtime'], '')}")
     return "\n".join(lines) + "\n"

@@ -147,7 +147,7 @@ class Trainer:
         if tc["qat"] != "none":
             self._prepare_qat(model)
         if self._init_ck is not None and self._init_ck.get("qat", "none") != "none":
-            model.load_state_dict(self._init_ck["state_dict"])  # its fake-quant layers too
+            self._init_weights(model, self._init_ck["state_dict"])  # its fake-quant layers too
         self.model = model.to(self.device)
         if tc["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -171,13 +171,16 @@ class Trainer:
             raise BinfaceError(f"train.init={path} was trained with train.qat={qat}; set "
                                f"train.qat={qat} to continue it")
         if qat == "none":
-            try:
-                model.load_state_dict(ck["state_dict"])
-            except RuntimeError as exc:
-                raise BinfaceError(f"train.init={path}: its weights do not fit "
-                                   f"{self.model_name} ({str(exc).splitlines()[0][:160]})") \
-                    from None
+            self._init_weights(model, ck["state_dict"])
         return ck
+
+    def _init_weights(self, module: nn.Module, state: dict) -> None:
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:
+            raise BinfaceError(f"train.init={self.cfg['train']['init']}: its weights do not "
+                               f"fit {self.model_name} ({str(exc).splitlines()[0][:160]})") \
+                from None
 
     def _prepare_qat(self, model: nn.Module) -> None:
         """Fake-quantise the float layers (``train.qat``) before the optimiser sees them."""
@@ -198,13 +201,12 @@ class Trainer:
         margin = make_margin(hc["margin"], hc["s"], hc["m1"], hc["m2"], hc["m3"], hc["m"])
         self.head = PartialFC(margin, self.embedding_size, self.num_classes,
                               hc["sample_rate"], seed=self.cfg["train"]["seed"]).to(self.device)
-        ck = self._init_ck
-        if ck is not None and ck["head_state"]["weight"].shape == (self.num_classes,
-                                                                    self.embedding_size):
-            head = dict(ck["head_state"])
+        head = dict((self._init_ck or {}).get("head_state") or {})
+        if torch.is_tensor(head.get("weight")) and tuple(head["weight"].shape) == (
+                self.num_classes, self.embedding_size):
             start = self.head.class_start
             head["weight"] = head["weight"][start:start + self.head.num_local]
-            self.head.load_state_dict(head)
+            self._init_weights(self.head, head)
         self._init_ck = None  # not kept: a checkpoint's worth of memory
         self.distiller = None
         if self.cfg["teacher"]:

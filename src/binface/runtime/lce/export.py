@@ -39,9 +39,9 @@ def _saved_model(ir, input_shape_nhwc: tuple[int, ...], tf, folder: str) -> list
     return untranslatable
 
 
-def _conversion_error(exc: BaseException) -> UnsupportedOpError:
+def _conversion_error(exc: BaseException, what: str = "LCE") -> UnsupportedOpError:
     first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-    return UnsupportedOpError(f"LCE conversion failed: {type(exc).__name__}: {first[:200]}")
+    return UnsupportedOpError(f"{what} conversion failed: {type(exc).__name__}: {first[:200]}")
 
 
 def convert_ir(ir, input_shape_nhwc: tuple[int, ...]) -> bytes:
@@ -78,9 +78,7 @@ def convert_ir_int8(ir, input_shape_nhwc: tuple[int, ...], faces) -> bytes:
                 conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             return conv.convert()
         except Exception as exc:  # noqa: BLE001 - TensorFlow's messages run for pages
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-            raise UnsupportedOpError(f"TFLite conversion failed: {type(exc).__name__}: "
-                                     f"{first[:200]}") from None
+            raise _conversion_error(exc, "TFLite") from None
 
 
 def export_lce(model, path: str | os.PathLike, input_size: tuple[int, int] | None = None,
@@ -89,7 +87,7 @@ def export_lce(model, path: str | os.PathLike, input_size: tuple[int, int] | Non
     and write the ``.tflite`` atomically; returns a summary with the per-layer report.
 
     The file takes one NHWC float32 image of batch 1, normalised as the PyTorch model
-    expects (binface models take (x - 127.5) / 128).
+    expects (binface models take (x - 127.5) / 127.5).
     """
     import torch
 
