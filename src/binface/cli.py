@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     from binface.data.cli import register as _add_data
     from binface.demo import register as _add_demo
     from binface.eval.cli import register as _add_eval
+    from binface.privacy.cli import register as _add_privacy
     from binface.runtime.cli import register as _add_runtime
     from binface.train.cli import register as _add_train
 
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_runtime(sub)
     _add_compare(sub)
+    _add_privacy(sub)
     return parser
 
 
