@@ -57,6 +57,23 @@ def _overrides(model: str, seed: int, steps: int, data: Path, out: Path,
             f"train.epochs={epochs(steps)}"]
 
 
+def study_benchmark(quick: bool, data: Path | None = None):
+    """The studies' data: the default synthetic benchmark (1,000 identities x 20, full
+    packs), or a tiny one for ``--quick``; returns (folder, loaded packs, its Plan)."""
+    from binface.demo import Plan, synth_data
+    from binface.eval.run import load_eval_pack
+
+    if quick:
+        plan = Plan(identities=80, images_per_identity=8, pack_pairs=200, eval_pairs=200,
+                    batch_size=32, teacher_steps=0, student_steps=0)
+    else:
+        plan = Plan(identities=1000, images_per_identity=20, pack_pairs=None, eval_pairs=0,
+                    batch_size=32, teacher_steps=0, student_steps=0)
+    folder = synth_data(plan, 0, data)
+    packs = {p: load_eval_pack(folder / f"{p}.bin") for p in PACKS}
+    return folder, packs, plan
+
+
 def commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
@@ -238,8 +255,6 @@ def main() -> None:
 
     import torch
 
-    from binface.demo import Plan, synth_data
-    from binface.eval.run import load_eval_pack
     from binface.fileio import write_text
 
     torch.set_num_threads(args.threads)
@@ -248,16 +263,11 @@ def main() -> None:
     budget = args.budget
     if args.quick:
         seeds, budget = seeds[:1], 16 * 32
-        plan = Plan(identities=80, images_per_identity=8, pack_pairs=200, eval_pairs=200,
-                    batch_size=32, teacher_steps=0, student_steps=0)
         work = args.work.with_name(args.work.name + "_quick")
     else:
-        plan = Plan(identities=1000, images_per_identity=20, pack_pairs=None, eval_pairs=0,
-                    batch_size=32, teacher_steps=0, student_steps=0)
         work = args.work
     steps = -(-budget // 32)
-    data = synth_data(plan, 0, args.data)
-    packs = {p: load_eval_pack(data / f"{p}.bin") for p in PACKS}
+    data, packs, plan = study_benchmark(args.quick, args.data)
     work.mkdir(parents=True, exist_ok=True)
     t_start, start_commit = time.perf_counter(), commit()
 

@@ -278,8 +278,6 @@ def main() -> None:
 
     import torch
 
-    from binface.demo import Plan, synth_data
-    from binface.eval.run import load_eval_pack
     from binface.fileio import write_text
 
     torch.set_num_threads(args.threads)
@@ -294,17 +292,11 @@ def main() -> None:
     work, scratch_work = args.work, args.scratch_work
     if args.quick:
         seeds, budget, t_budget = seeds[:1], 8 * 32, 16 * 32
-        plan = Plan(identities=80, images_per_identity=8, pack_pairs=200, eval_pairs=200,
-                    batch_size=32, teacher_steps=0, student_steps=0)
         work = work.with_name(work.name + "_quick")
         scratch_work = work / "scratch"
         args.records = work / "records"
-    else:
-        plan = Plan(identities=1000, images_per_identity=20, pack_pairs=None, eval_pairs=0,
-                    batch_size=32, teacher_steps=0, student_steps=0)
+    data, packs, plan = ba.study_benchmark(args.quick)
     n_train = plan.identities * plan.images_per_identity
-    data = synth_data(plan, 0, None)
-    packs = {p: load_eval_pack(data / f"{p}.bin") for p in PACKS}
     work.mkdir(parents=True, exist_ok=True)
     t_start, start_commit = time.perf_counter(), ba.commit()
 

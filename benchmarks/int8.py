@@ -104,8 +104,7 @@ def main() -> None:
 
     import torch
 
-    from binface.demo import Plan, synth_data
-    from binface.eval.run import OnnxEmbedder, evaluate_pack, load_eval_pack
+    from binface.eval.run import OnnxEmbedder, evaluate_pack
     from binface.fileio import write_text
     from binface.models.loading import load_model
     from binface.profile import profile
@@ -121,16 +120,10 @@ def main() -> None:
     work, teachers = args.work, args.teachers
     if args.quick:
         budget, qat_budget, calib = 8 * 32, 4 * 32, 16
-        plan = Plan(identities=80, images_per_identity=8, pack_pairs=200, eval_pairs=200,
-                    batch_size=32, teacher_steps=0, student_steps=0)
         work = work.with_name(work.name + "_quick")
         teachers = work / "none"
-    else:
-        plan = Plan(identities=1000, images_per_identity=20, pack_pairs=None, eval_pairs=0,
-                    batch_size=32, teacher_steps=0, student_steps=0)
+    data, packs, plan = ba.study_benchmark(args.quick)
     n_train = plan.identities * plan.images_per_identity
-    data = synth_data(plan, 0, None)
-    packs = {p: load_eval_pack(data / f"{p}.bin") for p in PACKS}
     work.mkdir(parents=True, exist_ok=True)
     t_start, start_commit = time.perf_counter(), ba.commit()
     steps, qat_steps = -(-budget // 32), -(-qat_budget // 32)
