@@ -104,9 +104,9 @@ def run_gradient(target, evaluator, data: Path, pack: Path | None, images: int, 
             # originals that they resemble most (Hungarian assignment on PSNR)
             cost = np.array([[-psnr(o, r) for r in rec.numpy()] for o in x.numpy()])
             rows, cols = optimize.linear_sum_assignment(cost)
+            ps += (-cost[rows, cols]).tolist()  # rows are 0..B-1 in order
             rec = rec[cols[np.argsort(rows)]]
             for o, r in zip(x.numpy(), rec.numpy(), strict=True):
-                ps.append(psnr(o, r))
                 ss.append(ssim(o, r))
             if evaluator is not None:
                 c = (embed(evaluator, rec) * embed(evaluator, x)).sum(1)

@@ -193,7 +193,6 @@ def invert_gradients(model: nn.Module, head: MarginHead, observed: dict[str, tor
                              if a is not None]
                     dist = gradient_distance([a for a, _ in pairs], [b for _, b in pairs])
                     cost = dist + tv * total_variation(x)
-                    opt.zero_grad(set_to_none=True)
                     (gx,) = torch.autograd.grad(cost, x)
                 x.grad = gx.sign()  # Inverting Gradients: Adam on the signed gradient
                 opt.step()
