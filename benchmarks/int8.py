@@ -7,16 +7,17 @@
 For MobileFaceNet, EdgeFace-XS and GhostFaceNetV2 on the default synthetic benchmark
 (1,000 identities x 20 images, full packs):
 
-- fp32: the distillation study's teachers where they exist (``runs/distillation``,
-  same recipe and budget), else trained here the same way (GhostFaceNetV2 with
-  MobileFaceNet's SGD recipe);
+- fp32: the distillation study's teachers, trained or reused in its folder
+  (``runs/distillation``, its recipes and budgets); GhostFaceNetV2 trained here with
+  MobileFaceNet's SGD recipe and budget;
 - PTQ: ONNX Runtime's static int8 (QDQ, per-channel S8S8, min/max) calibrated on 256
   training faces (``binface export --int8 --calibrate``);
 - QAT: the fp32 checkpoint fine-tuned with ``train.qat=int8`` (``train.init``) for
   ``--qat-budget`` images at a tenth of the fp32 learning rate, then exported with its
   learned scales.
 
-Every variant is scored through ONNX Runtime on the full packs (flip test, 10-fold)
+Every variant is scored through ONNX Runtime on the full packs (10-fold; no flip test,
+which would double the scoring time and is the same for every variant)
 and timed side by side in interleaved rounds (1 thread, batch 1). To say where int8
 loses speed, ONNX Runtime's own profiler gives each variant's time by op type.
 Writes ``docs/results/int8.json`` / ``.md`` / ``.png`` with the command, commit and
@@ -46,11 +47,7 @@ VARIANTS = ("fp32", "ptq", "qat")
 GOAL_POINTS, GOAL_SPEEDUP = 0.5, 1.5
 
 
-def _train_overrides(model: str, data: Path, steps: int, n_train: int, extra=()) -> list[str]:
-    return [f"data.train={data / 'train.rec'}", "train.batch_size=32", "train.seed=0",
-            f"train.max_steps={steps}", f"train.epochs={steps * 32 / n_train}",
-            f"schedule.warmup_epochs={max(1, steps // 20) * 32 / n_train}",
-            "train.log_every=25", "train.channels_last=true", *RECIPES[model], *extra]
+BUDGETS = {**ds.TEACHER_BUDGET, "ghostfacenetv2": ds.TEACHER_BUDGET["mobilefacenet"]}
 
 
 def _qat_overrides(model: str, base: list[str]) -> list[str]:
@@ -91,8 +88,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny data and budgets")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--budget", type=int, default=48000,
-                    help="fp32 images seen (the distillation study's teacher budget)")
+    ap.add_argument("--budget", type=int, help="fp32 images seen (default: the distillation "
+                    "study's teacher budgets, " + ", ".join(
+                        f"{k} {v:,}" for k, v in BUDGETS.items()) + ")")
     ap.add_argument("--qat-budget", type=int, default=6400, help="QAT fine-tuning images")
     ap.add_argument("--calibration-images", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2, help="threads for training and scoring")
@@ -126,22 +124,22 @@ def main() -> None:
     n_train = plan.identities * plan.images_per_identity
     work.mkdir(parents=True, exist_ok=True)
     t_start, start_commit = time.perf_counter(), ba.commit()
-    steps, qat_steps = -(-budget // 32), -(-qat_budget // 32)
+    qat_steps = -(-qat_budget // 32)
 
     files: dict[tuple[str, str], Path] = {}
     rows = []
+    budgets = {}
     for m in models:
-        over = _train_overrides(m, data, steps, n_train)
+        budgets[m] = -(-(budget or BUDGETS[m]) // 32) * 32
+        over = ds.teacher_overrides(RECIPES[m], data, budgets[m], n_train)
         tag = {"overrides": over, "data": str(data)}
-        tdir = teachers / f"teacher_{m}"
-        mine = tdir if (tdir / "trained.json").is_file() and json.loads(
-            (tdir / "trained.json").read_text()).get("tag") == tag else work / f"fp32_{m}"
-        print(f"[int8] {m} fp32: {'reusing ' + str(mine) if mine == tdir else 'training'}",
-              flush=True)
-        fp32 = ds.train(m, over, mine, tag)["checkpoint"]
+        # the distillation study's teachers are trained (or reused) in its own folder
+        fdir = teachers / f"teacher_{m}" if m in ds.TEACHERS else work / f"fp32_{m}"
+        print(f"[int8] {m} fp32: {budgets[m]:,} images in {fdir}", flush=True)
+        fp32 = ds.train(m, over, fdir, tag)["checkpoint"]
         qdir = work / f"qat_{m}"
-        qover = _qat_overrides(m, _train_overrides(m, data, qat_steps, n_train,
-                                                   [f"train.init={fp32}"]))
+        qover = _qat_overrides(m, [*ds.teacher_overrides(RECIPES[m], data, qat_steps * 32,
+                                                         n_train), f"train.init={fp32}"])
         print(f"[int8] {m} QAT fine-tuning: {qat_steps} steps", flush=True)
         qat = ds.train(m, qover, qdir, {"overrides": qover, "data": str(data)})["checkpoint"]
         for variant in VARIANTS:
@@ -159,7 +157,8 @@ def main() -> None:
             emb = OnnxEmbedder(path, threads=args.threads)
             acc, folds = {}, {}
             for p, pack in packs.items():
-                r = evaluate_pack(emb, pack, batch_size=64, progress=f"{m} {variant} {p}")
+                r = evaluate_pack(emb, pack, batch_size=64, flip=False,
+                                  progress=f"{m} {variant} {p}")
                 acc[p], folds[p] = round(100 * r["accuracy"], 3), r["fold_accuracies"]
             print(f"[int8] {m} {variant}: " + ", ".join(f"{p} {a:.2f}" for p, a in acc.items()),
                   flush=True)
@@ -181,7 +180,7 @@ def main() -> None:
                         list(op_times(files[k], faces, 5 if args.quick else 30).items())[:8]}
 
     doc = {"command": "python benchmarks/int8.py" + " ".join([""] + sys.argv[1:]),
-           "commit": start_commit, "budget_images": steps * 32,
+           "commit": start_commit, "budget_images": budgets,
            "qat_budget_images": qat_steps * 32, "calibration_images": calib,
            "recipes": {m: RECIPES[m] for m in models}, "threads": args.threads,
            "torch": torch.__version__, "minutes": round((time.perf_counter() - t_start) / 60, 1),
@@ -220,10 +219,12 @@ def verdict(rows: list[dict]) -> list[str]:
 def render(doc: dict) -> str:
     lines = ["# 8-bit models: fp32, post-training int8, quantisation-aware int8\n",
              f"Command: `{doc['command']}` at commit `{doc['commit']}`; fp32 "
-             f"{doc['budget_images']:,} images, QAT fine-tuning {doc['qat_budget_images']:,} "
+             + ", ".join(f"{m} {n:,}" for m, n in doc["budget_images"].items())
+             + f" images seen, QAT fine-tuning {doc['qat_budget_images']:,} "
              f"images from fp32, PTQ calibrated on {doc['calibration_images']} training faces; "
              f"{doc['minutes']} min.\n",
-             "Accuracy (%) on the full synthetic packs through ONNX Runtime (flip test, 10-fold); "
+             "Accuracy (%) on the full synthetic packs through ONNX Runtime (10-fold, no flip "
+             "test); "
              "latency: median of single images, 1 thread, all variants timed side by side.\n",
              "| model | variant | " + " | ".join(PACKS) + " | onnx ms | memory KiB | file KiB |",
              "|---|---|" + "---|" * (len(PACKS) + 3)]
