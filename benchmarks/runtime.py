@@ -139,14 +139,14 @@ def print_layers(name: str, repeats: int) -> list[dict]:
           f"{repeats})")
     print(f"{'layer':<28} {'kernel':>7} {'binary MACs':>13} {'ms':>8} {'G binary MACs/s':>16}")
     for r in rows:
-        if r["binary_macs"]:
+        if r["macs_1bit"]:
             k = "x".join(str(v) for v in r["kernel"]) if r["kernel"] else ""
-            print(f"{(r['source'] or r['name'])[:28]:<28} {k:>7} {r['binary_macs']:>13,} "
+            print(f"{(r['source'] or r['name'])[:28]:<28} {k:>7} {r['macs_1bit']:>13,} "
                   f"{r['ms']:>8.3f} {r['gmacs_per_s']:>16.0f}")
     tot = sum(r["ms"] for r in rows)
-    b = [r for r in rows if r["binary_macs"]]
+    b = [r for r in rows if r["macs_1bit"]]
     print(f"all ops {tot:.3f} ms; binary layers {sum(r['ms'] for r in b):.3f} ms for "
-          f"{sum(r['binary_macs'] for r in b):,} binary MACs")
+          f"{sum(r['macs_1bit'] for r in b):,} binary MACs")
     return rows
 
 

@@ -19,6 +19,7 @@ from binface.nn.layers import BinaryConv2d  # noqa: E402
 from binface.nn.quantizers import SteSign  # noqa: E402
 from binface.privacy.gradient import (  # noqa: E402
     HEAD_KEY,
+    defend,
     invert_gradients,
     label_accuracy,
     observe_gradients,
@@ -144,6 +145,34 @@ def test_membership_is_at_chance_on_a_model_that_saw_neither_set():
     assert sep["auc"] == 1.0 and sep["advantage"] == 1.0
 
 
+def test_defences_prune_and_sign_what_the_client_sends():
+    torch.manual_seed(0)
+    model, head = Small(), _head(40)
+    x, y = _faces(1), torch.tensor([7])
+    obs = observe_gradients(model, head, x, y)
+    assert defend(obs, "none") is obs
+    pruned = defend(obs, "prune:0.9")
+    for k, g in obs.items():
+        kept = pruned[k] != 0
+        assert int(kept.sum()) <= g.numel() - int(0.9 * g.numel())  # 90% zeroed at least
+        if kept.any() and (~kept).any():  # what stays is the largest in magnitude
+            assert float(g[kept].abs().min()) >= float(g[~kept].abs().max())
+        torch.testing.assert_close(pruned[k][kept], g[kept])
+    signed = defend(obs, "sign")
+    for k, g in obs.items():
+        assert torch.equal(torch.sign(signed[k]), torch.sign(g))
+        torch.testing.assert_close(signed[k].abs().max(), g.abs().mean())
+    # after sign compression every class centre's gradient has the same norm (the norm
+    # rule of label recovery has nothing to rank), and the analytic embedding degrades
+    norms = signed[HEAD_KEY].norm(dim=1)
+    torch.testing.assert_close(norms, torch.full_like(norms, float(norms[0])))
+    e = recover_embedding(head.weight, signed[HEAD_KEY])
+    assert float(e @ step_embedding(model, x)[0]) < 0.999
+    for bad in ("prune", "prune:1.5", "prune:x", "noise", "sign:2"):
+        with pytest.raises(BinfaceError, match="defence"):
+            defend(obs, bad)
+
+
 def test_bad_input_is_one_line():
     model = Small()
     with pytest.raises(BinfaceError, match="margin head"):
@@ -186,6 +215,13 @@ def test_cli_gradient_template_membership(synth, tmp_path, capsys):
     assert main(["privacy", "gradient", "mobilefacenet", "--data", str(synth), "--images", "1",
                  "--batch", "2", "--out", str(tmp_path / "b")]) == 2
     assert "--batch 2 is larger than --images 1" in capsys.readouterr().err
+    assert main(["privacy", "gradient", "mobilefacenet", "--data", str(synth), "--images", "2",
+                 "--steps", "2", "--defence", "prune:0.5", "--out", str(tmp_path / "d")]) == 0
+    d = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert d["budget"]["defence"] == d["metrics"]["defence"] == "prune:0.5"
+    assert main(["privacy", "gradient", "mobilefacenet", "--data", str(synth), "--images", "2",
+                 "--defence", "prune:2", "--out", str(tmp_path / "d2")]) == 2
+    assert "defence 'prune:2'" in capsys.readouterr().err and not (tmp_path / "d2").exists()
     assert main(["privacy", "template", "mobilefacenet", "--data", str(synth), "--images", "2",
                  "--steps", "2", "--fmr", "0.01", "--out", str(tmp_path / "t")]) == 0
     t = json.loads((tmp_path / "t" / "report.json").read_text())["metrics"]

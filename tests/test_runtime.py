@@ -448,6 +448,40 @@ def test_cli_bench_json(capsys, tmp_path):
     assert packed_rss < torch_rss  # the packed worker never loads torch
 
 
+def test_xor_popcount_peak_counts_bits():
+    from binface.runtime.bench import popcount_peak
+    from binface.runtime.kernels import xor_popcount_peak
+
+    rng = np.random.default_rng(3)
+    a, b = (rng.integers(0, 2**63, 37, dtype=np.uint64) for _ in range(2))
+    want, a2 = 0, a.copy()
+    for r in range(5):  # the kernel flips bit 0 of one word after every pass
+        want += sum(bin(int(x ^ y)).count("1") for x, y in zip(a2, b, strict=True))
+        a2[r % 37] ^= np.uint64(1)
+    assert xor_popcount_peak(a, b, 5) == want and np.array_equal(a, a2)
+    assert popcount_peak(64, seconds=0.01) > 1e8  # at least 0.1 G binary MAC/s
+
+
+def test_cli_bench_per_layer(capsys, small_bfp):
+    code, stdout, _ = run_cli(capsys, "bench", str(small_bfp), "--runtime", "packed",
+                              "--per-layer", "--repeats", "2", "--json")
+    assert code == 0
+    res = json.loads(stdout)
+    eng = load_packed(small_bfp)
+    assert len(res["layers"]) == len(eng.ops) and res["peak_gmacs_per_s"] > 0
+    binary = [r for r in res["layers"] if r["macs_1bit"]]
+    assert sum(r["macs_1bit"] for r in binary) == eng.summary()["binary_macs"]
+    assert all(r["op"] in ("bconv", "bdwconv") and r["pct_of_peak"] > 0 for r in binary)
+    assert all(r["pct_of_peak"] is None for r in res["layers"] if not r["macs_1bit"])
+    assert abs(sum(r["ms"] for r in res["layers"]) - res["total_ms"]) < 1e-9
+    code, stdout, _ = run_cli(capsys, "bench", str(small_bfp), "--runtime", "packed",
+                              "--per-layer", "--repeats", "2")
+    assert code == 0 and "% peak" in stdout and "bconv" in stdout
+    code, _, err = run_cli(capsys, "bench", str(small_bfp), "--runtime", "torch,packed",
+                           "--per-layer")
+    assert code == 2 and "--per-layer" in err and err.count("\n") == 1
+
+
 def test_cli_bench_errors(capsys, small_bfp):
     from binface.runtime.lce import lce_available
 

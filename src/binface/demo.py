@@ -47,10 +47,10 @@ class Plan:
 # Training speed on 2 cores (batch 32): EdgeFace-XS ~73 img/s, BinaryFaceFormer-sep ~60,
 # BinaryFaceNet ~19 (PyTorch emulates its binary layers in float at 112x112x64). The
 # teacher needs many steps to get ahead of the students (at 400 it is worse than both;
-# at 900, 3 points ahead on synth LFW); the students get 120 each. A fresh-clone run took
-# 21.8 min (training 15.6, scoring 4.3): over the 20-minute target.
+# at 900, 3 points ahead on synth LFW). A fresh-clone run at 900 / 120 steps took 21.8 min
+# (training 15.6, scoring 4.3), over the 20-minute target; hence 800 / 80.
 FULL = Plan(identities=300, images_per_identity=20, pack_pairs=2000, eval_pairs=2000,
-            batch_size=32, teacher_steps=900, student_steps=120)
+            batch_size=32, teacher_steps=800, student_steps=80)
 QUICK = Plan(identities=60, images_per_identity=8, pack_pairs=100, eval_pairs=100,
              batch_size=32, teacher_steps=10, student_steps=6)
 

@@ -19,14 +19,15 @@ BN_KW = {"momentum": 0.1, "eps": 1e-5}
 
 
 class QuickNetBlock(nn.Module):
-    """Binary 3x3 conv, ReLU, BN, plus the block input."""
+    """Binary 3x3 conv, ReLU, BN, plus the block input; ``binary=False``: a float conv
+    (zero padding), the same architecture at 32 bits."""
 
-    def __init__(self, channels: int, clip: float = 1.25) -> None:
+    def __init__(self, channels: int, clip: float = 1.25, binary: bool = True) -> None:
         super().__init__()
         self.conv = BinaryConv2d(
             channels, channels, 3, padding="same", pad_values=1.0,
             input_quantizer=SteSign(clip), kernel_quantizer=SteSign(clip), kernel_clip=clip,
-        )
+        ) if binary else nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.act = nn.ReLU()
         self.bn = BatchNorm2d(channels, **BN_KW)
 
@@ -50,7 +51,8 @@ class QuickNetTransition(nn.Sequential):
 class QuickNetBackbone(nn.Sequential):
     """Stem, then ``blocks[i]`` residual blocks at ``filters[i]`` channels per section."""
 
-    def __init__(self, filters=(64, 128, 256, 512), blocks=(4, 4, 4, 4), clip: float = 1.25):
+    def __init__(self, filters=(64, 128, 256, 512), blocks=(4, 4, 4, 4), clip: float = 1.25,
+                 binary: bool = True):
         f0 = filters[0]
         layers: list[nn.Module] = [
             QuantConv2d(3, f0 // 4, 3, stride=2, padding="same"),  # float conv, TF padding
@@ -65,14 +67,15 @@ class QuickNetBackbone(nn.Sequential):
         for width, n in zip(filters, blocks, strict=True):
             if width != prev:
                 layers.append(QuickNetTransition(prev, width))
-            layers.extend(QuickNetBlock(width, clip) for _ in range(n))
+            layers.extend(QuickNetBlock(width, clip, binary) for _ in range(n))
             prev = width
         super().__init__(*layers)
         self.out_channels = prev
 
 
-def _quicknet(name: str, filters, backbone_only: bool, embedding_size: int) -> FaceModel:
-    backbone = QuickNetBackbone(filters)
+def _quicknet(name: str, filters, backbone_only: bool, embedding_size: int,
+              binary: bool = True) -> FaceModel:
+    backbone = QuickNetBackbone(filters, binary=binary)
     head = None if backbone_only else LinearEmbeddingHead(backbone.out_channels, embedding_size,
                                                           pre_relu=True)
     return FaceModel(backbone, head, name, input_size=None, embedding_size=embedding_size)
@@ -88,3 +91,10 @@ def quicknet(backbone_only: bool = False, embedding_size: int = 512) -> FaceMode
                 "channels")
 def quicknet_small(backbone_only: bool = False, embedding_size: int = 512) -> FaceModel:
     return _quicknet("quicknet_small", (32, 64, 256, 512), backbone_only, embedding_size)
+
+
+@register_model("quicknet_small_float", "cnn", "QuickNetSmall with float 3x3 convs: the same "
+                "architecture at 32 bits (and int8 through QAT), for the privacy study")
+def quicknet_small_float(backbone_only: bool = False, embedding_size: int = 512) -> FaceModel:
+    return _quicknet("quicknet_small_float", (32, 64, 256, 512), backbone_only,
+                     embedding_size, binary=False)

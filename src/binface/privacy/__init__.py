@@ -32,6 +32,7 @@ _API = {
     "recover_dense_input": "binface.privacy.gradient",
     "invert_gradients": "binface.privacy.gradient",
     "label_accuracy": "binface.privacy.gradient",
+    "defend": "binface.privacy.gradient",
     "invert_template": "binface.privacy.template",
     "threshold_at_fmr": "binface.privacy.template",
     "membership_scores": "binface.privacy.membership",

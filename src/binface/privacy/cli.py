@@ -50,21 +50,25 @@ def _pack(path: Path | None, data: Path) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- attacks
 def run_gradient(target, evaluator, data: Path, pack: Path | None, images: int, batch: int,
                  seeds: int, steps: int, restarts: int, progress: bool = True,
-                 bn: str = "auto", fmr: float = 1e-3) -> tuple[dict, list]:
+                 bn: str = "auto", fmr: float = 1e-3, defence: str = "none"
+                 ) -> tuple[dict, list]:
     """Label, embedding and image recovery from observed training-step gradients.
 
     ``bn``: the BatchNorm statistics of the observed step, "batch" (a plain training
     step) or "running" (frozen statistics); "auto" takes running ones at batch 1, where
     batch statistics of one face make the output of a final BatchNorm (MobileFaceNet's
-    embedding) a constant, and batch ones otherwise."""
+    embedding) a constant, and batch ones otherwise. ``defence``: what the client sends
+    instead of its gradient (:func:`binface.privacy.gradient.defend`)."""
     import torch
 
     from binface.privacy.faces import read_faces, to_tensor
     from binface.privacy.gradient import (
         HEAD_KEY,
+        defend,
         invert_gradients,
         label_accuracy,
         observe_gradients,
+        parse_defence,
         recover_embedding,
         recover_labels,
         step_embedding,
@@ -78,6 +82,7 @@ def run_gradient(target, evaluator, data: Path, pack: Path | None, images: int, 
                            "a zoo name")
     if batch > images:
         raise BinfaceError(f"--batch {batch} is larger than --images {images}")
+    parse_defence(defence)  # a bad spec fails before any work
     optimize = need("scipy.optimize")
     thr_e = threshold_at_fmr(evaluator, *_pack(pack, data), fmr) if evaluator else None
     train = bn == "batch" or (bn == "auto" and batch > 1)
@@ -89,7 +94,8 @@ def run_gradient(target, evaluator, data: Path, pack: Path | None, images: int, 
         for start in range(0, images - batch + 1, batch):
             x = to_tensor(faces[start:start + batch])
             y = torch.from_numpy(labels[start:start + batch])
-            obs = observe_gradients(target.model, target.head, x, y, train=train)
+            obs = defend(observe_gradients(target.model, target.head, x, y, train=train),
+                         defence)
             got = recover_labels(obs[HEAD_KEY], batch)
             hits += round(label_accuracy(y, got) * batch)
             total += batch
@@ -118,7 +124,8 @@ def run_gradient(target, evaluator, data: Path, pack: Path | None, images: int, 
            "embedding_cosine": summary(ecos) if ecos else None,
            "identity_cosine": summary(icos) if icos else None,
            "identity_match_rate": rate(int(sum(matches)), len(matches)) if matches else None,
-           "evaluator_threshold": thr_e, "batchnorm": "batch" if train else "running"}
+           "evaluator_threshold": thr_e, "batchnorm": "batch" if train else "running",
+           "defence": defence}
     return out, shown
 
 
@@ -262,10 +269,11 @@ def run(args: argparse.Namespace) -> int:
     budget = {"images": args.images, "seeds": args.seeds}
     if args.attack == "gradient":
         budget.update(batch=args.batch, steps=args.steps, restarts=args.restarts,
-                      batchnorm=args.bn, fmr=args.fmr)
+                      batchnorm=args.bn, fmr=args.fmr, defence=args.defence)
         metrics, shown = run_gradient(target, evaluator, data, args.pack and Path(args.pack),
                                       args.images, args.batch, args.seeds, args.steps,
-                                      args.restarts, bn=args.bn, fmr=args.fmr)
+                                      args.restarts, bn=args.bn, fmr=args.fmr,
+                                      defence=args.defence)
     elif args.attack == "template":
         budget.update(steps=args.steps, restarts=args.restarts, fmr=args.fmr)
         metrics, shown = run_template(target, evaluator, data, args.pack and Path(args.pack),
@@ -334,6 +342,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             a.add_argument("--bn", choices=["auto", "batch", "running"], default="auto",
                            help="BatchNorm statistics of the observed step (auto: running "
                            "at batch 1, batch otherwise)")
+            a.add_argument("--defence", default="none", metavar="D",
+                           help="what the client sends instead of its gradient: none, "
+                           "prune:P (the share P of smallest entries zeroed) or sign (sign "
+                           "compression); default none")
         if name == "membership":
             a.add_argument("--holdout", help="faces of identities the model never saw "
                            "(default: a synthetic benchmark with another seed)")

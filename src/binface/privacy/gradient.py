@@ -79,6 +79,53 @@ def observe_gradients(model: nn.Module, head: MarginHead | None, images: torch.T
             if g is not None}
 
 
+DEFENCES = ("none", "prune", "sign")
+
+
+def parse_defence(spec: str) -> tuple[str, float]:
+    """``none``, ``prune:P`` (zero the share P of smallest entries, 0 < P < 1) or ``sign``."""
+    kind, _, amount = str(spec).partition(":")
+    if kind not in DEFENCES or (kind == "prune") != bool(amount):
+        raise BinfaceError(f"defence {spec!r}: give none, sign or prune:P (e.g. prune:0.9)")
+    if kind != "prune":
+        return kind, 0.0
+    try:
+        share = float(amount)
+    except ValueError:
+        share = -1.0
+    if not 0.0 < share < 1.0:
+        raise BinfaceError(f"defence {spec!r}: the pruned share must lie strictly between 0 "
+                           "and 1")
+    return kind, share
+
+
+def defend(observed: dict[str, torch.Tensor], spec: str = "none") -> dict[str, torch.Tensor]:
+    """The gradient a defended client sends instead of ``observed``, per tensor:
+
+    - ``prune:P``: the share P of entries smallest in magnitude set to zero (the pruning
+      defence of Zhu et al., Deep Leakage from Gradients, 2019);
+    - ``sign``: sign compression, ``sign(g) * mean|g|`` (signSGD with the tensor's mean
+      magnitude, so a server can still average updates).
+
+    The attacker then works from the defended gradient only (labels, embedding and the
+    matching target of the image inversion)."""
+    kind, share = parse_defence(spec)
+    if kind == "none":
+        return observed
+    out = {}
+    for name, g in observed.items():
+        if kind == "sign":
+            out[name] = torch.sign(g) * g.abs().mean()
+        else:
+            k = int(share * g.numel())  # entries zeroed
+            if k == 0:
+                out[name] = g.clone()
+                continue
+            cut = g.abs().flatten().kthvalue(k).values
+            out[name] = torch.where(g.abs() > cut, g, torch.zeros_like(g))
+    return out
+
+
 def step_embedding(model: nn.Module, images: torch.Tensor, train: bool = True) -> torch.Tensor:
     """Unit embeddings as the observed training step computed them (BatchNorm on the
     batch's statistics): what :func:`recover_embedding` recovers."""

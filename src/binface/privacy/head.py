@@ -65,13 +65,18 @@ class Target:
 
 def load_attack_target(spec: str | os.PathLike | nn.Module, num_classes: int | None = None,
                        seed: int = 0, s: float = 32.0, m: float = 0.3) -> Target:
-    """A zoo name (random weights; a random head of ``num_classes`` centres), a checkpoint
-    (its own head, when it holds one) or a module."""
+    """A zoo name (random weights drawn from ``seed``; a random head of ``num_classes``
+    centres), a checkpoint (its own head, when it holds one) or a module."""
     from binface.models.loading import is_checkpoint_path, load_checkpoint, load_model
     from binface.nn.qat import is_qat
     from binface.train.loop import embedding_size
 
-    lm = load_model(spec)
+    if isinstance(spec, (str, os.PathLike)) and not is_checkpoint_path(spec):
+        with torch.random.fork_rng(devices=[]):  # the same initialisation on every run
+            torch.manual_seed(seed)
+            lm = load_model(spec)
+    else:
+        lm = load_model(spec)
     head = None
     trained = False
     if isinstance(spec, (str, os.PathLike)) and is_checkpoint_path(spec):

@@ -500,28 +500,119 @@ if __name__ == "__main__":
         sys.exit(_worker_main(sys.argv[2:]))
 
 
-def layer_times(engine, x: np.ndarray, repeats: int = 20) -> list[dict]:
-    """Median time of every op of a packed engine on ``x``, with binary MACs per second.
+def popcount_peak(words: int = 1024, seconds: float = 0.3) -> float:
+    """This core's xor + popcount peak in binary MACs per second (64 per word): two
+    ``words``-word operands (16 KiB at 1024, L1-resident), timed for about ``seconds``."""
+    from binface.runtime.kernels import xor_popcount_peak
 
-    Runs in this process (no worker): meant for per-layer figures, not end to end.
-    """
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 2**63, words, dtype=np.uint64) for _ in range(2))
+    xor_popcount_peak(a, b, 10)  # compile / warm
+    reps, best = 1000, 0.0
+    while True:
+        t0 = time.perf_counter()
+        xor_popcount_peak(a, b, reps)
+        dt = time.perf_counter() - t0
+        best = max(best, 64.0 * words * reps / dt)
+        if dt >= seconds / 3:
+            break
+        reps *= 4
+    for _ in range(2):  # best of three at the final size
+        t0 = time.perf_counter()
+        xor_popcount_peak(a, b, reps)
+        best = max(best, 64.0 * words * reps / (time.perf_counter() - t0))
+    return best
+
+
+def _macs(op, env: dict, n: int) -> tuple[int, str]:
+    """(MACs of the op on this batch, precision "1bit" | "32bit")."""
+    from binface.runtime.ops.binary import BConvOp, BDwConvOp
+    from binface.runtime.ops.floats import LinearOp, MatmulOp
+
+    if isinstance(op, (BConvOp, BDwConvOp)):
+        return int(op.macs_per_sample) * n, "1bit"
+    if isinstance(op, LinearOp):  # rows x K x O; rows known only at run time
+        x = env[op.inputs[0]]
+        return int(np.prod(x.shape[:-1])) * int(op.w.shape[0]) * int(op.w.shape[1]), "32bit"
+    if isinstance(op, MatmulOp):
+        a, b = env[op.inputs[0]], env[op.inputs[1]]
+        return int(np.prod(a.shape)) * int(b.shape[-1]), "32bit"
+    return int(getattr(op, "macs_per_sample", 0)) * n, "32bit"
+
+
+def layer_times(engine, x: np.ndarray, repeats: int = 20, peak: float | None = None
+                ) -> list[dict]:
+    """Median time of every op of a packed engine on ``x``: its module path, kind, MACs
+    by precision, G MAC/s and, given ``peak`` (binary MACs/s), each binary op's share
+    of it. Runs in this process, one op after another (meant for per-layer figures; the
+    end-to-end latency is :func:`run_bench`'s)."""
     from binface.runtime.engine import RunContext
 
     engine.run(x)
     samples: dict[int, list[float]] = {i: [] for i in range(len(engine.ops))}
+    macs: dict[int, tuple[int, str]] = {}
     for _ in range(repeats):
         ctx = RunContext(x.shape[0], False)
         env = dict(engine.consts)
         env[engine.input_name] = engine.check_input(x)
         for i, op in enumerate(engine.ops):
+            if i not in macs:
+                macs[i] = _macs(op, env, x.shape[0])
             t0 = time.perf_counter()
             op(env, ctx)
             samples[i].append(time.perf_counter() - t0)
     rows = []
     for i, op in enumerate(engine.ops):
         med = float(np.median(samples[i]))
-        macs = int(getattr(op, "macs_per_sample", 0)) * x.shape[0]
+        m, prec = macs[i]
+        rate = m / med if m and med > 0 else None
         rows.append({"name": op.name, "op": op.node["op"], "source": op.attrs.get("source"),
-                     "kernel": op.attrs.get("kernel"), "ms": med * 1e3, "binary_macs": macs,
-                     "gmacs_per_s": macs / med / 1e9 if macs else None})
+                     "kernel": op.attrs.get("kernel"), "ms": med * 1e3,
+                     "macs_1bit": m if prec == "1bit" else 0,
+                     "macs_32bit": m if prec == "32bit" else 0,
+                     "gmacs_per_s": rate / 1e9 if rate else None,
+                     "pct_of_peak": 100.0 * rate / peak if rate and peak and prec == "1bit"
+                     else None})
     return rows
+
+
+def per_layer(spec: str, threads: int = 1, batch: int = 1, repeats: int = 20,
+              input_size: tuple[int, int] | None = None) -> dict:
+    """``binface bench --per-layer``: the packed engine's op-by-op profile of ``spec``
+    against this core's measured xor + popcount peak."""
+    from binface.runtime.engine import load_packed
+
+    with tempfile.TemporaryDirectory(prefix="binface-bench-") as tmp:
+        art = prepare(spec, ["packed"], tmp, input_size)
+        engine = load_packed(art.path("packed"), threads=threads)
+        from binface.runtime.ops.layout import resolve
+
+        shape = resolve(engine.input_shape, batch)
+        h, w = shape[-2:]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        peak = popcount_peak()
+        rows = layer_times(engine, x, repeats, peak)
+    total = sum(r["ms"] for r in rows)
+    return {"model": art.name, "runtime": "packed", "threads": threads, "batch": batch,
+            "input_size": [h, w], "peak_gmacs_per_s": peak / 1e9, "total_ms": total,
+            "layers": rows}
+
+
+def render_layers(res: dict, top: int | None = None) -> str:
+    """The per-layer table: slowest first when ``top`` is given, else in graph order."""
+    rows = res["layers"]
+    if top:
+        rows = sorted(rows, key=lambda r: -r["ms"])[:top]
+    lines = [f"{res['model']} (packed) at {res['input_size'][0]}x{res['input_size'][1]}, batch "
+             f"{res['batch']}, {res['threads']} thread(s): {res['total_ms']:.3f} ms over "
+             f"{len(res['layers'])} ops, each timed alone; this core's xor + popcount peak "
+             f"{res['peak_gmacs_per_s']:.0f} G binary MAC/s",
+             f"{'op':<12} {'ms':>8} {'share':>6} {'1-bit MACs':>12} {'32-bit MACs':>12} "
+             f"{'G MAC/s':>8} {'% peak':>7}  module"]
+    for r in rows:
+        rate = f"{r['gmacs_per_s']:.1f}" if r["gmacs_per_s"] else "-"
+        pct = f"{r['pct_of_peak']:.1f}" if r["pct_of_peak"] is not None else "-"
+        lines.append(f"{r['op']:<12} {r['ms']:>8.3f} {100 * r['ms'] / res['total_ms']:>5.1f}% "
+                     f"{r['macs_1bit']:>12,} {r['macs_32bit']:>12,} {rate:>8} {pct:>7}  "
+                     f"{r['source'] or r['name']}")
+    return "\n".join(lines) + "\n"

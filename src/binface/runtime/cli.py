@@ -137,6 +137,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from binface.runtime.bench import render, run_bench
 
     runtimes = [r for r in args.runtime.split(",")]
+    if args.per_layer:
+        from binface.runtime.bench import per_layer, render_layers
+
+        if runtimes != ["packed"]:
+            raise BinfaceError("--per-layer profiles the packed engine: give --runtime packed")
+        res = per_layer(args.model, threads=args.threads, batch=args.batch,
+                        repeats=args.repeats, input_size=args.input_size)
+        print(json.dumps(res, indent=2) if args.json else render_layers(res), end="")
+        return 0
     res = run_bench(args.model, runtimes, threads=args.threads, batch=args.batch,
                     repeats=args.repeats, warmup=args.warmup, rounds=args.rounds,
                     input_size=args.input_size, progress=not args.json,
@@ -207,6 +216,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "into (default 5)")
     b.add_argument("--input-size", type=parse_size, default=None, metavar="H[xW]",
                    help="input image size (default: the model's, else 112)")
+    b.add_argument("--per-layer", action="store_true", help="with --runtime packed: time "
+                   "every op alone (module path, kind, MACs by precision, G MAC/s, share of "
+                   "this core's measured xor + popcount peak)")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=_run_bench)
 

@@ -713,3 +713,19 @@ def pool_nhwc(x, y, pre, post, cfg):
 def erf(x):  # pragma: no cover - compiled
     """Element-wise erf (numpy has none; exact GELU needs it)."""
     return math.erf(x)
+
+
+# ---------------------------------------------------------------- machine peak
+@njit(cache=True)
+def xor_popcount_peak(a, b, reps):
+    """``reps`` passes of sum(popcount(a xor b)): the engine's inner loop with no loads
+    beyond L1 and no accumulator stores, i.e. what one core can retire at best."""
+    total = np.int64(0)
+    n = a.shape[0]
+    for r in range(reps):
+        s = np.int64(0)
+        for i in range(n):
+            s += popcount64(a[i] ^ b[i])
+        total += s
+        a[r % n] ^= _ONE  # the next pass differs, so it cannot be hoisted
+    return total
