@@ -188,6 +188,9 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     if args.threshold is not None and args.far is not None:
         raise BinfaceError("give --threshold T or --far F --pack PACK, not both")
     check_outputs([args.out], inputs=[args.folder], overwrite=args.overwrite)
+    from binface.face.embed import require_weights
+
+    require_weights(args.model)
     pipe = _pipeline(args, args.model)
     thr, info = _threshold(args, pipe.embedder)
     with _one_line_warnings():

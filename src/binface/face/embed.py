@@ -23,7 +23,7 @@ import numpy as np
 
 from binface.errors import BinfaceError
 
-__all__ = ["EMBED_RUNTIMES", "Embedder", "load_embedder"]
+__all__ = ["EMBED_RUNTIMES", "Embedder", "load_embedder", "require_weights"]
 
 EMBED_RUNTIMES = ("auto", "torch", "onnx", "packed")
 _FILE_RUNTIMES = {".bfp": "packed", ".onnx": "onnx"}
@@ -72,6 +72,19 @@ class Embedder:
         if len(crops) == 0:
             return np.zeros((0, self.size))
         return self._raw(crops, flip)
+
+
+def require_weights(spec: str | os.PathLike, why: str = "a gallery made with it could "
+                    "never be searched") -> None:
+    """Refuse a zoo name where embeddings must be reproducible across runs."""
+    p = Path(spec)
+    if p.suffix in _FILE_RUNTIMES or p.is_file():
+        return
+    from binface.models.loading import is_checkpoint_path
+
+    if not is_checkpoint_path(spec):
+        raise BinfaceError(f"{spec} is a zoo name: it gets new random weights at every load, "
+                           f"so {why}; give a trained checkpoint (.pt), .bfp or .onnx")
 
 
 def _file_sha(path: Path) -> str | None:

@@ -21,7 +21,7 @@ import numpy as np
 from binface.errors import BinfaceError
 from binface.face.align import FACE_SIZE, align_face
 from binface.face.detector import Detector, Face, NoFaceError, get_detector
-from binface.face.embed import Embedder
+from binface.face.embed import Embedder, require_weights
 from binface.face.gallery import Gallery, check_compatible, identify, mean_template
 from binface.face.images import iter_frames, read_image
 
@@ -126,6 +126,7 @@ def enroll(pipeline: FacePipeline, folder: str | os.PathLike, skip_bad: bool = T
     from binface.data.folder import scan_folder
 
     emb = pipeline._need_embedder()
+    require_weights(emb.spec)
     names, templates, counts = [], [], []
     for name, paths in scan_folder(folder, skip_bad=skip_bad):
         rows = []
