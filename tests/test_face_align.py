@@ -215,3 +215,20 @@ def test_without_the_extra_each_command_says_how_to_install_it(capsys, monkeypat
         assert code == 2, argv
         assert len(err.strip().splitlines()) == 1 and "pip install 'binface[detect]'" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "rec").exists()
+
+
+def test_read_image_turns_photos_upright_from_their_exif_orientation(tmp_path):
+    from PIL import Image
+
+    from binface.face import read_image
+
+    arr = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown turned 90 degrees clockwise
+    Image.fromarray(arr).save(tmp_path / "side.png", exif=exif)
+    np.testing.assert_array_equal(read_image(tmp_path / "side.png"), np.rot90(arr, k=-1))
+    Image.fromarray(arr).save(tmp_path / "plain.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "plain.png"), arr)
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    with pytest.raises(BinfaceError, match="bad.png: corrupt image"):
+        read_image(tmp_path / "bad.png")

@@ -232,10 +232,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
     check_compatible(gallery, pipe.embedder.identity, str(args.gallery))
     if args.video:
         return _identify_frames(args, pipe, gallery, thr, run_frames)
+    from binface.face.images import read_image
+
     rows, missing = [], []
     for path in args.images:
-        from binface.face.images import read_image
-
         img = read_image(path)
         faces = pipe.detector.detect(img)
         if not faces:

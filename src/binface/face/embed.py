@@ -56,12 +56,14 @@ class Embedder:
 
         from binface.eval.run import embed_images
 
-        old = torch.get_num_threads()
-        torch.set_num_threads(max(1, int(self.threads)))
+        old, want = torch.get_num_threads(), max(1, int(self.threads))
+        if old != want:
+            torch.set_num_threads(want)
         try:
             return embed_images(self.module, crops, batch_size=64, flip=flip)
         finally:
-            torch.set_num_threads(old)
+            if old != want:
+                torch.set_num_threads(old)
 
     def embed(self, crops: np.ndarray, flip: bool = True) -> np.ndarray:
         """(N, D) unit float64 embeddings of (N, 112, 112, 3) uint8 RGB aligned crops."""
@@ -101,8 +103,9 @@ def load_embedder(spec: str | os.PathLike, runtime: str = "auto", threads: int =
 
     if runtime not in EMBED_RUNTIMES:
         raise BinfaceError(f"unknown runtime {runtime!r}; choose from {', '.join(EMBED_RUNTIMES)}")
-    spec = str(spec)
     path = Path(spec)
+    # a file is recorded by its absolute path, so a gallery works from any folder
+    spec = str(path.resolve()) if path.is_file() else str(spec)
     file_runtime = _FILE_RUNTIMES.get(path.suffix)
     if file_runtime is not None:  # an exported file runs in its own runtime only
         if runtime not in ("auto", file_runtime):
