@@ -1,7 +1,8 @@
 """The ``binface`` command: one sub-command per job.
 
 Each job lives with its package; this file only wires the sub-commands and turns
-user errors into one line on stderr (exit status 2) instead of a traceback.
+user errors into one line on stderr (exit status 2, or the error's own
+``exit_status``: 1 for "no face found") instead of a traceback.
 """
 
 from __future__ import annotations
@@ -95,17 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     from binface.data.cli import register as _add_data
     from binface.demo import register as _add_demo
     from binface.eval.cli import register as _add_eval
+    from binface.face.cli import pack_aligner
+    from binface.face.cli import register as _add_face
     from binface.privacy.cli import register as _add_privacy
     from binface.runtime.cli import register as _add_runtime
     from binface.train.cli import register as _add_train
 
     _add_demo(sub)
-    _add_data(sub)
+    _add_data(sub, aligner=pack_aligner)
     _add_train(sub)
     _add_eval(sub)
     _add_runtime(sub)
     _add_compare(sub)
     _add_privacy(sub)
+    _add_face(sub)
     return parser
 
 
@@ -133,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except BinfaceError as exc:
         print(f"binface {args.command}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_status", 2)
     except KeyboardInterrupt:
         print(f"binface {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from binface.cli_args import positive_int
@@ -40,14 +41,18 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
     rec, idx = rec_paths(args.out_prefix)
     check_outputs([rec, idx, rec.parent / "property"], [args.folder], args.overwrite)
+    align = getattr(args, "align", False)
+    load = args.aligner(quality=args.quality) if align else None
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _one_line_warning
         res = pack_folder(args.folder, args.out_prefix, quality=args.quality,
-                          skip_bad=args.skip_bad, progress=not args.quiet)
+                          skip_bad=args.skip_bad, progress=not args.quiet, load=load)
     prefix = Path(args.out_prefix)
+    done = (f"aligned {res.resized} photo(s) to the 112x112 template" if align else
+            f"resized {res.resized} image(s) to 112x112")
     print(f"wrote {prefix}.rec/.idx and {prefix.parent / 'property'}: {res.images} images, "
-          f"{res.classes} classes; resized {res.resized} image(s) to 112x112"
+          f"{res.classes} classes; {done}"
           + (f"; skipped {res.skipped} bad image(s)" if res.skipped else ""))
     return 0
 
@@ -111,8 +116,14 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=sys.stderr)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``data`` command and its sub-commands to the top-level parser."""
+def register(sub: argparse._SubParsersAction, aligner: Callable | None = None) -> None:
+    """Add the ``data`` command and its sub-commands to the top-level parser.
+
+    ``aligner(quality=Q)``, when given, returns a function ``path -> (JPEG bytes, True)``
+    that detects and aligns a raw photo: it enables ``data pack --align``. It is passed
+    in (by ``binface.cli``), not imported, because the face pipeline reads images with
+    this package's decoders.
+    """
     p = sub.add_parser(
         "data", help="read, write, inspect and synthesise face data",
         description="insightface-format data without mxnet: RecordIO training sets "
@@ -135,7 +146,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument(OVERWRITE_FLAG, action="store_true",
                    help="replace OUT_PREFIX.rec/.idx and property if they exist")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
-    q.set_defaults(func=_cmd_pack)
+    if aligner is not None:
+        q.add_argument("--align", action="store_true",
+                       help="the folder holds raw photos: detect the largest face of each and "
+                       "align it to the ArcFace 112x112 template (needs the detect extra: "
+                       "pip install 'binface[detect]'); with --skip-bad, photos without a "
+                       "face are skipped")
+    q.set_defaults(func=_cmd_pack, aligner=aligner)
 
     q = dsub.add_parser("pairs", help="image folder + LFW pairs.txt -> verification pack",
                         description="Build a verification pack (.bin) from an aligned folder "

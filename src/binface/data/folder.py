@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,8 +110,14 @@ def pack_folder(
     quality: int = 95,
     skip_bad: bool = False,
     progress: bool = True,
+    load: Callable[[Path], tuple[bytes, bool]] | None = None,
 ) -> PackResult:
-    """One subfolder per identity -> ``OUT_PREFIX.rec/.idx`` + ``property``."""
+    """One subfolder per identity -> ``OUT_PREFIX.rec/.idx`` + ``property``.
+
+    ``load(path) -> (JPEG bytes, changed)`` replaces the default reader (an aligned image,
+    resized to 112x112 if it is not): ``binface data pack --align`` passes one that
+    detects and aligns the face of a raw photo. A ``BinfaceError`` it raises is a bad
+    image like any other (skipped with ``skip_bad``)."""
     quality = check_quality(quality, "--quality (JPEG quality)")
     classes = scan_folder(folder, skip_bad=skip_bad)
     total = sum(len(files) for _, files in classes)
@@ -125,7 +131,8 @@ def pack_folder(
             for path in files:
                 bar.update(1)
                 try:
-                    jpeg, was_resized = face_jpeg(path, quality=quality)
+                    jpeg, was_resized = (load(path) if load is not None else
+                                         face_jpeg(path, quality=quality))
                 except BinfaceError as exc:
                     if not skip_bad:
                         raise

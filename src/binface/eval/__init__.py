@@ -19,6 +19,7 @@ from binface.eval.verification import (
     PROTOCOLS,
     contiguous_folds,
     tar_at_far,
+    threshold_at_far,
     verification,
     verification_from_pack_embeddings,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "results_table",
     "subset_pairs",
     "tar_at_far",
+    "threshold_at_far",
     "verification",
     "verification_from_pack_embeddings",
     "write_report_json",

@@ -79,6 +79,18 @@ def _val_far(pred: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return ta / n_same, fa / n_diff
 
 
+def _threshold(impostor_desc: np.ndarray, far: float) -> float:
+    k = int(np.floor(far * len(impostor_desc)))  # impostors allowed above the threshold
+    return float(impostor_desc[k]) if k < len(impostor_desc) else -np.inf
+
+
+def threshold_at_far(scores: np.ndarray, issame: np.ndarray, far: float) -> float:
+    """The score threshold of ``tar_at_far``: a pair is accepted when its score is
+    above it, and at most a fraction ``far`` of the impostor pairs are."""
+    scores, issame = np.asarray(scores, dtype=np.float64), np.asarray(issame, dtype=bool)
+    return _threshold(np.sort(scores[~issame])[::-1], far)
+
+
 def tar_at_far(scores: np.ndarray, issame: np.ndarray, fars=FARS) -> dict[str, float]:
     """TAR at each FAR from the ROC over all pairs (higher score = more alike).
 
@@ -88,8 +100,7 @@ def tar_at_far(scores: np.ndarray, issame: np.ndarray, fars=FARS) -> dict[str, f
     genuine, impostor = np.sort(scores[issame]), np.sort(scores[~issame])[::-1]
     out = {}
     for far in fars:
-        k = int(np.floor(far * len(impostor)))  # impostors allowed above the threshold
-        thr = impostor[k] if k < len(impostor) else -np.inf
+        thr = _threshold(impostor, far)
         tar = float((genuine > thr).mean()) if len(genuine) else 0.0
         out[f"{far:.0e}"] = tar
     return out

@@ -493,18 +493,32 @@ def _pos(x: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0.0)
 
 
+def _aligning(head: _Head, nz: Nuisance) -> tuple[np.ndarray, np.ndarray]:
+    """(the landmarks in camera xy + ORIGIN, the similarity camera xy -> output pixel)."""
+    src = _mm(head.landmarks3d(), head.rot.T)[:, :2] + ORIGIN
+    dst = TEMPLATE + nz.jitter
+    sim = similarity(src, dst)
+    scale = math.hypot(sim[0, 0], sim[1, 0])
+    sim[:, :2] *= _clamp(scale, 0.8, 1.35) / scale  # a profile would zoom in too far
+    sim[:, 2] = dst.mean(0) - _mm(sim[:, :2], src.mean(0))
+    return src, sim
+
+
+def image_landmarks(ident: Identity, nz: Nuisance) -> np.ndarray:
+    """The five landmarks (ArcFace order: the eye on the image's left first) in the pixels
+    of the image that ``render(ident, nz, rng)`` draws: where the posed head's eyes, nose
+    tip and mouth corners land, jitter and the zoom limit included."""
+    src, sim = _aligning(_Head(ident, nz), nz)
+    return _mm(src, sim[:, :2].T) + sim[:, 2]
+
+
 class _Canvas:
     """Ray-cast one posed head: object id, head coordinates and shading per pixel."""
 
     def __init__(self, head: _Head, nz: Nuisance) -> None:
         self.head, self.nz = head, nz
         rot = head.rot
-        src = _mm(head.landmarks3d(), rot.T)[:, :2] + ORIGIN
-        dst = TEMPLATE + nz.jitter
-        sim = similarity(src, dst)  # camera xy (+ORIGIN) -> output pixel
-        scale = math.hypot(sim[0, 0], sim[1, 0])
-        sim[:, :2] *= _clamp(scale, 0.8, 1.35) / scale  # a profile would zoom in too far
-        sim[:, 2] = dst.mean(0) - _mm(sim[:, :2], src.mean(0))
+        _, sim = _aligning(head, nz)
         self.sim = sim
         # head point p -> output pixel, for feature windows
         self.proj = _mm(sim[:, :2], rot[:2])
