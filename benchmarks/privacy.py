@@ -1,6 +1,6 @@
 """Study: what an attacker recovers from float, int8 and binary face models.
 
-    python benchmarks/privacy.py               # full run (budget below), hours on 2 cores
+    python benchmarks/privacy.py               # full run: many hours on 2 cores (resumes)
     python benchmarks/privacy.py --quick       # smoke run, a few minutes
     nohup python benchmarks/privacy.py > privacy.log 2>&1 &
 
@@ -20,8 +20,11 @@ The seed's third avenue, measured with ``binface.privacy``'s attacks (docs/priva
   study's EdgeFace-XS teacher (another architecture, trained on other identities);
   its FMR = 0.1% threshold is set on the members' pack.
 
-Every (model, state, attack, batch) row is saved in ``--work`` as it finishes, so the
-study resumes. Writes ``docs/results/privacy.json`` / ``.md`` and the grid PNG
+One gradient-inversion step is a double backward through the whole network at 112x112:
+about 1-3 s on 2 cores at batch 1 (BinaryFaceFormer: 2.4 s on one loaded core), so the
+default budget (8 faces x 3 seeds per row, 50 steps) makes a run of many hours. Every
+(model, state, attack, batch) row is saved in ``--work`` as it finishes, so the study
+resumes where it stopped. Writes ``docs/results/privacy.json`` / ``.md`` and the grid PNG
 (originals, then one row of gradient-inversion reconstructions per model).
 """
 
@@ -106,9 +109,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny data and budgets")
     ap.add_argument("--models", default=",".join(m[0] for m in MODELS))
-    ap.add_argument("--images", type=int, default=16, help="faces attacked per seed")
+    ap.add_argument("--images", type=int, default=8, help="faces attacked per seed (at "
+                    "least the largest batch)")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=100, help="inversion steps per restart")
+    ap.add_argument("--steps", type=int, default=50, help="inversion steps per restart")
     ap.add_argument("--restarts", type=int, default=1)
     ap.add_argument("--train-images", type=int, default=8000, help="images seen in training")
     ap.add_argument("--qat-images", type=int, default=1600, help="QAT fine-tuning images")
@@ -131,12 +135,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     chosen = [m for m in MODELS if m[0] in args.models.split(",")]
     images, seeds, steps, restarts = args.images, args.seeds, args.steps, args.restarts
-    fmr = 1e-3
+    fmr, batches = 1e-3, BATCHES
     train_images, qat_images, m_images = args.train_images, args.qat_images, \
         args.membership_images
     work, teachers = args.work, args.teachers
     if args.quick:
-        images, seeds, steps, restarts, fmr = 8, 1, 3, 1, 1e-2  # a small pack
+        images, seeds, steps, restarts, fmr = 2, 1, 2, 1, 1e-2  # a small pack
+        batches = (1, 2)
+        if args.models == ",".join(m[0] for m in MODELS):  # one architecture, 3 precisions
+            chosen = chosen[:3]
         train_images, qat_images, m_images = 64, 32, 16
         work = work.with_name(work.name + "_quick")
         teachers = work / "teachers"
@@ -158,7 +165,7 @@ def main() -> None:
     ckpts: dict[str, str] = {}
     rows, grid = [], {}
     budget = {"gradient": {"images": images, "seeds": seeds, "steps": steps,
-                           "restarts": restarts, "batches": list(BATCHES),
+                           "restarts": restarts, "batches": list(batches),
                            "batchnorm": "auto (running at batch 1, batch otherwise)"},
               "template": {"images": images, "seeds": seeds, "steps": steps,
                            "restarts": restarts},
@@ -181,7 +188,7 @@ def main() -> None:
                     faces, _ = read_faces(members, 32, seed=99)
                     target.model = _qat_init(target.model, to_tensor(faces))
                     target.precision = "int8"
-            jobs = [("gradient", b) for b in BATCHES] + [("template", None),
+            jobs = [("gradient", b) for b in batches] + [("template", None),
                                                          ("membership", None)]
             for attack, batch in jobs:
                 key = f"{label}_{'trained' if trained else 'init'}_{attack}" + (
