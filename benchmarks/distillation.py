@@ -116,17 +116,26 @@ def train(model: str, overrides: list[str], run_dir: Path, tag: dict) -> dict:
     if (prev := _trained(run_dir, tag)) is not None:
         print(f"[study] reusing {done}", flush=True)
         return prev
-    if run_dir.name.startswith("teacher_"):
+    cfg = load_config(None, [f"model={model}", f"output={run_dir}", *overrides])
+    # a run stopped after an epoch's checkpoint (e.g. at the end of a session) continues
+    # from it, bit for bit, when it was started with the same config
+    saved = run_dir / "config.yaml"
+    resume = (run_dir / "last.pt").is_file() and saved.is_file() and \
+        load_config(saved, []) == cfg
+    if run_dir.name.startswith("teacher_") and not resume:
         # students distilled from an earlier teacher in this folder are stale
         for stale in run_dir.parent.glob(f"*_from_{run_dir.name[8:]}_*/trained.json"):
             stale.unlink()
-    cfg = load_config(None, [f"model={model}", f"output={run_dir}", *overrides])
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, overwrite=True)
+    if resume:
+        print(f"[study] resuming {run_dir} from its last checkpoint", flush=True)
+    trainer = Trainer(cfg, overwrite=True, resume=resume)
+    first = trainer.step  # > 0 when resumed
     trainer.fit()
     wall = time.perf_counter() - t0
     res = {"checkpoint": str(run_dir / "last.pt"), "train_s": wall, "tag": tag,
-           "train_img_s": trainer.step * trainer.images_per_step / wall}
+           "train_img_s": (trainer.step - first) * trainer.images_per_step / wall,
+           "resumed_at_step": first}
     write_text(done, json.dumps(res, indent=2) + "\n")
     return res
 

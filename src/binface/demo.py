@@ -48,10 +48,10 @@ class Plan:
 # BinaryFaceNet ~19 (PyTorch emulates its binary layers in float at 112x112x64). The
 # teacher needs many steps to get ahead of the students (at 400 it is worse than both;
 # at 900, 3 points ahead on synth LFW). A fresh-clone run at 900 / 120 steps took 21.8 min
-# (training 15.6, scoring 4.3), over the 20-minute target; hence 800 / 80: 20.2 min
-# (data 1.1, training 13.9, scoring and comparing about 5).
+# (training 15.6, scoring 4.3); at 800 / 80, 20.2 min (data 1.1, training 13.9: teacher
+# 6.8, students 2.6 + 2.8 + 0.7 + 0.9; scoring and comparing about 5); hence 720 / 70.
 FULL = Plan(identities=300, images_per_identity=20, pack_pairs=2000, eval_pairs=2000,
-            batch_size=32, teacher_steps=800, student_steps=80)
+            batch_size=32, teacher_steps=720, student_steps=70)
 QUICK = Plan(identities=60, images_per_identity=8, pack_pairs=100, eval_pairs=100,
              batch_size=32, teacher_steps=10, student_steps=6)
 
