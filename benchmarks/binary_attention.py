@@ -57,9 +57,10 @@ def _overrides(model: str, seed: int, steps: int, data: Path, out: Path,
             f"train.epochs={epochs(steps)}"]
 
 
-def study_benchmark(quick: bool, data: Path | None = None):
+def study_benchmark(quick: bool, data: Path | None = None, load_packs: bool = True):
     """The studies' data: the default synthetic benchmark (1,000 identities x 20, full
-    packs), or a tiny one for ``--quick``; returns (folder, loaded packs, its Plan)."""
+    packs), or a tiny one for ``--quick``; returns (folder, loaded packs, its Plan)
+    (``load_packs=False``: no packs read, an empty dict)."""
     from binface.demo import Plan, synth_data
     from binface.eval.run import load_eval_pack
 
@@ -70,7 +71,7 @@ def study_benchmark(quick: bool, data: Path | None = None):
         plan = Plan(identities=1000, images_per_identity=20, pack_pairs=None, eval_pairs=0,
                     batch_size=32, teacher_steps=0, student_steps=0)
     folder = synth_data(plan, 0, data)
-    packs = {p: load_eval_pack(folder / f"{p}.bin") for p in PACKS}
+    packs = {p: load_eval_pack(folder / f"{p}.bin") for p in PACKS} if load_packs else {}
     return folder, packs, plan
 
 

@@ -52,8 +52,8 @@ GOAL_POINTS, GOAL_SPEEDUP = 0.5, 1.5
 BUDGETS = {**ds.TEACHER_BUDGET, "ghostfacenetv2": ds.TEACHER_BUDGET["mobilefacenet"]}
 
 
-def _qat_overrides(model: str, base: list[str]) -> list[str]:
-    """The fp32 recipe at a tenth of its learning rate, fake-quantised."""
+def qat_overrides(base: list[str]) -> list[str]:
+    """The fp32 recipe at a tenth of its learning rate, fake-quantised (also privacy.py's)."""
     out = []
     for o in base:
         if o.startswith("optim.lr="):
@@ -140,7 +140,7 @@ def main() -> None:
         print(f"[int8] {m} fp32: {budgets[m]:,} images in {fdir}", flush=True)
         fp32 = ds.train(m, over, fdir, tag)["checkpoint"]
         qdir = work / f"qat_{m}"
-        qover = _qat_overrides(m, [*ds.teacher_overrides(RECIPES[m], data, qat_steps * 32,
+        qover = qat_overrides([*ds.teacher_overrides(RECIPES[m], data, qat_steps * 32,
                                                          n_train), f"train.init={fp32}"])
         print(f"[int8] {m} QAT fine-tuning: {qat_steps} steps", flush=True)
         qat = ds.train(m, qover, qdir, {"overrides": qover, "data": str(data)})["checkpoint"]

@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import binary_attention as ba  # noqa: E402  (shared study helpers)
 import distillation as ds  # noqa: E402  (training and the evaluator teacher)
+import int8  # noqa: E402  (the QAT fine-tuning recipe)
 
 ROOT = ba.ROOT
 # (row label, zoo model, precision, trained from: None = scratch, else a label)
@@ -88,9 +89,8 @@ def _trained(label: str, zoo: str, source: str | None, data: Path, images: int,
              qat_images: int, n_train: int, work: Path, ckpts: dict) -> str:
     over = ds.teacher_overrides(RECIPE, data, images, n_train)
     if source is not None:  # QAT: fine-tune the float checkpoint at a tenth of the rate
-        over = [o.replace("optim.lr=0.002", "optim.lr=0.0002") for o in
-                ds.teacher_overrides(RECIPE, data, qat_images, n_train)]
-        over += [f"train.init={ckpts[source]}", "train.qat=int8"]
+        over = int8.qat_overrides([*ds.teacher_overrides(RECIPE, data, qat_images, n_train),
+                                   f"train.init={ckpts[source]}"])
     print(f"[privacy] training {label}", flush=True)
     return ds.train(zoo, over, work / f"train_{label}", {"overrides": over,
                                                          "data": str(data)})["checkpoint"]
@@ -153,7 +153,7 @@ def main() -> None:
     t_start, start_commit = time.perf_counter(), ba.commit()
 
     # the evaluator: the distillation study's transformer teacher (trained or reused)
-    big, _, big_plan = ba.study_benchmark(args.quick)
+    big, _, big_plan = ba.study_benchmark(args.quick, load_packs=False)  # training data only
     e_images = 64 if args.quick else ds.TEACHER_BUDGET[EVALUATOR]
     e_over = ds.teacher_overrides(ds.TEACHERS[EVALUATOR], big, e_images,
                                   big_plan.identities * big_plan.images_per_identity)
