@@ -10,8 +10,8 @@ For MobileFaceNet, EdgeFace-XS and GhostFaceNetV2 on the default synthetic bench
 - fp32: the distillation study's teachers, trained or reused in its folder
   (``runs/distillation``, its recipes and budgets); GhostFaceNetV2 trained here with
   MobileFaceNet's SGD recipe and budget;
-- PTQ: ONNX Runtime's static int8 (QDQ, per-channel S8S8, min/max) calibrated on 256
-  training faces (``binface export --int8 --calibrate``);
+- PTQ: ONNX Runtime's static int8 (QDQ, U8S8 with per-channel weights, min/max)
+  calibrated on 256 training faces (``binface export --int8 --calibrate``);
 - QAT: the fp32 checkpoint fine-tuned with ``train.qat=int8`` (``train.init``) for
   ``--qat-budget`` images at a tenth of the fp32 learning rate, then exported with its
   learned scales.

@@ -278,3 +278,100 @@ def test_train_init_starts_qat_from_a_float_checkpoint(tmp_path):
     with pytest.raises(BinfaceError, match="holds model 'test_tiny'"):
         Trainer(_cfg(tmp_path / "x", f"train.init={ck}", "model=mobilefacenet"),
                 train_set=RandomFaces(), progress=False)
+
+
+# ---------------------------------------------------------------- what ONNX Runtime runs
+def _optimized_ops(path, tmp_path) -> dict:
+    """Op counts of the graph ONNX Runtime actually runs (after its fusions)."""
+    import collections
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    graph = onnx.load(opts.optimized_model_filepath).graph
+    return collections.Counter(n.op_type for n in graph.node)
+
+
+def test_prelu_is_decomposed_exactly():
+    from onnx import TensorProto, helper
+
+    from binface.runtime.onnx_rt import decompose_prelu
+
+    rng = np.random.default_rng(0)
+    slope = rng.standard_normal((5, 1, 1)).astype(np.float32)  # any sign, even > 1
+    g = helper.make_graph([helper.make_node("PRelu", ["x", "a"], ["y"], name="p")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 3, 4])],
+                          [numpy_helper.from_array(slope, "a")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 5, 3, 4)).astype(np.float32)
+    x[0, 0, 0, :3] = [0.0, -0.0, -1e-40]  # zeros and a subnormal
+    import onnxruntime as ort
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    ref = run(model)
+    assert decompose_prelu(model.graph) == 1
+    assert [n.op_type for n in model.graph.node] == ["Relu", "Min", "Mul", "Add"]
+    assert np.array_equal(run(model), ref)  # bit for bit
+
+
+def test_float_export_has_no_prelu_and_int8_convs_run_as_qlinearconv(synth, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("mobilefacenet")
+    export_onnx(model, tmp_path / "m32.onnx")
+    assert "PRelu" not in {n.op_type for n in onnx.load(str(tmp_path / "m32.onnx")).graph.node}
+    export_onnx_int8(model, tmp_path / "m8.onnx", calibrate=synth / "train.rec", images=16)
+    ops = _optimized_ops(tmp_path / "m8.onnx", tmp_path)
+    # U8S8: every conv becomes an integer QLinearConv (with int8 activations ORT's
+    # S8-to-U8 rewrite leaves the convs before a decomposed PReLU in float)
+    assert ops["QLinearConv"] >= 45 and ops["Conv"] == 0, ops
+
+
+class _ConvBNNet(torch.nn.Module):
+    """conv-BN-PReLU twice, then a dense layer: the shape of MobileFaceNet's blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from binface.nn.norm import BatchNorm2d
+        from binface.nn.prelu import PReLU
+
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, stride=4, padding=1, bias=False), BatchNorm2d(8), PReLU(8),
+            torch.nn.Conv2d(8, 8, 3, stride=4, padding=1, groups=8, bias=False), BatchNorm2d(8),
+            PReLU(8))
+        self.fc = torch.nn.Linear(8 * 7 * 7, 16)
+
+    def forward(self, x):
+        return self.fc(self.body(x).flatten(1))
+
+
+def test_qat_folds_batchnorm_into_int8_convs(tmp_path):
+    from binface.nn.qat import QATBatchNorm2d, prepare_qat
+
+    torch.manual_seed(0)
+    model = prepare_qat(_ConvBNNet())
+    bns = [m for m in model.modules() if isinstance(m, QATBatchNorm2d)]
+    assert len(bns) == 2  # both follow a conv: their outputs become the convs' outputs
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(20):  # learn ranges and BN statistics
+        loss = model(torch.randn(8, 3, 112, 112)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert all(float(m.output_fake_quant.scale) != 1.0 for m in bns)
+    export_onnx_int8(model, tmp_path / "q.onnx")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert "BatchNormalization" not in ops and "PRelu" not in ops
+    assert _optimized_ops(tmp_path / "q.onnx", tmp_path)["QLinearConv"] == 2
+    x = np.random.default_rng(1).standard_normal((6, 3, 112, 112)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = load_onnx(tmp_path / "q.onnx").run(x)
+    assert (_unit(ref) * _unit(got)).sum(1).min() > 0.999

@@ -7,9 +7,17 @@ binary and DoReFa layers subclass them and keep their own quantizers) becomes a
 - its weight per output channel, symmetric int8 (``torch.ao.quantization.FakeQuantize``
   over a ``MovingAveragePerChannelMinMaxObserver``: PyTorch's default QAT weight
   recipe), and
-- its input per tensor, affine int8 (``FakeQuantize`` over a
+- its input per tensor, affine uint8 (``FakeQuantize`` over a
   ``MovingAverageMinMaxObserver``), the same places ONNX Runtime's QDQ format puts a
-  QuantizeLinear / DequantizeLinear pair.
+  QuantizeLinear / DequantizeLinear pair;
+- and the output of a BatchNorm that directly follows such a conv (found by one probe
+  forward), as :class:`QATBatchNorm2d`: at export that BatchNorm folds into the conv
+  (``binface.runtime.int8``), and this range becomes the conv's output quantisation,
+  which is what lets ONNX Runtime run the conv as ``QLinearConv``.
+
+Activations are uint8 and weights int8 (U8S8), ONNX Runtime's format on x86-64: with
+int8 activations its S8-to-U8 rewrite skips a QuantizeLinear that feeds two nodes (a
+PReLU decomposed for speed does), and the conv before it then stays float.
 
 Eager module swapping, not ``torch.ao.quantization.quantize_fx.prepare_qat_fx``: FX
 cannot trace binface's models (their forward checks the input's shape in Python), and
@@ -33,13 +41,16 @@ from torch.ao.quantization import (
 )
 
 from binface.nn.layers import WeightSpec
+from binface.nn.norm import BatchNorm2d
 
-__all__ = ["QAT_MODES", "QATConv2d", "QATLinear", "is_qat", "prepare_qat", "qat_layers"]
+__all__ = ["QAT_MODES", "QATBatchNorm2d", "QATConv2d", "QATLinear", "is_qat", "prepare_qat",
+           "qat_layers"]
 
 QAT_MODES = ("none", "int8")
-# int8 over the full range: ONNX QuantizeLinear's int8 is [-128, 127], the only signed
-# range torch.onnx exports the fake-quant ops with
+# the full ranges torch.onnx exports the fake-quant ops with: int8 [-128, 127] for
+# weights, uint8 [0, 255] for activations
 QMIN, QMAX = -128, 127
+AMIN, AMAX = 0, 255
 
 
 def weight_fake_quant() -> FakeQuantize:
@@ -50,9 +61,9 @@ def weight_fake_quant() -> FakeQuantize:
 
 
 def activation_fake_quant() -> FakeQuantize:
-    """Per-tensor affine int8 activations over a moving average of the observed range."""
-    return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=QMIN, quant_max=QMAX,
-                        dtype=torch.qint8, qscheme=torch.per_tensor_affine, reduce_range=False)
+    """Per-tensor affine uint8 activations over a moving average of the observed range."""
+    return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=AMIN, quant_max=AMAX,
+                        dtype=torch.quint8, qscheme=torch.per_tensor_affine, reduce_range=False)
 
 
 class _QATMixin:
@@ -107,7 +118,34 @@ class QATLinear(_QATMixin, nn.Linear):
         return F.linear(self.input_fake_quant(x), self.weight_fake_quant(self.weight), self.bias)
 
 
+class _QATOutputMixin:
+    """A BatchNorm whose output is fake-quantised (the conv it folds into at export)."""
+
+    output_fake_quant: FakeQuantize
+
+    def _attach(self) -> None:
+        self.output_fake_quant = activation_fake_quant().to(self.weight.device)  # type: ignore[attr-defined]
+        self.train(self.training)
+
+    def train(self, mode: bool = True):  # type: ignore[override]
+        super().train(mode)  # type: ignore[misc]
+        self.output_fake_quant.enable_observer(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_fake_quant(super().forward(x))  # type: ignore[misc]
+
+
+class QATBatchNorm2d(_QATOutputMixin, BatchNorm2d):
+    """binface's ``BatchNorm2d`` after a fake-quant conv: its output fake-quantised."""
+
+
+class _QATTorchBatchNorm2d(_QATOutputMixin, nn.BatchNorm2d):
+    """The same for a plain ``nn.BatchNorm2d``."""
+
+
 _SWAP: dict[type, type] = {nn.Conv2d: QATConv2d, nn.Linear: QATLinear}
+_SWAP_BN: dict[type, type] = {BatchNorm2d: QATBatchNorm2d, nn.BatchNorm2d: _QATTorchBatchNorm2d}
 
 
 def prepare_qat(model: nn.Module, mode: str = "int8") -> nn.Module:
@@ -121,14 +159,48 @@ def prepare_qat(model: nn.Module, mode: str = "int8") -> nn.Module:
         raise ValueError(f"qat mode must be one of {', '.join(QAT_MODES)}, not {mode!r}")
     if mode == "none":
         return model
+    bns = _bn_after_conv(model)
     for m in list(model.modules()):
         cls = _SWAP.get(type(m))
         if cls is None:
             continue
         m.__class__ = cls
         m._attach()
+    for m in bns:
+        m.__class__ = _SWAP_BN[type(m)]
+        m._attach()
     model.qat = mode
     return model
+
+
+def _bn_after_conv(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorms whose input is the output of a float ``nn.Conv2d``, and only its
+    (one probe forward in eval mode with hooks; the model's own ``input_size`` or
+    112x112). A model the probe cannot run gets no output quantisation (its convs then
+    stay float in ONNX Runtime, as before)."""
+    convs = [m for m in model.modules() if type(m) is nn.Conv2d]
+    bns = [m for m in model.modules() if type(m) in _SWAP_BN]
+    if not convs or not bns:
+        return []
+    made: dict[int, torch.Tensor] = {}  # id -> conv output (held: ids are not reused)
+    found: list[nn.Module] = []
+    hooks = [c.register_forward_hook(lambda _m, _i, out: made.setdefault(id(out), out))
+             for c in convs]
+    hooks += [b.register_forward_pre_hook(
+        lambda m, inp: found.append(m) if id(inp[0]) in made else None) for b in bns]
+    size = tuple(getattr(model, "input_size", None) or (112, 112))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *size, device=next(model.parameters()).device))
+    except Exception:  # noqa: BLE001 - a model the probe cannot run is quantised without it
+        found = []
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return list({id(m): m for m in found}.values())
 
 
 def qat_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

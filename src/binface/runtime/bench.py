@@ -34,7 +34,7 @@ NOTES = {
     "torch": "PyTorch eager, oneDNN (binary weights quantized ahead of time)",
     "onnx": "ONNX Runtime CPU (binary layers, if any, as float convs)",
     "onnx-int8": "ONNX Runtime CPU, static int8 QDQ from ONNX Runtime's quantiser (per-channel "
-                 "S8S8; float models only)",
+                 "U8S8; float models only)",
     "packed": "binface packed engine, numba (binary layers as xor + popcount)",
     "lce": "Larq Compute Engine 0.16 interpreter (LceBconv2d where LCE can; x86: portable C++)",
 }

@@ -5,17 +5,21 @@ DequantizeLinear, QuantizeLinear / DequantizeLinear around activations), which
 ``OnnxRunner``, ``binface bench`` and ``binface eval`` run like any ``.onnx``:
 
 - a float model: post-training static quantisation. The model is exported to float
-  ONNX (``export_onnx``), prepared with ``onnxruntime.quantization.quant_pre_process``
-  (shape inference, ORT's graph optimisation: BatchNorm folded into the convs before
-  their weights are quantised), then ``quantize_static`` in QDQ format, int8 weights
-  per output channel (symmetric) and int8 activations per tensor, with ranges from
+  ONNX (``export_onnx``, PReLU kept as one op), prepared with
+  ``onnxruntime.quantization.quant_pre_process`` (shape inference, ORT's graph
+  optimisation: BatchNorm folded into the convs before their weights are quantised),
+  then ``quantize_static`` in QDQ format, int8 weights per output channel (symmetric)
+  and uint8 activations per tensor (U8S8, ORT's format on x86-64), with ranges from
   min/max calibration on aligned faces from a ``.rec``, an image folder or a ``.bin``
-  pack. S8S8 QDQ is what ORT recommends on x86-64.
+  pack.
 - a QAT checkpoint (``train.qat=int8``): its fake-quant graph is exported as it is,
   so torch.onnx writes QuantizeLinear / DequantizeLinear with the learned scales;
-  each weight's QuantizeLinear is then evaluated here once (the only hand-written
-  step: ONNX Runtime's tools keep it as a float weight) into an int8 initialiser.
-  No calibration data is read.
+  each weight's QuantizeLinear is then evaluated here once (ONNX Runtime's tools keep
+  it as a float weight) into an int8 initialiser, and each BatchNorm after an int8
+  conv is folded into it (:func:`_fold_bn`). No calibration data is read.
+
+Both then decompose PReLU (``onnx_rt.decompose_prelu``): it stays float between a
+DequantizeLinear and a QuantizeLinear, and ORT's own PRelu is ten times slower.
 
 Binary models are refused: their binary layers are +-1 already (the packed engine
 runs them as xor + popcount), and int8 around a sign would move sums that are
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,10 +180,12 @@ def export_onnx_int8(model, path: str | os.PathLike, calibrate: str | os.PathLik
     opset = max(int(opset), 13)  # per-channel QuantizeLinear / DequantizeLinear
     with tempfile.TemporaryDirectory(prefix="binface-int8-") as tmpdir:
         tmp = Path(tmpdir)
-        from binface.runtime.onnx_rt import export_onnx
+        from binface.runtime.onnx_rt import decompose_prelu, export_onnx
 
-        export_onnx(lm.model, tmp / "float.onnx", lm.input_size, opset=opset)
+        export_onnx(lm.model, tmp / "float.onnx", lm.input_size, opset=opset, prelu="keep")
         proto = _fold_qat(tmp / "float.onnx") if qat else _quantize_static(tmp, faces)
+        # after quantisation: PReLU stays float between DequantizeLinear and QuantizeLinear
+        decompose_prelu(proto.graph)
     props = {"binface.model": lm.name, "binface.binary": "0", "binface.precision": "int8",
              "binface.int8": "qat" if qat else "ptq"}
     if faces is not None:
@@ -211,7 +218,7 @@ def _has_binary(model) -> bool:
 
 
 def _quantize_static(tmp: Path, faces: np.ndarray):
-    """ORT's pre-processing, then static QDQ quantisation (S8S8, per-channel weights).
+    """ORT's pre-processing, then static QDQ quantisation (U8S8, per-channel weights).
 
     Min/max calibration: ORT adds ReduceMin / ReduceMax outputs for every tensor and
     keeps only those per batch, so memory does not grow with the image count (the
@@ -237,7 +244,7 @@ def _quantize_static(tmp: Path, faces: np.ndarray):
         with _quiet():
             quantize_static(
                 str(pre), str(out), _reader(faces, input_name), quant_format=QuantFormat.QDQ,
-                per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax)
     except BinfaceError:
         raise
@@ -285,8 +292,112 @@ def _fold_qat(path: Path):
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(new)
+    _fold_bn(g)
     _prune(g)
     return proto
+
+
+def _fold_bn(g) -> int:
+    """Fold each BatchNorm that follows an int8 conv into it, in place; returns how many.
+
+    With per-channel BN factor a = gamma / sqrt(var + eps), the folded weight is a * w.
+    Symmetric per-channel quantisation commutes with that: the stored integers stay,
+    times sign(a), and the channel's scale becomes |a| times the learned one (the one
+    integer that cannot, -128 negated, saturates to 127). The folded bias
+    (b - mean) a + beta is stored as int32 at scale s_x s_w, ONNX Runtime's bias format,
+    so DequantizeLinear(x) -> Conv -> QuantizeLinear (the BN's learned output range)
+    becomes one ``QLinearConv``. Convs whose scales or statistics are not constants,
+    or whose output feeds anything besides the BN, are left as they are.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, int] = defaultdict(int)
+    for n in g.node:
+        for x in n.input:
+            consumers[x] += 1
+
+    alias = {n.output[0]: n.input[0] for n in g.node
+             if n.op_type == "Identity" and n.input[0] in inits}
+
+    def const(name: str) -> np.ndarray | None:
+        name = alias.get(name, name)
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    drop, count = set(), 0
+    for bn in g.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or consumers[conv.output[0]] != 1:
+            continue
+        dq_x, dq_w = producer.get(conv.input[0]), producer.get(conv.input[1])
+        if dq_x is None or dq_w is None or dq_x.op_type != "DequantizeLinear" \
+                or dq_w.op_type != "DequantizeLinear" or consumers[dq_w.output[0]] != 1:
+            continue
+        if len(dq_w.input) < 3 or len(dq_x.input) < 2:
+            continue
+        q, s_w, zp_w = (const(x) for x in dq_w.input[:3])
+        s_x = const(dq_x.input[1])
+        gamma, beta, mean, var = (const(x) for x in bn.input[1:5])
+        bias = const(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else 0.0
+        if any(v is None for v in (q, s_w, zp_w, s_x, gamma, beta, mean, var, bias)) \
+                or q.dtype != np.int8 or np.any(zp_w != 0) or s_x.size != 1 \
+                or s_w.size != q.shape[0]:
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        a = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
+        if not np.all(np.isfinite(a)) or np.any(a == 0):
+            continue
+        sign = np.sign(a).reshape(-1, *[1] * (q.ndim - 1))
+        q2 = np.clip(q.astype(np.int32) * sign, -128, 127).astype(np.int8)
+        s_w2 = (s_w.astype(np.float64).reshape(-1) * np.abs(a)).astype(np.float32)
+        b2 = (np.asarray(bias, np.float64) - mean) * a + beta
+        s_b = s_x.astype(np.float64).reshape(()) * s_w2.astype(np.float64)
+        bq = np.rint(b2 / s_b)
+        if np.any(np.abs(bq) > 2**31 - 1):
+            continue
+        base = conv.output[0]
+        names = [f"{base}_{k}" for k in ("wq", "ws", "wzp", "bq", "bs", "bzp", "w", "b")]
+        g.initializer.extend([
+            numpy_helper.from_array(q2, names[0]), numpy_helper.from_array(s_w2, names[1]),
+            numpy_helper.from_array(np.zeros(len(s_w2), np.int8), names[2]),
+            numpy_helper.from_array(bq.astype(np.int32), names[3]),
+            numpy_helper.from_array(s_b.astype(np.float32), names[4]),
+            numpy_helper.from_array(np.zeros(len(s_w2), np.int32), names[5])])
+        g.node.extend([
+            helper.make_node("DequantizeLinear", names[0:3], [names[6]], name=names[6], axis=0),
+            helper.make_node("DequantizeLinear", names[3:6], [names[7]], name=names[7], axis=0)])
+        del conv.input[:]
+        conv.input.extend([dq_x.output[0], names[6], names[7]])
+        conv.output[0] = bn.output[0]
+        drop.update((id(bn), id(dq_w)))
+        count += 1
+    if count:
+        keep = [n for n in g.node if id(n) not in drop]
+        del g.node[:]
+        g.node.extend(_toposort(keep))
+    return count
+
+
+def _toposort(nodes: list) -> list:
+    """Nodes in an order where every input is produced before it is read."""
+    made = {o for n in nodes for o in n.output}
+    ready = {x for n in nodes for x in n.input} - made  # graph inputs and initialisers
+    out, pending = [], list(nodes)
+    while pending:
+        rest = []
+        for n in pending:
+            if all(not x or x in ready for x in n.input):
+                out.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise BinfaceError("the int8 graph has a cycle after folding BatchNorm")
+        pending = rest
+    return out
 
 
 def _prune(g) -> None:
