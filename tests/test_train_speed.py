@@ -146,6 +146,47 @@ def test_quantizer_gradient_matches_its_reference(name, dtype):
             raise AssertionError(f"{name} / {case}: {e}") from None
 
 
+@pytest.mark.parametrize("name", ["dorefa1_weights", "dorefa1_weights_old"])
+def test_dorefa_numba_path_matches_its_reference(name, monkeypatch):
+    """The numba kernels (large float32 maps) on the same cases, with the size threshold
+    lowered so that these small maps take them (and a map of several chunks)."""
+    import binface.nn.quantizers as q
+
+    monkeypatch.setattr(q, "_FUSED_NUMEL", 0)
+    make, ref = REFERENCES[name]
+    cases = maps(torch.float32)
+    big = torch.randn(5, 16, 40, 40, generator=torch.Generator().manual_seed(5))
+    big.view(-1)[[7, 70_000, 127_999]] = 6.0  # ties in three different chunks
+    cases["several_chunks"] = big
+    taken = []
+    real = q._fused_backward
+    monkeypatch.setattr(q, "_fused_backward", lambda *a: taken.append(1) or real(*a))
+    for case, x in cases.items():
+        g = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+        y_new, g_new = run(make(), x, g)
+        y_ref, g_ref = run(ref, x, g)
+        assert torch.equal(y_new, y_ref), case
+        try:
+            assert_grad_close(g_new, g_ref, scale=1.0)
+        except AssertionError as e:  # pragma: no cover - a failure names the case
+            raise AssertionError(f"{name} / {case}: {e}") from None
+    assert len(taken) >= 8  # every dense case went through the kernels
+
+
+def test_dorefa_numba_path_with_nan_is_pytorchs(monkeypatch):
+    """A NaN in the map: the same values and gradient as the PyTorch path."""
+    import binface.nn.quantizers as q
+
+    x = torch.randn(2, 3, 4, 4)
+    x[0, 1, 2, 3] = float("nan")
+    g = torch.randn(x.shape)
+    y_ref, g_ref = run(DoReFa(1, "weights"), x, g)
+    monkeypatch.setattr(q, "_FUSED_NUMEL", 0)
+    y_new, g_new = run(DoReFa(1, "weights"), x, g)
+    assert torch.equal(y_new, y_ref)
+    torch.testing.assert_close(g_new, g_ref, equal_nan=True)
+
+
 def test_dorefa_max_path_is_exercised():
     """The ties cases really carry a gradient through the max (else they test nothing)."""
     x = maps()["ties_high"]
@@ -308,3 +349,33 @@ def test_prelu_under_bf16_autocast():
     y.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all()
                for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided_grad"])
+def test_channel_scale_gradient_matches_plain_autograd(layout):
+    from binface.nn.channel_scale import _ChannelScaleFn, channel_scale
+
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 5, 9, 7, generator=gen)
+    s = torch.rand(3, 5, 1, 1, generator=gen)
+    g = torch.randn(x.shape, generator=gen)
+    if layout == "nhwc":
+        x, g = (t.contiguous(memory_format=torch.channels_last) for t in (x, g))
+    if layout == "strided_grad":
+        g = torch.randn(3, 5, 9, 14, generator=gen)[..., ::2]
+    calls = []
+    real = _ChannelScaleFn.backward
+    _ChannelScaleFn.backward = staticmethod(lambda ctx, gr: calls.append(1) or real(ctx, gr))
+    try:
+        xa, sa = x.clone().requires_grad_(True), s.clone().requires_grad_(True)
+        y = channel_scale(xa, sa)
+        y.backward(g)
+    finally:
+        _ChannelScaleFn.backward = staticmethod(real)
+    xb, sb = x.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    (xb * sb).backward(g)
+    assert calls and torch.equal(y.detach(), (x * s))
+    assert_grad_close(xa.grad, xb.grad)
+    assert_grad_close(sa.grad, sb.grad)
+    if layout == "nhwc":
+        assert xa.grad.is_contiguous(memory_format=torch.channels_last)

@@ -30,6 +30,7 @@ from binface.nn import (
     DoReFa,
     PReLU,
 )
+from binface.nn.channel_scale import channel_scale
 
 
 def _dorefa() -> DoReFa:
@@ -82,7 +83,7 @@ class BinarySqueezeExcite(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.excite(self.squeeze(x))
+        return channel_scale(x, self.excite(self.squeeze(x)))
 
 
 class GlobalFeatureBlock(nn.Module):

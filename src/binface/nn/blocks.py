@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from binface.nn.channel_scale import channel_scale
 from binface.nn.norm import BatchNorm1d, BatchNorm2d
 from binface.nn.prelu import PReLU
 
@@ -241,7 +242,7 @@ class SqueezeExcite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.gate(self.expand(self.act(self.reduce(self.pool(x)))))
-        return x * s
+        return channel_scale(x, s)
 
 
 class DFCAttention(nn.Module):

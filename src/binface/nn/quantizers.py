@@ -25,11 +25,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from binface.errors import UnsupportedOpError
-from binface.nn import autodiff
+from binface.nn import autodiff, dorefa_kernels
 
 __all__ = ["QUANTIZERS", "ApproxSign", "DoReFa", "EdeSign", "MagnitudeAwareSign", "Quantizer",
            "RPReLU", "RSign", "SignQuantizer", "SteSign", "SwishSign", "get_quantizer", "is_pm_one",
@@ -106,6 +107,8 @@ class _SwishSignFn(torch.autograd.Function):
 # below this size (kernels, small maps) sum(g tanh x) is taken with tanh itself: 2s - 1
 # carries s's absolute rounding (~6e-8), large next to tanh x for small weights
 _EXACT_TANH_NUMEL = 1 << 18
+# above this size a float32 map takes the numba kernels (tests lower it)
+_FUSED_NUMEL = _EXACT_TANH_NUMEL
 
 
 class _DoReFa1Fn(torch.autograd.Function):
@@ -127,8 +130,17 @@ class _DoReFa1Fn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = torch.aminmax(_flat(x) if _is_dense(x) else x)  # one pass, no copy
         ctx.save_for_backward(x)
+        ctx.parts = None
+        if _fused(x):  # large float32 maps: one numba pass (binface.nn.dorefa_kernels)
+            out = torch.empty_like(x)
+            ctx.parts = dorefa_kernels.forward(_flat(x), _flat(out))
+            ctx.lo_hi = (float(ctx.parts[0].min()), float(ctx.parts[1].max()))
+            if np.isnan(ctx.lo_hi).any():  # NaN: the backward is PyTorch's, as before
+                ctx.parts = None
+                return sign_neg(x)
+            return out
+        lo, hi = torch.aminmax(_flat(x) if _is_dense(x) else x)  # one pass, no copy
         ctx.lo_hi = (float(lo), float(hi))
         return sign_neg(x)
 
@@ -139,6 +151,8 @@ class _DoReFa1Fn(torch.autograd.Function):
         a = torch.maximum(torch.tensor(hi, dtype=x.dtype), torch.tensor(-lo, dtype=x.dtype))
         m = torch.tanh(a)  # max|tanh x|, a 0-d tensor in x's dtype
         s = torch.mul(x, 2.0).sigmoid_()  # 2x is exact; one buffer laid out as x
+        if ctx.parts is not None and g.stride() == s.stride() and _is_dense(g):
+            return _fused_backward(ctx, x, g, s, a, m, lo, hi)
         # d/dm of sum(g t / m) = -sum(g t) / m^2, with sum(g t) = 2 sum(g s) - sum(g)
         # (saturated, m = 1: 1 - t^2 = 0 at the max and nothing flows through it)
         gt = None if float(m) == 1.0 else _sum_g_tanh(g, s, x)
@@ -158,6 +172,38 @@ class _DoReFa1Fn(torch.autograd.Function):
             _flat(grad).index_add_(0, idx, corr)
             return grad
         return grad + torch.zeros_like(flat_x).index_add_(0, idx, corr).view(x.shape)
+
+
+def _fused(x: torch.Tensor) -> bool:
+    """Whether DoReFa's one-bit Function takes the numba kernels: a large dense float32
+    CPU map (kernels and small maps keep the PyTorch path and its exact tanh)."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() > 0
+            and x.numel() > _FUSED_NUMEL and _is_dense(x))
+
+
+def _fused_backward(ctx, x, g, s, a, m, lo: float, hi: float) -> torch.Tensor:
+    """``_DoReFa1Fn.backward`` with the numba pass (same formulas, see its docstring)."""
+    fm = float(m)
+    gs, gsum = dorefa_kernels.backward(_flat(g), _flat(s), 4.0 / fm)
+    grad = s  # now 4 g s (1 - s) / m, laid out as x
+    if fm == 1.0:
+        return grad
+    dm = -(2.0 * gs - gsum) / (fm * fm)  # sum(g tanh x) = 2 sum(g s) - sum(g)
+    if not np.isfinite(dm):
+        return grad
+    flat_x = _flat(x)
+    lo_part, hi_part = ctx.parts
+    idx = []
+    if hi >= -lo:
+        idx.append(dorefa_kernels.at_extreme(flat_x, hi_part, hi))
+    if -lo >= hi:
+        idx.append(dorefa_kernels.at_extreme(flat_x, lo_part, lo))
+    where = torch.from_numpy(np.unique(np.concatenate(idx)))
+    if where.numel() == 0:
+        return grad
+    corr = torch.sign(flat_x[where]) * (1.0 - m * m) * (dm / where.numel())
+    _flat(grad).index_add_(0, where, corr.to(grad.dtype))
+    return grad
 
 
 def _sum_g_tanh(g: torch.Tensor, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
