@@ -22,7 +22,10 @@ and timed side by side in interleaved rounds (1 thread, batch 1). To say where i
 loses speed, ONNX Runtime's own profiler gives each variant's time by op type.
 Writes ``docs/results/int8.json`` / ``.md`` / ``.png`` with the command, commit and
 budgets; training and scoring resume from ``--work`` (a variant is rescored only
-when its exported file changed); the timing is always rerun, side by side.
+when its exported file changed); the timing is always rerun, side by side. A run of
+some ``--models`` keeps the other models' rows of an earlier ``int8.json`` (each row
+names the command and commit that measured it), so the three models can be measured
+in separate sessions.
 """
 
 from __future__ import annotations
@@ -188,20 +191,46 @@ def main() -> None:
         row["op_ms"] = {op: round(v, 3) for op, v in
                         list(op_times(files[k], faces, 5 if args.quick else 30).items())[:8]}
 
-    doc = {"command": "python benchmarks/int8.py" + " ".join([""] + sys.argv[1:]),
+    command = "python benchmarks/int8.py" + " ".join([""] + sys.argv[1:])
+    for row in rows:
+        row["command"], row["commit"] = command, start_commit
+    out = args.out or (work / "results" if args.quick else ROOT / "docs" / "results")
+    rows, budgets = merge_earlier(out / "int8.json", rows, budgets)
+    doc = {"command": command,
            "commit": start_commit, "budget_images": budgets,
            "qat_budget_images": qat_steps * 32, "calibration_images": calib,
-           "recipes": {m: RECIPES[m] for m in models}, "threads": args.threads,
+           "recipes": {m: RECIPES[m] for m in dict.fromkeys(r["model"] for r in rows)},
+           "threads": args.threads,
            "torch": torch.__version__, "minutes": round((time.perf_counter() - t_start) / 60, 1),
            "rows": rows}
     doc["verdict"] = verdict(rows)
-    out = args.out or (work / "results" if args.quick else ROOT / "docs" / "results")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "int8.json", json.dumps(doc, indent=2) + "\n")
     md = render(doc)
     write_text(out / "int8.md", md)
     plot(doc, out / "int8.png")
     print(md)
+
+
+def merge_earlier(path: Path, rows: list[dict], budgets: dict) -> tuple[list[dict], dict]:
+    """This run's rows, then an earlier result's rows of the models this run left out
+    (each row keeps the command and commit of the run that measured it: a study of three
+    models can be finished over several sessions; within a model every figure, the
+    side-by-side timing included, comes from one run)."""
+    if not path.is_file():
+        return rows, budgets
+    try:
+        old = json.loads(path.read_text())
+        done = {r["model"] for r in rows}
+        keep = [r for r in old["rows"] if r["model"] not in done and "commit" in r]
+    except (ValueError, KeyError, TypeError):
+        return rows, budgets
+    extra = {m: n for m, n in old.get("budget_images", {}).items()
+             if m in {r["model"] for r in keep}}
+    order = {m: i for i, m in enumerate(MODELS)}
+    merged = sorted(rows + keep, key=lambda r: (order.get(r["model"], 99),
+                                                VARIANTS.index(r["variant"])))
+    return merged, {**budgets, **extra}
 
 
 def verdict(rows: list[dict]) -> list[str]:
@@ -243,6 +272,12 @@ def render(doc: dict) -> str:
                      + f" | {r['onnx_ms']:.2f} | {r['memory_kib']:,.1f} | {r['file_kib']:,.1f} |")
     lines += ["", "Goal: int8 within 0.5 points of fp32 on every pack and at least 1.5x faster "
               "in ONNX Runtime.", "", *doc["verdict"], ""]
+    earlier = sorted({(r["command"], r["commit"]) for r in doc["rows"]
+                      if r.get("commit") != doc["commit"] and "command" in r})
+    for cmd, commit in earlier:
+        models = sorted({r["model"] for r in doc["rows"] if r.get("commit") == commit})
+        lines += [f"Rows of {', '.join(models)} are from an earlier run: `{cmd}` at commit "
+                  f"`{commit}`.", ""]
     missing = [m for m in MODELS if m not in {r["model"] for r in doc["rows"]}]
     if missing:
         lines += [f"Not in this run: {', '.join(missing)} (the study's `--models` left "
