@@ -155,7 +155,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``export`` and ``bench`` commands to the top-level parser."""
+    """Add the ``export``, ``bench`` and ``run`` commands to the top-level parser."""
     p = sub.add_parser(
         "export", help="export a model to the packed binary format, ONNX or LCE (.tflite)",
         description="Export a registered model (random init) or a checkpoint. --format packed "
@@ -221,6 +221,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "this core's measured xor + popcount peak)")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=_run_bench)
+
+    from binface.runtime.run_cli import register as register_run
+
+    register_run(sub)
 
 
 def _run_export(args: argparse.Namespace) -> int:
