@@ -68,31 +68,11 @@ def _order(names: list[str]) -> list[str]:
     return [n for n in FIRST if n in names] + [n for n in names if n not in FIRST]
 
 
-def _randomize_bn(model, seed: int):
-    """Non-trivial BatchNorm / PReLU parameters (as tests/test_runtime.py does), so the
-    folded epilogues and the signs they feed are exercised, not identities."""
-    import torch
-    from torch import nn
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.rand(c, generator=g) * 2 - 1)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                if m.affine:
-                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                    m.bias.copy_(torch.rand(c, generator=g) - 0.5)
-            if isinstance(m, nn.PReLU):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
-    return model.eval()
-
-
 def export(args) -> None:
     import torch
 
     from binface.models import create_model, list_models
+    from binface.nn import randomize_statistics
     from binface.runtime import export_packed, load_packed
 
     torch.manual_seed(SEED)
@@ -107,7 +87,7 @@ def export(args) -> None:
     models = []
     for name in _order(names):
         t0 = time.perf_counter()
-        model = _randomize_bn(create_model(name), SEED)
+        model = randomize_statistics(create_model(name), SEED)
         path = data / "models" / f"{name}.bfp"
         info = export_packed(model, path, name=name)
         eng = load_packed(path)

@@ -27,6 +27,7 @@ from binface.nn import (
     RSign,
     SteSign,
     pad_same,
+    randomize_statistics,
 )
 from binface.nn.quantizers import sign_pos
 from binface.runtime import export_packed, load_packed
@@ -42,19 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # ---------------------------------------------------------------- helpers
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BatchNorm statistics, so that folding them into epilogues is exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.rand(c, generator=g) * 2 - 1)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                if m.affine:
-                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                    m.bias.copy_(torch.rand(c, generator=g) - 0.5)
-            if isinstance(m, nn.PReLU):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
-    return model.eval()
+    return randomize_statistics(model, seed)
 
 
 def run_both(module: nn.Module, shape: tuple, tmp_path, batch: int = 2, seed: int = 0):

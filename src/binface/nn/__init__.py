@@ -38,6 +38,7 @@ from binface.nn.blocks import (
     init_transformer_weights,
     low_rank_linear,
     make_divisible,
+    randomize_statistics,
 )
 from binface.nn.layers import (
     BinaryConv2d,
@@ -108,6 +109,7 @@ __all__ = [
     "binary_shortcut",
     "channel_shuffle",
     "init_cnn_weights",
+    "randomize_statistics",
     "init_transformer_weights",
     "low_rank_linear",
     "make_divisible",

@@ -367,6 +367,28 @@ class Mlp(nn.Module):
 
 
 # ---------------------------------------------------------------- initialisation
+def randomize_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine terms and PReLU slopes, in eval mode.
+
+    For conformance checks of an export (tests, ``benchmarks/arm_conformance.py``): at
+    default initialisation BN is the identity and a fold into an epilogue, or the signs
+    it feeds, would be tested on nothing.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(torch.rand(c, generator=g) * 2 - 1)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(c, generator=g) - 0.5)
+            if isinstance(m, nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
+    return model.eval()
+
+
 def init_cnn_weights(model: nn.Module, linear_std: float | None = None) -> None:
     """Kaiming-normal (fan-out) convs and dense layers, zero biases, unit BN (insightface).
 
