@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from binface.nn import autodiff
+from binface.nn.numba_util import layout_4d, set_numba_threads
 
 __all__ = ["channel_scale"]
 
@@ -58,16 +59,6 @@ def _kernels():
     return nchw, nhwc
 
 
-def _layout(t: torch.Tensor) -> str | None:
-    if t.dim() != 4 or t.dtype != torch.float32 or t.device.type != "cpu":
-        return None
-    if t.is_contiguous():
-        return "nchw"
-    if t.is_contiguous(memory_format=torch.channels_last):
-        return "nhwc"
-    return None
-
-
 class _ChannelScaleFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -77,14 +68,11 @@ class _ChannelScaleFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, s = ctx.saved_tensors
-        layout = _layout(x)
-        if layout is None or _layout(g) != layout:  # PyTorch's own backward
+        layout = layout_4d(x)
+        if layout is None or layout_4d(g) != layout:  # PyTorch's own backward
             gs = (g * x).sum(dim=(2, 3), keepdim=True) if ctx.needs_input_grad[1] else None
             return g * s, gs
-        import numba
-
-        numba.set_num_threads(max(1, min(torch.get_num_threads(),
-                                         numba.config.NUMBA_NUM_THREADS)))
+        set_numba_threads()
         nchw, nhwc = _kernels()
         n, c, h, w = x.shape
         gx = torch.empty_like(x)

@@ -23,6 +23,8 @@ import functools
 import numpy as np
 import torch
 
+from binface.nn.numba_util import set_numba_threads
+
 __all__ = ["backward", "chunks_for", "forward"]
 
 # elements per chunk: large enough to amortise the per-chunk work, small enough that the
@@ -81,12 +83,6 @@ def _kernels():
     return fwd, bwd
 
 
-def _set_threads() -> None:
-    import numba
-
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-
-
 def chunks_for(numel: int) -> int:
     return -(-numel // CHUNK)
 
@@ -94,7 +90,7 @@ def chunks_for(numel: int) -> int:
 def forward(flat_x: torch.Tensor, flat_out: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Write sign(x) (sign(0) = -1) into ``flat_out``; return each chunk's (min, max)."""
     fwd, _ = _kernels()
-    _set_threads()
+    set_numba_threads()
     chunks = chunks_for(flat_x.numel())
     lo, hi = np.empty(chunks, np.float32), np.empty(chunks, np.float32)
     fwd(flat_x.numpy(), flat_out.numpy(), lo, hi)
@@ -105,7 +101,7 @@ def backward(flat_g: torch.Tensor, flat_s: torch.Tensor, scale: float) -> tuple[
     """Overwrite ``flat_s`` (sigmoid(2x)) with g s (1 - s) ``scale``; return sum(g s) and
     sum(g), each summed in float64."""
     _, bwd = _kernels()
-    _set_threads()
+    set_numba_threads()
     chunks = chunks_for(flat_g.numel())
     gs, gsum = np.empty(chunks, np.float64), np.empty(chunks, np.float64)
     bwd(flat_g.numpy(), flat_s.numpy(), np.float32(scale), gs, gsum)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binface.nn import autodiff
+from binface.nn.numba_util import layout_4d, set_numba_threads
 
 __all__ = ["PReLU"]
 
@@ -74,23 +75,6 @@ def _kernels():
     return nchw, nhwc
 
 
-def _set_threads() -> None:
-    """numba's thread count follows PyTorch's (``torch.set_num_threads``)."""
-    import numba
-
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-
-
-def _layout(t: torch.Tensor) -> str | None:
-    if t.dim() != 4 or t.dtype != torch.float32 or t.device.type != "cpu":
-        return None
-    if t.is_contiguous():
-        return "nchw"
-    if t.is_contiguous(memory_format=torch.channels_last):
-        return "nhwc"
-    return None
-
-
 class _PReLUFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -100,9 +84,9 @@ class _PReLUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, weight = ctx.saved_tensors
-        layout = _layout(x)
+        layout = layout_4d(x)
         channels = x.shape[1] if x.dim() > 1 else 1
-        if (layout is None or _layout(g) != layout or weight.numel() not in (1, channels)
+        if (layout is None or layout_4d(g) != layout or weight.numel() not in (1, channels)
                 or weight.dtype != torch.float32):
             with torch.enable_grad():  # PyTorch's own backward for the rare layouts
                 xd = x.detach().requires_grad_(True)
@@ -110,7 +94,7 @@ class _PReLUFn(torch.autograd.Function):
                 gx, gw = torch.autograd.grad(F.prelu(xd, wd), (xd, wd), g)
             return gx, gw
         nchw, nhwc = _kernels()
-        _set_threads()
+        set_numba_threads()
         gi = torch.empty_like(x)
         n, c, h, w = x.shape
         a = np.ascontiguousarray(np.broadcast_to(weight.detach().numpy().reshape(-1), (c,)))
