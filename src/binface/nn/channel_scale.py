@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from binface.nn import autodiff
-from binface.nn.numba_util import layout_4d, set_numba_threads
+from binface.nn.numba_util import KERNEL_OPTIONS, layout_4d, set_numba_threads
 
 __all__ = ["channel_scale"]
 
@@ -28,8 +28,7 @@ __all__ = ["channel_scale"]
 def _kernels():
     from numba import njit, prange
 
-    kw = {"cache": True, "nogil": True, "boundscheck": False, "parallel": True,
-          "fastmath": {"reassoc", "contract", "nsz"}}
+    kw = KERNEL_OPTIONS
 
     @njit(**kw)
     def nchw(g, x, s, gx, gs):  # (N, C, L) views; s, gs: (N, C)

@@ -23,7 +23,7 @@ import functools
 import numpy as np
 import torch
 
-from binface.nn.numba_util import set_numba_threads
+from binface.nn.numba_util import KERNEL_OPTIONS, set_numba_threads
 
 __all__ = ["backward", "chunks_for", "forward"]
 
@@ -37,8 +37,7 @@ def _kernels():
     """The numba kernels, compiled (or loaded from cache) on first use."""
     from numba import njit, prange
 
-    kw = {"cache": True, "nogil": True, "boundscheck": False, "parallel": True,
-          "fastmath": {"reassoc", "contract", "nsz"}}
+    kw = KERNEL_OPTIONS
 
     @njit(**kw)
     def fwd(x, out, lo_part, hi_part):

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["layout_4d", "set_numba_threads"]
+__all__ = ["KERNEL_OPTIONS", "layout_4d", "set_numba_threads"]
+
+# njit options of the training kernels: cached, GIL released, parallel; reassociation
+# lets LLVM vectorise their sums (no "no NaN" assumption: NaN must stay NaN)
+KERNEL_OPTIONS = {"cache": True, "nogil": True, "boundscheck": False, "parallel": True,
+                  "fastmath": {"reassoc", "contract", "nsz"}}
 
 
 def set_numba_threads() -> None:

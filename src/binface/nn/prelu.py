@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binface.nn import autodiff
-from binface.nn.numba_util import layout_4d, set_numba_threads
+from binface.nn.numba_util import KERNEL_OPTIONS, layout_4d, set_numba_threads
 
 __all__ = ["PReLU"]
 
@@ -33,9 +33,7 @@ def _kernels():
     """The numba kernels, compiled (or loaded from cache) on the first backward."""
     from numba import njit, prange
 
-    # reassociation lets LLVM vectorise the slope-gradient sums; no "no NaN" assumption
-    kw = {"cache": True, "nogil": True, "boundscheck": False, "parallel": True,
-          "fastmath": {"reassoc", "contract", "nsz"}}
+    kw = KERNEL_OPTIONS
 
     @njit(**kw)
     def nchw(g, x, a, gi, ga_part):  # (N, C, L) views; ga_part: (N, C)
