@@ -255,6 +255,22 @@ def _quantize_static(tmp: Path, faces: np.ndarray):
     return onnx.load(str(out), load_external_data=True)
 
 
+def _constants(g):
+    """A reader of the graph's constants: ``const(name)`` is the initialiser's array
+    (also through an ``Identity`` of it, as torch.onnx writes shared constants), or None."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in g.initializer}
+    alias = {n.output[0]: n.input[0] for n in g.node
+             if n.op_type == "Identity" and n.input[0] in inits}
+
+    def const(name: str) -> np.ndarray | None:
+        name = alias.get(name, name)
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    return const
+
+
 def _fold_qat(path: Path):
     """The QAT export with every QuantizeLinear of a constant weight turned into int8 data.
 
@@ -266,14 +282,7 @@ def _fold_qat(path: Path):
 
     proto = onnx.load(str(path), load_external_data=True)
     g = proto.graph
-    inits = {i.name: i for i in g.initializer}
-    alias = {n.output[0]: n.input[0] for n in g.node
-             if n.op_type == "Identity" and n.input[0] in inits}
-
-    def const(name: str) -> np.ndarray | None:
-        name = alias.get(name, name)
-        return numpy_helper.to_array(inits[name]) if name in inits else None
-
+    const = _constants(g)
     nodes, new = [], []
     for n in g.node:
         if n.op_type == "QuantizeLinear" and len(n.input) == 3:
@@ -311,21 +320,15 @@ def _fold_bn(g) -> int:
     """
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in g.initializer}
+    from binface.runtime.onnx_rt import namer
+
+    const, fresh = _constants(g), namer(g)
     producer = {o: n for n in g.node for o in n.output}
     consumers: dict[str, int] = defaultdict(int)
     for n in g.node:
         for x in n.input:
             consumers[x] += 1
-
-    alias = {n.output[0]: n.input[0] for n in g.node
-             if n.op_type == "Identity" and n.input[0] in inits}
-
-    def const(name: str) -> np.ndarray | None:
-        name = alias.get(name, name)
-        return numpy_helper.to_array(inits[name]) if name in inits else None
-
-    drop, count = set(), 0
+    drop, before = set(), {}  # before: id(conv) -> its new DequantizeLinear nodes
     for bn in g.node:
         if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
             continue
@@ -359,45 +362,27 @@ def _fold_bn(g) -> int:
         if np.any(np.abs(bq) > 2**31 - 1):
             continue
         base = conv.output[0]
-        names = [f"{base}_{k}" for k in ("wq", "ws", "wzp", "bq", "bs", "bzp", "w", "b")]
+        names = [fresh(f"{base}_{k}") for k in ("wq", "ws", "wzp", "bq", "bs", "bzp", "w", "b")]
         g.initializer.extend([
             numpy_helper.from_array(q2, names[0]), numpy_helper.from_array(s_w2, names[1]),
             numpy_helper.from_array(np.zeros(len(s_w2), np.int8), names[2]),
             numpy_helper.from_array(bq.astype(np.int32), names[3]),
             numpy_helper.from_array(s_b.astype(np.float32), names[4]),
             numpy_helper.from_array(np.zeros(len(s_w2), np.int32), names[5])])
-        g.node.extend([
+        before[id(conv)] = [
             helper.make_node("DequantizeLinear", names[0:3], [names[6]], name=names[6], axis=0),
-            helper.make_node("DequantizeLinear", names[3:6], [names[7]], name=names[7], axis=0)])
+            helper.make_node("DequantizeLinear", names[3:6], [names[7]], name=names[7], axis=0)]
         del conv.input[:]
         conv.input.extend([dq_x.output[0], names[6], names[7]])
-        conv.output[0] = bn.output[0]
+        conv.output[0] = bn.output[0]  # the BN's consumers now read the conv (after it)
         drop.update((id(bn), id(dq_w)))
-        count += 1
-    if count:
-        keep = [n for n in g.node if id(n) not in drop]
+    if before:
+        # the new DequantizeLinear nodes read only initialisers: right before their conv
+        # the order stays topological
+        nodes = [m for n in g.node if id(n) not in drop for m in (*before.get(id(n), ()), n)]
         del g.node[:]
-        g.node.extend(_toposort(keep))
-    return count
-
-
-def _toposort(nodes: list) -> list:
-    """Nodes in an order where every input is produced before it is read."""
-    made = {o for n in nodes for o in n.output}
-    ready = {x for n in nodes for x in n.input} - made  # graph inputs and initialisers
-    out, pending = [], list(nodes)
-    while pending:
-        rest = []
-        for n in pending:
-            if all(not x or x in ready for x in n.input):
-                out.append(n)
-                ready.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise BinfaceError("the int8 graph has a cycle after folding BatchNorm")
-        pending = rest
-    return out
+        g.node.extend(nodes)
+    return len(before)
 
 
 def _prune(g) -> None:

@@ -138,7 +138,7 @@ def decompose_prelu(graph) -> int:
     """Rewrite every ``PRelu`` node as ``Relu(x) + slope * Min(x, 0)``, in place.
 
     ONNX Runtime's CPU PRelu broadcasts its per-channel slope element by element: on a
-    128x56x56 map it took 3.9 ms against 0.38 ms for these four ops (1 thread,
+    128x56x56 map it took 3.17 ms against 0.29 ms for these four ops (1 thread,
     ``benchmarks/onnx_prelu.py``), and it was three quarters of MobileFaceNet's time.
     The value is the same bit for bit: x > 0 gives x + slope * 0 = x, x <= 0 gives
     0 + slope * x. ``Mul`` broadcasts both ways, and the slope already broadcasts to x
@@ -146,7 +146,7 @@ def decompose_prelu(graph) -> int:
     """
     from onnx import TensorProto, helper
 
-    nodes, count, zero, fresh = [], 0, None, _namer(graph)
+    nodes, count, zero, fresh = [], 0, None, namer(graph)
     for n in graph.node:
         if n.op_type != "PRelu":
             nodes.append(n)
@@ -168,7 +168,7 @@ def decompose_prelu(graph) -> int:
     return count
 
 
-def _namer(graph):
+def namer(graph):
     """A function giving tensor / node names not used in ``graph`` yet."""
     used = {i.name for i in graph.initializer} | {v.name for v in graph.input} \
         | {x for n in graph.node for x in (*n.input, *n.output, n.name)}
