@@ -62,7 +62,12 @@ def test_binface_run_bad_input_is_one_line(files, tmp_path, capsys):
 
     small = tmp_path / "small.png"
     Image.fromarray(np.zeros((100, 90, 3), np.uint8)).save(small)
+    floats = tmp_path / "floats.npy"
+    np.save(floats, np.zeros((2, 112, 112, 3), np.float32))
     for args, words in [([str(files / "bfn.bfp"), str(small)], "90x100 image"),
+                        ([str(files / "bfn.bfp"), str(floats)], "expected uint8 faces"),
+                        ([str(files / "bfn.bfp"), str(files / "face0.png"), "--out",
+                          str(tmp_path / "e.txt")], "written as a .npy file"),
                         ([str(files / "bfn.bfp"), str(tmp_path / "none.png")], "no such file"),
                         ([str(files / "face0.png"), str(small)], "packed model (.bfp")]:
         assert main(["run", *args]) == 2

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from binface.nn import autodiff
-from binface.nn.numba_util import KERNEL_OPTIONS, layout_4d, set_numba_threads
+from binface.nn.numba_util import KERNEL_OPTIONS, kernel_view, layout_4d, set_numba_threads
 
 __all__ = ["channel_scale"]
 
@@ -28,9 +28,7 @@ __all__ = ["channel_scale"]
 def _kernels():
     from numba import njit, prange
 
-    kw = KERNEL_OPTIONS
-
-    @njit(**kw)
+    @njit(**KERNEL_OPTIONS)
     def nchw(g, x, s, gx, gs):  # (N, C, L) views; s, gs: (N, C)
         n, c, length = x.shape
         for k in prange(n * c):
@@ -43,7 +41,7 @@ def _kernels():
                 gx[i, j, p] = gv * sv
             gs[i, j] = acc
 
-    @njit(**kw)
+    @njit(**KERNEL_OPTIONS)
     def nhwc(g, x, s, gx, gs):  # (N, L, C) views; s, gs: (N, C)
         n, length, c = x.shape
         for i in prange(n):
@@ -73,18 +71,12 @@ class _ChannelScaleFn(torch.autograd.Function):
             return g * s, gs
         set_numba_threads()
         nchw, nhwc = _kernels()
-        n, c, h, w = x.shape
+        n, c = x.shape[:2]
         gx = torch.empty_like(x)
         sv = np.ascontiguousarray(s.detach().reshape(n, c).numpy())
         gs = np.empty((n, c), dtype=np.float64)
-        if layout == "nchw":
-            nchw(g.numpy().reshape(n, c, h * w), x.detach().numpy().reshape(n, c, h * w), sv,
-                 gx.numpy().reshape(n, c, h * w), gs)
-        else:
-            perm = (0, 2, 3, 1)
-            nhwc(g.permute(perm).numpy().reshape(n, h * w, c),
-                 x.detach().permute(perm).numpy().reshape(n, h * w, c), sv,
-                 gx.permute(perm).numpy().reshape(n, h * w, c), gs)
+        kernel = nchw if layout == "nchw" else nhwc
+        kernel(*(kernel_view(t, layout) for t in (g, x)), sv, kernel_view(gx, layout), gs)
         return gx, torch.from_numpy(gs.astype(np.float32)).view(s.shape)
 
 

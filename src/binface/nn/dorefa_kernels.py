@@ -25,7 +25,7 @@ import torch
 
 from binface.nn.numba_util import KERNEL_OPTIONS, set_numba_threads
 
-__all__ = ["backward", "chunks_for", "forward"]
+__all__ = ["at_extreme", "backward", "forward"]
 
 # elements per chunk: large enough to amortise the per-chunk work, small enough that the
 # chunks holding the max are a small part of the map
@@ -37,9 +37,7 @@ def _kernels():
     """The numba kernels, compiled (or loaded from cache) on first use."""
     from numba import njit, prange
 
-    kw = KERNEL_OPTIONS
-
-    @njit(**kw)
+    @njit(**KERNEL_OPTIONS)
     def fwd(x, out, lo_part, hi_part):
         n = x.shape[0]
         chunks = lo_part.shape[0]
@@ -61,7 +59,7 @@ def _kernels():
             lo_part[b] = lo
             hi_part[b] = hi
 
-    @njit(**kw)
+    @njit(**KERNEL_OPTIONS)
     def bwd(g, s, scale, gs_part, g_part):
         n = g.shape[0]
         chunks = gs_part.shape[0]
@@ -82,7 +80,7 @@ def _kernels():
     return fwd, bwd
 
 
-def chunks_for(numel: int) -> int:
+def _chunks(numel: int) -> int:
     return -(-numel // CHUNK)
 
 
@@ -90,7 +88,7 @@ def forward(flat_x: torch.Tensor, flat_out: torch.Tensor) -> tuple[np.ndarray, n
     """Write sign(x) (sign(0) = -1) into ``flat_out``; return each chunk's (min, max)."""
     fwd, _ = _kernels()
     set_numba_threads()
-    chunks = chunks_for(flat_x.numel())
+    chunks = _chunks(flat_x.numel())
     lo, hi = np.empty(chunks, np.float32), np.empty(chunks, np.float32)
     fwd(flat_x.numpy(), flat_out.numpy(), lo, hi)
     return lo, hi
@@ -101,7 +99,7 @@ def backward(flat_g: torch.Tensor, flat_s: torch.Tensor, scale: float) -> tuple[
     sum(g), each summed in float64."""
     _, bwd = _kernels()
     set_numba_threads()
-    chunks = chunks_for(flat_g.numel())
+    chunks = _chunks(flat_g.numel())
     gs, gsum = np.empty(chunks, np.float64), np.empty(chunks, np.float64)
     bwd(flat_g.numpy(), flat_s.numpy(), np.float32(scale), gs, gsum)
     return float(gs.sum()), float(gsum.sum())

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["KERNEL_OPTIONS", "layout_4d", "set_numba_threads"]
+__all__ = ["KERNEL_OPTIONS", "kernel_view", "layout_4d", "set_numba_threads"]
 
 # njit options of the training kernels: cached, GIL released, parallel; reassociation
 # lets LLVM vectorise their sums (no "no NaN" assumption: NaN must stay NaN)
@@ -30,3 +31,12 @@ def layout_4d(t: torch.Tensor) -> str | None:
     if t.is_contiguous(memory_format=torch.channels_last):
         return "nhwc"
     return None
+
+
+def kernel_view(t: torch.Tensor, layout: str) -> np.ndarray:
+    """A map of ``layout_4d`` ``layout`` as the kernels read it, without a copy:
+    (N, C, H*W) for ``"nchw"``, (N, H*W, C) in memory order for ``"nhwc"``."""
+    n, c, h, w = t.shape
+    if layout == "nchw":
+        return t.detach().numpy().reshape(n, c, h * w)
+    return t.detach().permute(0, 2, 3, 1).numpy().reshape(n, h * w, c)

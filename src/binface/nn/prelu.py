@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from binface.nn import autodiff
-from binface.nn.numba_util import KERNEL_OPTIONS, layout_4d, set_numba_threads
+from binface.nn.numba_util import KERNEL_OPTIONS, kernel_view, layout_4d, set_numba_threads
 
 __all__ = ["PReLU"]
 
@@ -33,9 +33,7 @@ def _kernels():
     """The numba kernels, compiled (or loaded from cache) on the first backward."""
     from numba import njit, prange
 
-    kw = KERNEL_OPTIONS
-
-    @njit(**kw)
+    @njit(**KERNEL_OPTIONS)
     def nchw(g, x, a, gi, ga_part):  # (N, C, L) views; ga_part: (N, C)
         n, c, length = x.shape
         for k in prange(n * c):
@@ -52,7 +50,7 @@ def _kernels():
                     acc += gv * xv
             ga_part[i, j] = acc
 
-    @njit(**kw)
+    @njit(**KERNEL_OPTIONS)
     def nhwc(g, x, a, gi, ga_part):  # (R, C) views; ga_part: (chunks, C)
         rows, c = x.shape
         chunks = ga_part.shape[0]
@@ -96,16 +94,14 @@ class _PReLUFn(torch.autograd.Function):
         gi = torch.empty_like(x)
         n, c, h, w = x.shape
         a = np.ascontiguousarray(np.broadcast_to(weight.detach().numpy().reshape(-1), (c,)))
+        views = [kernel_view(t, layout) for t in (g, x, gi)]
         if layout == "nchw":
             part = np.empty((n, c), dtype=np.float32)
-            nchw(g.numpy().reshape(n, c, h * w), x.detach().numpy().reshape(n, c, h * w), a,
-                 gi.numpy().reshape(n, c, h * w), part)
-        else:  # channels-last: memory order (N, H, W, C)
+            nchw(views[0], views[1], a, views[2], part)
+        else:  # channels-last: rows of C in memory order
             part = np.empty((max(1, min(64, n * h * w // 256)), c), dtype=np.float32)
-            perm = (0, 2, 3, 1)
-            nhwc(g.permute(perm).numpy().reshape(-1, c),
-                 x.detach().permute(perm).numpy().reshape(-1, c), a,
-                 gi.permute(perm).numpy().reshape(-1, c), part)
+            gr, xr, gir = (v.reshape(-1, c) for v in views)
+            nhwc(gr, xr, a, gir, part)
         gw = part.sum(axis=0, dtype=np.float64)
         if weight.numel() == 1:
             gw = gw.sum(keepdims=True)

@@ -152,7 +152,7 @@ class _DoReFa1Fn(torch.autograd.Function):
         m = torch.tanh(a)  # max|tanh x|, a 0-d tensor in x's dtype
         s = torch.mul(x, 2.0).sigmoid_()  # 2x is exact; one buffer laid out as x
         if ctx.parts is not None and g.stride() == s.stride() and _is_dense(g):
-            return _fused_backward(ctx, x, g, s, a, m, lo, hi)
+            return _fused_backward(ctx, x, g, s, m, lo, hi)
         # d/dm of sum(g t / m) = -sum(g t) / m^2, with sum(g t) = 2 sum(g s) - sum(g)
         # (saturated, m = 1: 1 - t^2 = 0 at the max and nothing flows through it)
         gt = None if float(m) == 1.0 else _sum_g_tanh(g, s, x)
@@ -181,7 +181,7 @@ def _fused(x: torch.Tensor) -> bool:
             and x.numel() > _FUSED_NUMEL and _is_dense(x))
 
 
-def _fused_backward(ctx, x, g, s, a, m, lo: float, hi: float) -> torch.Tensor:
+def _fused_backward(ctx, x, g, s, m, lo: float, hi: float) -> torch.Tensor:
     """``_DoReFa1Fn.backward`` with the numba pass (same formulas, see its docstring)."""
     fm = float(m)
     gs, gsum = dorefa_kernels.backward(_flat(g), _flat(s), 4.0 / fm)

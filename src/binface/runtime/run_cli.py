@@ -78,18 +78,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not np.all(np.isfinite(emb)):
         raise BinfaceError(f"{args.model}: the model gave a non-finite embedding")
     unit = emb / np.maximum(norms[:, None], 1e-12)
-    cos = unit @ unit.T
+    cos = unit @ unit.T if len(names) <= MAX_COSINES else None  # N x N: only when printed
     if args.out:
         write_with(Path(args.out), lambda tmp: np.save(tmp, unit, allow_pickle=False))
     if args.json:
         print(json.dumps({"model": str(model), "faces": names, "norms": norms.tolist(),
-                          "cosine": cos.tolist() if len(names) <= MAX_COSINES else None,
+                          "cosine": None if cos is None else cos.tolist(),
                           "out": args.out}, indent=2))
         return 0
     print(f"{model.name}: {len(names)} face(s), {emb.shape[1]}-D embeddings, packed engine")
     for name, n in zip(names, norms, strict=True):
         print(f"  {name}: norm {n:.4f}")
-    if 1 < len(names) <= MAX_COSINES:
+    if cos is not None and len(names) > 1:
         print("cosine similarity:")
         for i in range(len(names)):
             for j in range(i + 1, len(names)):
