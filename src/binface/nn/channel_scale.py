@@ -76,7 +76,8 @@ class _ChannelScaleFn(torch.autograd.Function):
         sv = np.ascontiguousarray(s.detach().reshape(n, c).numpy())
         gs = np.empty((n, c), dtype=np.float64)
         kernel = nchw if layout == "nchw" else nhwc
-        kernel(*(kernel_view(t, layout) for t in (g, x)), sv, kernel_view(gx, layout), gs)
+        kernel(kernel_view(g, layout), kernel_view(x.detach(), layout), sv,
+               kernel_view(gx, layout), gs)
         return gx, torch.from_numpy(gs.astype(np.float32)).view(s.shape)
 
 

@@ -35,8 +35,13 @@ def layout_4d(t: torch.Tensor) -> str | None:
 
 def kernel_view(t: torch.Tensor, layout: str) -> np.ndarray:
     """A map of ``layout_4d`` ``layout`` as the kernels read it, without a copy:
-    (N, C, H*W) for ``"nchw"``, (N, H*W, C) in memory order for ``"nhwc"``."""
+    (N, C, H*W) for ``"nchw"``, (N, H*W, C) in memory order for ``"nhwc"``.
+
+    Not detached: a tensor that requires grad raises here, which is what makes the
+    kernels' backward passes refuse a double backward (``create_graph=True``) instead
+    of giving a wrong second derivative; callers detach the saved inputs themselves.
+    """
     n, c, h, w = t.shape
     if layout == "nchw":
-        return t.detach().numpy().reshape(n, c, h * w)
-    return t.detach().permute(0, 2, 3, 1).numpy().reshape(n, h * w, c)
+        return t.numpy().reshape(n, c, h * w)
+    return t.permute(0, 2, 3, 1).numpy().reshape(n, h * w, c)

@@ -94,7 +94,7 @@ class _PReLUFn(torch.autograd.Function):
         gi = torch.empty_like(x)
         n, c, h, w = x.shape
         a = np.ascontiguousarray(np.broadcast_to(weight.detach().numpy().reshape(-1), (c,)))
-        views = [kernel_view(t, layout) for t in (g, x, gi)]
+        views = [kernel_view(t, layout) for t in (g, x.detach(), gi)]
         if layout == "nchw":
             part = np.empty((n, c), dtype=np.float32)
             nchw(views[0], views[1], a, views[2], part)
