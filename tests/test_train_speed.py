@@ -89,10 +89,15 @@ REFERENCES = {
 
 
 def assert_grad_close(new: torch.Tensor, ref: torch.Tensor, scale: float = 0.0) -> None:
-    """Element-wise agreement to RTOL relative, with an absolute floor at RTOL x the largest
-    |ref| (or ``scale``: an element whose true gradient is ~0 carries only rounding)."""
+    """Agreement to RTOL relative over the whole tensor (norm of the difference), and
+    element-wise to 10 x RTOL with an absolute floor at RTOL x the largest |ref| (or
+    ``scale``: an element whose true gradient is ~0 carries only rounding). A weight
+    gradient sums ~1e5 products, so one element may round past RTOL on its own when the
+    CPU's SIMD width changes the summation order (seen on an AVX2-only host: 2.5e-5)."""
     floor = RTOL * max(float(ref.abs().max()), scale) + 1e-30
-    torch.testing.assert_close(new, ref, rtol=RTOL, atol=floor)
+    torch.testing.assert_close(new, ref, rtol=10 * RTOL, atol=floor)
+    diff = float((new - ref).double().norm())
+    assert diff <= RTOL * max(float(ref.double().norm()), scale) + 1e-30, diff
 
 
 def maps(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
