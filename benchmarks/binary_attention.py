@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -85,24 +84,6 @@ def commit() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def cpu() -> str:
-    """The CPU a figure was measured on: its model name and the SIMD that int8 and binary
-    kernels depend on (ORT's U8S8 convs saturate without VNNI)."""
-    import platform
-
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                 if ln.startswith("model name")), platform.machine())
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
-                      if ln.startswith(("flags", "Features"))), []))
-    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimd", "asimddp")
-            if f in flags]
-    return f"{name} ({', '.join(simd) or 'no wide SIMD'}; {os.cpu_count()} cores)"
 
 
 def packed_latency(models: list[str], rounds: int, per_round: int, work: Path) -> dict:

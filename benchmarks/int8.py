@@ -107,6 +107,7 @@ def main() -> None:
 
     import torch
 
+    from binface.compare import cpu_name, cpu_simd
     from binface.eval.run import OnnxEmbedder, evaluate_pack
     from binface.fileio import write_text
     from binface.models.loading import load_model
@@ -192,7 +193,7 @@ def main() -> None:
                         list(op_times(files[k], faces, 5 if args.quick else 30).items())[:8]}
 
     command = "python benchmarks/int8.py" + " ".join([""] + sys.argv[1:])
-    host = ba.cpu()
+    host = f"{cpu_name()}, SIMD: {', '.join(cpu_simd()) or 'none reported'}"
     for row in rows:
         row["command"], row["commit"], row["cpu"] = command, start_commit, host
     out = args.out or (work / "results" if args.quick else ROOT / "docs" / "results")

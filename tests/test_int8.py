@@ -1,7 +1,6 @@
 """8-bit models: ONNX Runtime static int8 (QDQ), quantisation-aware training, int8 counting."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,6 +10,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 from binface.cli import main
+from binface.compare import cpu_simd
 from binface.errors import BinfaceError
 from binface.models import create_model
 from binface.models.loading import load_model
@@ -34,19 +34,17 @@ def synth(tmp_path_factory):
     generate(out, identities=8, images_per_identity=4, pairs=20, workers=1, progress=False)
     return out
 
+
 def _has_vnni() -> bool:
     """x86 CPUs without VNNI run ORT's U8S8 convs through vpmaddubsw, whose int16 pair sums
     saturate (ORT's quantisation docs; their cure is reduce_range), so int8 agrees less
     with fp32 there: the bounds below are looser on such a host."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return "vnni" in flags or "avx2" not in flags  # ARM (no avx2 flag) has its own dot products
+    simd = cpu_simd()
+    # ARM (no avx2) has its own dot products; unreadable flags count as VNNI (strict bounds)
+    return "avx2" not in simd or "avx512_vnni" in simd or "avx_vnni" in simd
 
 
 VNNI = _has_vnni()
-
 
 
 def _faces(path, n=40):

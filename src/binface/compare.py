@@ -296,6 +296,22 @@ def cpu_name() -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimd", "asimddp")
+
+
+def cpu_simd() -> list[str]:
+    """Which of SIMD_FLAGS the CPU reports (Linux ``flags`` / ARM ``Features``): what int8
+    and binary kernels depend on (ONNX Runtime's uint8 x int8 convs saturate without
+    VNNI). Empty where /proc/cpuinfo cannot be read."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+    flags = set(next((ln.split(":", 1)[1].split() for ln in lines
+                      if ln.startswith(("flags", "Features"))), []))
+    return [f for f in SIMD_FLAGS if f in flags]
+
+
 def _api_command(models, packs, runtimes, repeats, warmup, rounds, max_pairs, table) -> str:
     """The command line that asks for the same comparison."""
     parts = ["binface", "compare", *(models or [])]
