@@ -2,6 +2,7 @@
 
     python benchmarks/int8.py                # full: about 70 min on 2 cores
     python benchmarks/int8.py --quick        # smoke run, a few minutes
+    python benchmarks/int8.py --timing-only  # re-time every row on this CPU, ~10 min
     nohup python benchmarks/int8.py > int8.log 2>&1 &
 
 For MobileFaceNet, EdgeFace-XS and GhostFaceNetV2 on the default synthetic benchmark
@@ -25,7 +26,10 @@ budgets; training and scoring resume from ``--work`` (a variant is rescored only
 when its exported file changed); the timing is always rerun, side by side. A run of
 some ``--models`` keeps the other models' rows of an earlier ``int8.json`` (each row
 names the command and commit that measured it), so the three models can be measured
-in separate sessions.
+in separate sessions. ``--timing-only`` keeps every row's accuracy and re-times all
+rows side by side on this CPU, from files exported from a few training steps (latency
+depends on the graph, not on the weights' values), so that speed ratios of models
+measured in different sessions (and CPUs) come from one run.
 """
 
 from __future__ import annotations
@@ -103,17 +107,21 @@ def main() -> None:
     ap.add_argument("--teachers", type=Path, default=ROOT / "runs" / "distillation",
                     help="the distillation study's work folder (fp32 teachers reused)")
     ap.add_argument("--out", type=Path, help="default: docs/results (--quick: work folder)")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="re-time every row of the existing int8.json on this CPU, side by "
+                    "side (files exported from a few training steps), keep its accuracy")
     args = ap.parse_args()
+    if args.timing_only:
+        retime(args)
+        return
 
     import torch
 
-    from binface.compare import cpu_name, cpu_simd
     from binface.eval.run import OnnxEmbedder, evaluate_pack
     from binface.fileio import write_text
     from binface.models.loading import load_model
     from binface.profile import profile
     from binface.runtime import export_onnx, export_onnx_int8
-    from binface.runtime.bench import Job, time_jobs
 
     torch.set_num_threads(args.threads)
     models = [m for m in args.models.split(",") if m]
@@ -180,20 +188,10 @@ def main() -> None:
                          "file_kib": round(path.stat().st_size / 1024, 1)})
             write_text(cache, json.dumps({"sha256": digest, "row": rows[-1]}) + "\n")
 
-    print("[int8] timing every variant side by side (ONNX Runtime, 1 thread)", flush=True)
-    keys = list(files)
-    res = time_jobs([Job("onnx", str(files[k])) for k in keys], threads=1, batch=1,
-                    repeats=10 if args.quick else 100, warmup=5, rounds=5 if args.quick else 10,
-                    progress="timing")
-    faces = packs[PACKS[0]].images
-    for row, k, r in zip(rows, keys, res, strict=True):
-        row["onnx_ms"] = round(r["median_ms"], 3)
-        row["onnx_p90_ms"] = round(r["p90_ms"], 3)
-        row["op_ms"] = {op: round(v, 3) for op, v in
-                        list(op_times(files[k], faces, 5 if args.quick else 30).items())[:8]}
+    time_rows(rows, files, packs[PACKS[0]].images, args.quick)
 
     command = "python benchmarks/int8.py" + " ".join([""] + sys.argv[1:])
-    host = f"{cpu_name()}, SIMD: {', '.join(cpu_simd()) or 'none reported'}"
+    host = cpu_host()
     for row in rows:
         row["command"], row["commit"], row["cpu"] = command, start_commit, host
     out = args.out or (work / "results" if args.quick else ROOT / "docs" / "results")
@@ -205,13 +203,85 @@ def main() -> None:
            "threads": args.threads,
            "torch": torch.__version__, "minutes": round((time.perf_counter() - t_start) / 60, 1),
            "rows": rows}
-    doc["verdict"] = verdict(rows)
+    write_results(doc, out)
+
+
+def write_results(doc: dict, out: Path) -> None:
+    from binface.fileio import write_text
+
+    doc["verdict"] = verdict(doc["rows"])
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "int8.json", json.dumps(doc, indent=2) + "\n")
     md = render(doc)
     write_text(out / "int8.md", md)
     plot(doc, out / "int8.png")
     print(md)
+
+
+def cpu_host() -> str:
+    from binface.compare import cpu_name, cpu_simd
+
+    return f"{cpu_name()}, SIMD: {', '.join(cpu_simd()) or 'none reported'}"
+
+
+def time_rows(rows: list[dict], files: dict[tuple[str, str], Path], faces: np.ndarray,
+              quick: bool) -> None:
+    """Time every row's file side by side (interleaved rounds, ONNX Runtime, 1 thread)
+    and profile where its time goes; sets the rows' ``onnx_ms``, ``onnx_p90_ms``,
+    ``op_ms``."""
+    from binface.runtime.bench import Job, time_jobs
+
+    print("[int8] timing every variant side by side (ONNX Runtime, 1 thread)", flush=True)
+    keys = [(r["model"], r["variant"]) for r in rows]
+    res = time_jobs([Job("onnx", str(files[k])) for k in keys], threads=1, batch=1,
+                    repeats=10 if quick else 100, warmup=5, rounds=5 if quick else 10,
+                    progress="timing")
+    for row, k, r in zip(rows, keys, res, strict=True):
+        row["onnx_ms"] = round(r["median_ms"], 3)
+        row["onnx_p90_ms"] = round(r["p90_ms"], 3)
+        row["op_ms"] = {op: round(v, 3) for op, v in
+                        list(op_times(files[k], faces, 5 if quick else 30).items())[:8]}
+
+
+def retime(args: argparse.Namespace) -> None:
+    """``--timing-only``: every row of the existing int8.json timed again, side by side on
+    this CPU. The files come from the study's recipes trained for two steps (fp32, then
+    QAT from it; PTQ calibrated on 16 faces): ONNX Runtime's time depends on the graph,
+    which training does not change, not on the weights' values."""
+    import torch
+
+    from binface.runtime import export_onnx, export_onnx_int8
+
+    torch.set_num_threads(args.threads)
+    out = args.out or ROOT / "docs" / "results"
+    src = out / "int8.json"
+    try:
+        doc = json.loads(src.read_text())
+        rows = doc["rows"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"{src}: no study result to re-time ({e})") from None
+    data, packs, plan = ba.study_benchmark(True)
+    n_train = plan.identities * plan.images_per_identity
+    work = args.work.with_name(args.work.name + "_timing")
+    work.mkdir(parents=True, exist_ok=True)
+    commit = ba.commit()
+    files: dict[tuple[str, str], Path] = {}
+    for m in dict.fromkeys(r["model"] for r in rows):
+        over = ds.teacher_overrides(RECIPES[m], data, 64, n_train)
+        fp32 = ds.train(m, over, work / f"fp32_{m}", {"overrides": over})["checkpoint"]
+        qover = qat_overrides([*over, f"train.init={fp32}"])
+        qat = ds.train(m, qover, work / f"qat_{m}", {"overrides": qover})["checkpoint"]
+        files.update({(m, v): work / f"{m}_{v}.onnx" for v in VARIANTS})
+        export_onnx(fp32, files[(m, "fp32")])
+        export_onnx_int8(fp32, files[(m, "ptq")], calibrate=data / "train.rec", images=16)
+        export_onnx_int8(qat, files[(m, "qat")])
+    time_rows(rows, files, packs[PACKS[0]].images, quick=False)
+    command = "python benchmarks/int8.py" + " ".join([""] + sys.argv[1:])
+    host = cpu_host()
+    for row in rows:  # "cpu" stays that of the run that measured the accuracy
+        row["timing"] = {"command": command, "commit": commit, "cpu": host}
+    doc["timing"] = {"command": command, "commit": commit, "cpu": host}
+    write_results(doc, out)
 
 
 def merge_earlier(path: Path, rows: list[dict], budgets: dict) -> tuple[list[dict], dict]:
@@ -274,6 +344,12 @@ def render(doc: dict) -> str:
                      + f" | {r['onnx_ms']:.2f} | {r['memory_kib']:,.1f} | {r['file_kib']:,.1f} |")
     lines += ["", "Goal: int8 within 0.5 points of fp32 on every pack and at least 1.5x faster "
               "in ONNX Runtime.", "", *doc["verdict"], ""]
+    if "timing" in doc:
+        t = doc["timing"]
+        lines += [f"Latency of every row re-measured side by side by `{t['command']}` at "
+                  f"commit `{t['commit']}` (CPU: {t['cpu']}), from files of the same graphs "
+                  "exported after two training steps (time depends on the graph, not on the "
+                  "weights); accuracy from the runs below.", ""]
     earlier = sorted({(r["command"], r["commit"]) for r in doc["rows"]
                       if r.get("commit") != doc["commit"] and "command" in r})
     for cmd, commit in earlier:
@@ -281,7 +357,7 @@ def render(doc: dict) -> str:
         cpus = sorted({r.get("cpu", "not recorded") for r in doc["rows"]
                        if r.get("commit") == commit})
         lines += [f"Rows of {', '.join(models)} are from an earlier run: `{cmd}` at commit "
-                  f"`{commit}` (CPU: {'; '.join(cpus)}).", ""]
+                  f"`{commit}` (its CPU: {'; '.join(cpus)}).", ""]
     missing = [m for m in MODELS if m not in {r["model"] for r in doc["rows"]}]
     if missing:
         lines += [f"Not in this run: {', '.join(missing)} (the study's `--models` left "
