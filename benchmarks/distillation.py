@@ -24,9 +24,13 @@ Writes ``docs/results/distillation.json`` / ``.md`` / ``.png``; runs resume from
 ``--work`` like the binary-attention study. Every finished run is also recorded in
 ``--records`` (default ``docs/results/distillation_runs/``, one small JSON per run with
 its tag, accuracy and commit; committed), so the study can be finished over several
-sessions: a student run whose record matches its tag is not trained again, and a teacher
-whose checkpoint is gone is retrained (deterministically: same data, seed and threads)
-and checked against its record.
+sessions: a student run whose record matches its tag is not trained again. Each teacher
+is recorded with its weights (``teacher_NAME.pt``: the trained checkpoint without its
+optimiser state, tensors in float16, about 3-5 MB): the students learn from that file and
+the teacher is scored from it, and its sha256 is part of every student's tag, so a
+later session (another clone, another CPU, where retraining would not give the same
+bits) distils from the very same teacher, and a retrained teacher makes the students
+recorded from the old one stale.
 """
 
 from __future__ import annotations
@@ -140,6 +144,43 @@ def train(model: str, overrides: list[str], run_dir: Path, tag: dict) -> dict:
     return res
 
 
+def teacher_file(checkpoint: str, path: Path) -> str:
+    """Write a teacher's weights for the records: ``checkpoint`` without its optimiser
+    state, floating tensors in float16 (the teacher the students learn from and that is
+    scored is this rounded one; ``load_state_dict`` copies it into float32 parameters).
+    Returns its sha256."""
+    import hashlib
+    import io
+
+    import torch
+
+    from binface.fileio import write_bytes
+    from binface.models.loading import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+
+    def half(tree):
+        if isinstance(tree, dict):
+            return {k: half(v) for k, v in tree.items()}
+        if torch.is_tensor(tree) and tree.is_floating_point():
+            return tree.to(torch.float16)
+        return tree
+
+    keep = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "rng_torch")}
+    keep["state_dict"] = half(keep["state_dict"])
+    keep["head_state"] = half(keep.get("head_state") or {})
+    buf = io.BytesIO()
+    torch.save(keep, buf)
+    write_bytes(path, buf.getvalue())
+    return hashlib.sha256(buf.getvalue()).hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def score_onnx(checkpoint: str, packs: dict, run_dir: Path, threads: int) -> dict:
     """Accuracy (%) of a float checkpoint on each pack, embedded by ONNX Runtime."""
     from binface.eval.verification import verification_from_pack_embeddings
@@ -159,7 +200,8 @@ def _scored(res: dict, run_dir: Path, packs: dict, threads: int, onnx: bool) -> 
     done = run_dir / "scored.json"
     if done.is_file():
         prev = json.loads(done.read_text())
-        if prev.get("tag") == res["tag"] and prev.get("checkpoint") == res["checkpoint"]:
+        if prev.get("tag") == res["tag"] and prev.get("checkpoint") == res["checkpoint"] \
+                and prev.get("sha256") == res.get("sha256"):
             return prev
     fn = score_onnx if onnx else ba.score
     out = {**res, "accuracy": fn(res["checkpoint"], packs, run_dir, threads)}
@@ -341,22 +383,25 @@ def main() -> None:
     lat = ba.packed_latency(students, rounds=3 if args.quick else 10,
                             per_round=5 if args.quick else 20, work=work)
 
-    teacher_rows, teacher_ckpt = [], {}
+    teacher_rows, teacher_ckpt, teacher_sha = [], {}, {}
     for t in teachers:
         t_steps = -(-(t_budget or TEACHER_BUDGET[t]) // 32)
         over = teacher_overrides(TEACHERS[t], data, t_steps * 32, n_train)
         tag = {"overrides": over, "data": str(data)}
-        print(f"[study] teacher {t}: {t_steps} steps of 32", flush=True)
-        res = _scored(train(t, over, work / f"teacher_{t}", tag), work / f"teacher_{t}",
-                      packs, args.threads, onnx=True)
+        pt = args.records / f"teacher_{t}.pt"
         rec = load_record(args.records, f"teacher_{t}", tag)
-        if rec is not None and rec["accuracy"] != res["accuracy"]:
-            # the students distilled earlier learnt from the recorded teacher
-            raise SystemExit(f"teacher {t} retrained differently from its record "
-                             f"({rec['accuracy']} vs {res['accuracy']}); delete "
-                             f"{args.records} to start the study again")
-        save_record(args.records, f"teacher_{t}", res, start_commit)
-        teacher_ckpt[t] = res["checkpoint"]
+        if rec is not None and pt.is_file() and rec.get("sha256") == sha256_of(pt):
+            print(f"[study] teacher {t}: recorded ({pt})", flush=True)
+            res = rec
+        else:
+            print(f"[study] teacher {t}: {t_steps} steps of 32", flush=True)
+            res = train(t, over, work / f"teacher_{t}", tag)
+            res = {**res, "checkpoint": str(pt), "sha256": teacher_file(res["checkpoint"], pt)}
+            res = _scored(res, work / f"teacher_{t}", packs, args.threads, onnx=True)
+            save_record(args.records, f"teacher_{t}", {**res, "commit": start_commit},
+                        start_commit)
+        teacher_ckpt[t] = str(pt)
+        teacher_sha[t] = res["sha256"]
         teacher_rows.append({"model": t, "accuracy": {p: round(res["accuracy"][p], 3)
                                                       for p in PACKS},
                              "budget_images": t_steps * 32, "recipe": TEACHER_RECIPE[t],
@@ -395,7 +440,7 @@ def main() -> None:
                             f"teacher={teacher_ckpt[t]}", *_variant_overrides(v, t, student)]
                     over = [o for o in over if not o.startswith("output=")]
                     run_dir = work / f"{student}_from_{t}_{v}_s{seed}"
-                    tag = {"overrides": over, "data": str(data)}
+                    tag = {"overrides": over, "data": str(data), "teacher_sha256": teacher_sha[t]}
                     print(f"[study] {student} from {t} ({v}), seed {seed}", flush=True)
                     res = load_record(args.records, run_dir.name, tag)
                     if res is None:
