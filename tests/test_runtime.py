@@ -234,6 +234,15 @@ def test_binary_zoo_end_to_end(name, tmp_path):
     assert y.shape == ref.shape
     assert rel_err(y, ref) < 1e-4
     n = check_layers_exact(model, recs)
+    # two threads split each layer's rows: the same bits, traced or not (compared once
+    # BLAS is on one thread in both: loading with threads sets it, and a BLAS GEMM on
+    # two threads may round differently)
+    eng2 = load_packed(path, threads=2)
+    y1, recs1 = eng.run(x, trace=True)
+    y2, recs2 = eng2.run(x, trace=True)
+    assert np.array_equal(eng2.run(x), y1) and np.array_equal(y2, y1)
+    assert all(np.array_equal(a["acc"], b["acc"]) and np.array_equal(a["output"], b["output"])
+               for a, b in zip(recs1, recs2, strict=True))
     # every binary layer runs as xor + popcount: the engine's binary MACs are the larq count's
     from binface.profile import profile
 
@@ -253,13 +262,16 @@ def test_batch_and_plain_run(tmp_path):
     torch.manual_seed(0)
     model = create_model("quicknet_small").eval()
     export_packed(model, tmp_path / "q.bfp")
-    eng = load_packed(tmp_path / "q.bfp")
+    eng = load_packed(tmp_path / "q.bfp", threads=1)
     x = np.random.default_rng(1).standard_normal((3, 3, 112, 112), dtype=np.float32)
     y = eng.run(x)
     assert y.shape == (3, 512)
     assert rel_err(eng.run(x[1:2]), y[1:2]) < 1e-5  # (BLAS sums may round differently)
     y2 = eng.run(x)  # buffers are reused between runs: the first result must not change
     assert np.array_equal(y, y2)
+    # a batch on 2 threads (rows of the whole batch split) and 3 (more than the batch)
+    for threads in (2, 3):
+        assert np.array_equal(load_packed(tmp_path / "q.bfp", threads=threads).run(x), y)
 
 
 @pytest.mark.parametrize("name", ["mobilefacenet", "edgeface_xs"])
@@ -271,7 +283,9 @@ def test_packed_engine_runs_float_models(name, tmp_path):
     x = np.random.default_rng(2).standard_normal((2, 3, 112, 112), dtype=np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
-    assert rel_err(load_packed(tmp_path / "f.bfp").run(x), ref) < 1e-4
+    y = load_packed(tmp_path / "f.bfp", threads=1).run(x)
+    assert rel_err(y, ref) < 1e-4
+    assert np.array_equal(load_packed(tmp_path / "f.bfp", threads=2).run(x), y)
 
 
 # ---------------------------------------------------------------- deployment: no torch

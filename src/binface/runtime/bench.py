@@ -546,13 +546,11 @@ def layer_times(engine, x: np.ndarray, repeats: int = 20, peak: float | None = N
     by precision, G MAC/s and, given ``peak`` (binary MACs/s), each binary op's share
     of it. Runs in this process, one op after another (meant for per-layer figures; the
     end-to-end latency is :func:`run_bench`'s)."""
-    from binface.runtime.engine import RunContext
-
     engine.run(x)
     samples: dict[int, list[float]] = {i: [] for i in range(len(engine.ops))}
     macs: dict[int, tuple[int, str]] = {}
     for _ in range(repeats):
-        ctx = RunContext(x.shape[0], False)
+        ctx = engine.context(x.shape[0])
         env = dict(engine.consts)
         env[engine.input_name] = engine.check_input(x)
         for i, op in enumerate(engine.ops):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+import numba
 import numpy as np
 from numba.core.errors import NumbaError
 
@@ -168,30 +169,27 @@ class PackedEngine:
         (before any affine) and its float ``output``, all in PyTorch layout.
         """
         x = self.check_input(x)
-        n = x.shape[0]
-        if not self.batch_dynamic and n > 1:
-            parts = [x[i:i + 1] for i in range(n)]
-        elif self.threads > 1 and n > 1 and not trace:
-            parts = np.array_split(x, min(self.threads, n))
-        else:
-            out, records = self._run(x, trace)
-            return (out, records) if trace else out
-        if self.threads > 1 and len(parts) > 1 and not trace:
-            # the kernels release the GIL: one slice of the batch per thread
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(self.threads) as pool:
-                runs = list(pool.map(lambda p: self._run(p, False, fresh=True), parts))
-        else:
-            runs = [self._run(p, trace) for p in parts]
-        out = np.concatenate([r[0] for r in runs])
-        return (out, [rec for r in runs for rec in r[1]]) if trace else out
+        if not self.batch_dynamic and x.shape[0] > 1:
+            runs = [self._run(x[i:i + 1], trace) for i in range(x.shape[0])]
+            out = np.concatenate([r[0] for r in runs])
+            return (out, [rec for r in runs for rec in r[1]]) if trace else out
+        out, records = self._run(x, trace)
+        return (out, records) if trace else out
 
     __call__ = run
 
-    def _run(self, x: np.ndarray, trace: bool, fresh: bool = False):
+    def context(self, n: int, trace: bool = False) -> RunContext:
+        """A run's state: with more than one thread, the row-parallel kernels (each
+        layer's output rows, over the whole batch, cut across numba's threads; splitting
+        the batch across Python threads instead scaled 1.0-1.2x on 2 cores)."""
+        parallel = self.threads > 1
+        if parallel:
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        return RunContext(n, trace, parallel=parallel)
+
+    def _run(self, x: np.ndarray, trace: bool):
         n = x.shape[0]
-        ctx = RunContext(n, trace, fresh)
+        ctx = self.context(n, trace)
         env: dict[str, np.ndarray] = dict(self.consts)
         env[self.input_name] = x
         cap, total, total_cap = MAX_VALUE_BYTES * n, 0, MAX_TOTAL_BYTES * n
@@ -227,29 +225,69 @@ class PackedEngine:
 def set_blas_threads(threads: int) -> bool:
     """Limit numpy's BLAS (the engine's float GEMMs) to ``threads``; False if not possible.
 
-    The engine's own kernels are single-threaded; an idle BLAS pool spinning on a
-    second core only steals it from whatever else runs there.
+    The engine parallelises itself (a batch across threads, or one input's rows across
+    numba's OpenMP threads); BLAS threads of its own would only fight those for the
+    cores: with both spinning on a 2-core machine a 1x1 conv took 7 ms instead of
+    0.05. threadpoolctl is used when it is installed; otherwise OpenBLAS's own setter
+    is called through ctypes (numpy's wheels ship OpenBLAS), so the runtime still needs
+    numpy and numba only.
     """
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return False
+        return _openblas_threads(int(threads))
     threadpool_limits(limits=int(threads), user_api="blas")
     return True
+
+
+_OPENBLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads")
+
+
+def _openblas_threads(threads: int) -> bool:
+    """Call the thread setter of every OpenBLAS this process has loaded (Linux; numpy's
+    own copy elsewhere). False when none is found."""
+    import ctypes
+    import glob
+
+    paths: set[str] = set()
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower()
+                     and line.split()[-1].startswith("/")}
+    except OSError:
+        pass
+    if not paths:
+        libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+        paths = set(glob.glob(os.path.join(libs, "*openblas*")))
+    done = False
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _OPENBLAS_SETTERS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int]
+                fn(threads)
+                done = True
+                break
+    return done
 
 
 def load_packed(path: str | os.PathLike, threads: int | None = None,
                 limit_blas: bool = True) -> PackedEngine:
     """Load a ``.bfp`` file into a :class:`PackedEngine` (numpy + numba only).
 
-    ``threads``: split a batch over that many threads (the kernels release the GIL;
-    a batch of one runs on one core) and, with ``limit_blas``, keep numpy's BLAS on
-    one thread (process-wide; needs threadpoolctl, which costs some 50 MB of RSS:
-    setting OPENBLAS_NUM_THREADS=1 before Python starts is the lean way).
+    ``threads``: a batch of at least that many inputs is split over that many
+    threads (the kernels release the GIL); a smaller batch runs the row-parallel
+    kernels, each layer's output rows cut across numba's threads. With
+    ``limit_blas``, numpy's BLAS is kept on one thread (process-wide; see
+    :func:`set_blas_threads`).
     """
     if threads and limit_blas:
-        # the engine parallelises over the batch itself: a BLAS pool per caller thread
-        # would only oversubscribe the cores
+        # the engine parallelises itself: BLAS threads would only oversubscribe the cores
         set_blas_threads(1)
     graph, tensors = read_bfp(path)
     try:

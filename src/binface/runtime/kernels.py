@@ -32,9 +32,10 @@ the epilogue runs per output row in its own functions.
 from __future__ import annotations
 
 import math
+from types import FunctionType, SimpleNamespace
 
 import numpy as np
-from numba import njit, types, vectorize
+from numba import njit, prange, types, vectorize
 from numba.extending import intrinsic
 
 _ONE = np.uint64(1)
@@ -43,6 +44,27 @@ _KW_SMALL = {"cache": True, "nogil": True, "boundscheck": False}
 # x * a + b as one fma, as PyTorch's BatchNorm kernel does: the signs that follow then
 # agree with PyTorch bit for bit
 _KW_FMA = {"cache": True, "nogil": True, "boundscheck": False, "fastmath": {"contract"}}
+
+# Row kernels are compiled twice from one source: serially (one image on one core, or
+# one slice of a batch per Python thread) and with numba's ``parallel=True``, where the
+# output rows are cut into ``nt`` contiguous chunks, one per thread (``prange`` over
+# chunks, each with its own scratch rows; every row kernel's last argument is ``nt``,
+# 1 for the serial ones: numba's thread count read inside a kernel would stop it
+# from being cached). Row results do not depend on the chunking, so both
+# versions give the same bits. ``PARALLEL`` holds the twins by name.
+_PARALLEL: dict = {}
+
+
+def _rows(**kw):
+    """njit ``fn`` (serial) and register its ``parallel=True`` twin in ``PARALLEL``."""
+    def deco(fn):
+        twin = FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel",
+                            fn.__defaults__, fn.__closure__)
+        twin.__qualname__ = fn.__qualname__ + "_parallel"  # its own cache entry
+        twin.__doc__ = fn.__doc__
+        _PARALLEL[fn.__name__] = njit(parallel=True, **kw)(twin)
+        return njit(**kw)(fn)
+    return deco
 
 
 @intrinsic
@@ -197,8 +219,8 @@ CFG_SIZE = 32
 
 
 # ---------------------------------------------------------------- packing
-@njit(**_KW_FMA)
-def pack_nhwc(x, gate, ep, out, cfg):
+@_rows(**_KW_FMA)
+def pack_nhwc(x, gate, ep, out, cfg, nt):
     """Signs of ``x`` (N, H, W, C) into ``out`` (N, Hp, Wp, G * WPG) at offset (pt, pl).
 
     cfg: mode (0: bit = x < 0, 1: bit = not x > 0), G, Cg, WPG, pt, pl, use_gate,
@@ -211,9 +233,12 @@ def pack_nhwc(x, gate, ep, out, cfg):
     n_, h_, w_, c_ = x.shape
     if cfg[8] > 0:  # the first cfg[8] channels of a wider buffer (a concatenation chain)
         c_ = cfg[8]
-    buf = np.empty((w_, c_), np.float32)
-    for n in range(n_):
-        for yy in range(h_):
+    rows = n_ * h_
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        buf = np.empty((w_, c_), np.float32)
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+            n, yy = qq // h_, qq % h_
             row = x[n, yy]
             dst = out[n, yy + pt, pl:pl + w_]
             if use_aff or use_gate or c_ < x.shape[3]:
@@ -245,8 +270,8 @@ def _acc3(acc, x0, x1, x2, w0, w1, w2):
         acc[o] += popcount64(x0 ^ w0[o]) + popcount64(x1 ^ w1[o]) + popcount64(x2 ^ w2[o])
 
 
-@njit(**_KW)
-def bconv(p, w, corr, ep, res1, res2, yout, acc_out, pout, cfg):
+@_rows(**_KW)
+def bconv(p, w, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     """Binary conv of packed ``p`` with packed weights ``w`` [G, taps * WPG, Og] + epilogue.
 
     cfg: H, W (unpadded input), pt, pl (halo of ``p``), kh, kw, sh, sw, dh, dw, G, Cg,
@@ -263,11 +288,14 @@ def bconv(p, w, corr, ep, res1, res2, yout, acc_out, pout, cfg):
     hp, wp = p.shape[1], p.shape[2]
     pf = p.reshape(-1)
     w0 = w[0]
-    acc = np.zeros(og, np.int64)
-    v = np.empty((wo, ng * og), np.float32)
-    tmp = np.empty_like(v)
-    for n in range(p.shape[0]):
-        for oy in range(ho):
+    rows = p.shape[0] * ho
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        acc = np.zeros(og, np.int64)
+        v = np.empty((wo, ng * og), np.float32)
+        tmp = np.empty_like(v)
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+            n, oy = qq // ho, qq % ho
             y0 = oy * sh
             border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + (kh - 1) * dh >= h_in)
             for ox in range(wo):
@@ -333,16 +361,19 @@ def _or_shifted(dst, src, shift):
         dst[k] |= src[k] << shift
 
 
-@njit(**_KW)
-def pack_windows(p, out, t, cg):
+@_rows(**_KW)
+def pack_windows(p, out, t, cg, nt):
     """out[n, y, x, g] = the words of pixels x .. x + t - 1 side by side (``cg`` bits each).
 
     ``p`` has one word per group (Cg <= 32); pixels past the right edge read as zero
     bits (+1, like the halo). Row by row, as t shifted ORs of the flattened row.
     """
     n_, h_, w_, ng = p.shape
-    for n in range(n_):
-        for yy in range(h_):
+    rows = n_ * h_
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+            n, yy = qq // h_, qq % h_
             src = p[n, yy].reshape(-1)
             dst = out[n, yy].reshape(-1)
             for k in range(dst.shape[0]):
@@ -353,8 +384,8 @@ def pack_windows(p, out, t, cg):
                     _or_shifted(dst[:m], src[i * ng:i * ng + m], np.uint64(i * cg))
 
 
-@njit(**_KW)
-def bconv_win(p, w, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg):
+@_rows(**_KW)
+def bconv_win(p, w, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     """Binary conv on window words (``pack_windows``): T taps of a kernel row per word.
 
     w [kh * chunks, G * Og] (every group's outputs side by side, so the inner loop
@@ -370,12 +401,15 @@ def bconv_win(p, w, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg):
     nch = masks.shape[0]
     nout = ng * og
     kbits = kh * kw * cg
-    acc = np.zeros(nout, np.int64)
-    xsel = np.zeros(nout, np.uint64)
-    v = np.empty((wo, nout), np.float32)
-    tmp = np.empty_like(v)
-    for n in range(p.shape[0]):
-        for oy in range(ho):
+    rows = p.shape[0] * ho
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        acc = np.zeros(nout, np.int64)
+        xsel = np.zeros(nout, np.uint64)
+        v = np.empty((wo, nout), np.float32)
+        tmp = np.empty_like(v)
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+            n, oy = qq // ho, qq % ho
             y0 = oy * sh
             border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + kh - 1 >= h_in)
             for ox in range(wo):
@@ -418,8 +452,8 @@ def _xor_pop_acc(acc, xs, wr):
         acc[o] += popcount64(xs[o] ^ wr[o])
 
 
-@njit(**_KW)
-def bdwconv(p, wb, wpk, ep, res1, res2, yout, acc_out, pout, cfg):
+@_rows(**_KW)
+def bdwconv(p, wb, wpk, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     """Binary depthwise conv (channel multiplier M) on packed ``p`` (one group) + epilogue.
 
     ``wb`` [taps, O] holds weight sign bits (1 = -1), ``wpk`` [taps, words] the same
@@ -432,11 +466,14 @@ def bdwconv(p, wb, wpk, ep, res1, res2, yout, acc_out, pout, cfg):
     kh, kw, sh, sw, dh, dw = cfg[4], cfg[5], cfg[6], cfg[7], cfg[8], cfg[9]
     mult, nout, ho, wo, pad0 = cfg[10], cfg[11], cfg[12], cfg[13], cfg[14]
     out_acc = cfg[EP_OUT_ACC]
-    v = np.empty((wo, nout), np.float32)
-    tmp = np.empty_like(v)
     nw = (nout + 63) // 64
-    for n in range(p.shape[0]):
-        for oy in range(ho):
+    rows = p.shape[0] * ho
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        v = np.empty((wo, nout), np.float32)
+        tmp = np.empty_like(v)
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+            n, oy = qq // ho, qq % ho
             for ox in range(wo):
                 vr = v[ox]
                 for o in range(nout):
@@ -466,8 +503,8 @@ def bdwconv(p, wb, wpk, ep, res1, res2, yout, acc_out, pout, cfg):
             _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
 
 
-@njit(**_KW)
-def bmaxpool(p, q, cfg):
+@_rows(**_KW)
+def bmaxpool(p, q, cfg, nt):
     """Max-pool of +-1 values on packed words: the max is -1 only if all are -1 (AND).
 
     Window positions outside the input are skipped (max-pool padding is -inf).
@@ -479,8 +516,11 @@ def bmaxpool(p, q, cfg):
                                                 cfg[10], cfg[11], cfg[12], cfg[13])
     nw = p.shape[3]
     full = ~np.uint64(0)
-    for n in range(p.shape[0]):
-        for oy in range(ho):
+    rows = p.shape[0] * ho
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+            n, oy = qq // ho, qq % ho
             for ox in range(wo):
                 for j in range(nw):
                     acc = full
@@ -497,17 +537,21 @@ def bmaxpool(p, q, cfg):
 
 
 # ---------------------------------------------------------------- float convs
-@njit(**_KW)
-def epilogue_nhwc(raw, ep, res1, res2, yout, pout, cfg):
+@_rows(**_KW)
+def epilogue_nhwc(raw, ep, res1, res2, yout, pout, cfg, nt):
     """The conv epilogue over a raw (N, Ho, Wo, O) float conv output (BLAS path)."""
-    tmp = np.empty(raw.shape[2:], np.float32)
-    for n in range(raw.shape[0]):
-        for oy in range(raw.shape[1]):
+    ho = raw.shape[1]
+    rows = raw.shape[0] * ho
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        tmp = np.empty(raw.shape[2:], np.float32)
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+            n, oy = qq // ho, qq % ho
             _epilogue_row(raw[n, oy], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
 
 
-@njit(**_KW)
-def dwconv(x, w, padval, ep, res1, res2, yout, pout, cfg):
+@_rows(**_KW)
+def dwconv(x, w, padval, ep, res1, res2, yout, pout, cfg, nt):
     """Float depthwise conv (channel multiplier M) of NHWC ``x``, w [kh, kw, O], + epilogue.
 
     cfg: pt, pl, kh, kw, sh, sw, dh, dw, M, Ho, Wo; positions outside the input read
@@ -518,10 +562,13 @@ def dwconv(x, w, padval, ep, res1, res2, yout, pout, cfg):
     mult, ho, wo = cfg[8], cfg[9], cfg[10]
     n_, h_in, w_in, c_in = x.shape
     nout = w.shape[2]
-    v = np.empty((wo, nout), np.float32)
-    tmp = np.empty_like(v)
-    for n in range(n_):
-        for oy in range(ho):
+    rows = n_ * ho
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        v = np.empty((wo, nout), np.float32)
+        tmp = np.empty_like(v)
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+            n, oy = qq // ho, qq % ho
             for ox in range(wo):
                 vr = v[ox]
                 for o in range(nout):
@@ -545,8 +592,8 @@ def dwconv(x, w, padval, ep, res1, res2, yout, pout, cfg):
             _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
 
 
-@njit(**_KW_FMA)
-def conv1x1_small(x, w, ep, res1, res2, yout, pout, cfg):
+@_rows(**_KW_FMA)
+def conv1x1_small(x, w, ep, res1, res2, yout, pout, cfg, nt):
     """Pointwise float conv with few input channels (the RGB input), w [Cin, O], + epilogue.
 
     BLAS does badly with K = 3; here each output row is a few rank-1 updates in cache,
@@ -554,10 +601,13 @@ def conv1x1_small(x, w, ep, res1, res2, yout, pout, cfg):
     """
     n_, ho, wo, cin = x.shape
     nout = w.shape[1]
-    v = np.empty((wo, nout), np.float32)
-    tmp = np.empty_like(v)
-    for n in range(n_):
-        for oy in range(ho):
+    rows = n_ * ho
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        v = np.empty((wo, nout), np.float32)
+        tmp = np.empty_like(v)
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+            n, oy = qq // ho, qq % ho
             xrow = x[n, oy]
             for ox in range(wo):
                 vr = v[ox]
@@ -587,8 +637,8 @@ def _copy(src, dst):
         dst[i] = src[i]
 
 
-@njit(**_KW)
-def im2col(x, cols, padval, cfg):
+@_rows(**_KW)
+def im2col(x, cols, padval, cfg, nt):
     """Patches of NHWC ``x`` (channels c0 .. c0 + Cg) into ``cols`` [rows * Wo, kh * kw * Cg].
 
     cfg: pt, pl, kh, kw, sh, sw, dh, dw, Ho, Wo, c0, Cg, q0, q1: output image rows
@@ -603,12 +653,13 @@ def im2col(x, cols, padval, cfg):
     if q1 == 0:
         q1 = n_ * ho
     whole = c0 == 0 and cg == c_all and dw == 1  # a kernel row is one contiguous run
-    r = 0
-    for q in range(q0, q1):
-        n, oy = q // ho, q % ho
-        if True:
+    rows = q1 - q0
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        for q in range(q0 + ch * rows // nt, q0 + (ch + 1) * rows // nt):
+            n, oy = q // ho, q % ho
             for ox in range(wo):
-                dst = cols[r]
+                dst = cols[(q - q0) * wo + ox]
                 k = 0
                 ix0 = ox * sw - pl
                 for ky in range(kh):
@@ -629,7 +680,6 @@ def im2col(x, cols, padval, cfg):
                             for c in range(cg):
                                 dst[k + c] = padval
                         k += cg
-                r += 1
 
 
 # ---------------------------------------------------------------- pooling
@@ -642,8 +692,8 @@ def _ep1(t, ep, c):
     return t if t >= 0 else t * ep[5, c]
 
 
-@njit(**_KW_FMA)
-def pool_nhwc(x, y, pre, post, cfg):
+@_rows(**_KW_FMA)
+def pool_nhwc(x, y, pre, post, cfg, nt):
     """Max (cfg[0] = 0) or average (1) pooling of NHWC ``x`` into ``y``.
 
     cfg: kind, kh, kw, sh, sw, pt, pl, dh, dw, count_include_pad, divisor (0 = none),
@@ -659,9 +709,12 @@ def pool_nhwc(x, y, pre, post, cfg):
     pb, pr, use_pre, use_post = cfg[11], cfg[12], cfg[13], cfg[14]
     n_, h_in, w_in, nch = x.shape
     _, ho, wo, _ = y.shape
-    acc = np.empty(nch, np.float32)
-    for n in range(n_):
-        for oy in range(ho):
+    rows = n_ * ho
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        acc = np.empty(nch, np.float32)
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+            n, oy = qq // ho, qq % ho
             for ox in range(wo):
                 if kind == 0:
                     for c in range(nch):
@@ -729,3 +782,7 @@ def xor_popcount_peak(a, b, reps):
         total += s
         a[r % n] ^= _ONE  # the next pass differs, so it cannot be hoisted
     return total
+
+
+# the kernel sets an op picks from (``RunContext.k``): the serial kernels are this module
+PARALLEL = SimpleNamespace(**_PARALLEL)

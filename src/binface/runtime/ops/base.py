@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
 from binface.runtime import kernels as K
@@ -45,12 +46,15 @@ def conv_out(size: int, pad_lo: int, pad_hi: int, kernel: int, stride: int,
 
 
 class RunContext:
-    """Per-run state: batch size and trace collection."""
+    """Per-run state: batch size, trace collection, and the kernel set (``k``: the
+    serial kernels, or their ``parallel=True`` twins for one input on several threads)."""
 
-    def __init__(self, n: int, trace: bool, fresh: bool = False) -> None:
+    def __init__(self, n: int, trace: bool, parallel: bool = False) -> None:
         self.n = n
         self.trace = trace
-        self.fresh = trace or fresh
+        self.fresh = trace
+        self.k = K.PARALLEL if parallel else K
+        self.nt = numba.get_num_threads() if parallel else 1  # the row kernels' chunks
         self.records: list[dict] = []
         self.floats: dict[str, np.ndarray] = {}  # packed value -> the float it is the sign of
         self.chains: dict = {}  # concatenation chain -> its buffer
@@ -157,7 +161,8 @@ class Op:
         """An output array, reused from run to run (fresh ones would page-fault every time).
 
         Packed outputs are zeroed once: kernels never write their halo. Trace runs
-        (whose records outlive the run) and runs on several threads get fresh arrays.
+        (whose records outlive the run) get fresh arrays. So one engine serves one
+        caller at a time (its threads work inside each layer).
         """
         if ctx.fresh:
             return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)

@@ -81,7 +81,7 @@ class PackOp(Op):
             if gate.shape != (m, self.channels):
                 raise self.bad(f"gate {self.inputs[1]!r} has shape {list(g.shape)}, not "
                                f"({m}, {self.channels}, ...)")
-        K.pack_nhwc(xn, gate, self.ep, out, cfg)
+        ctx.k.pack_nhwc(xn, gate, self.ep, out, cfg, ctx.nt)
         env[self.outputs[0]] = out
         if ctx.trace:
             f = x.astype(_F32)
@@ -199,10 +199,11 @@ class BConvOp(_PackedConv):
     def run_kernel(self, ctx, p, y, acc, q, cfg, r1, r2) -> None:
         if self.win > 1:
             pw = self.buffer(ctx, "win", p.shape, np.uint64)
-            K.pack_windows(p, pw, self.win, self.cg)
-            K.bconv_win(pw, self.w, self.masks, self.corr, self.ep, r1, r2, y, acc, q, cfg)
+            ctx.k.pack_windows(p, pw, self.win, self.cg, ctx.nt)
+            ctx.k.bconv_win(pw, self.w, self.masks, self.corr, self.ep, r1, r2, y, acc, q, cfg,
+                            ctx.nt)
         else:
-            K.bconv(p, self.w, self.corr, self.ep, r1, r2, y, acc, q, cfg)
+            ctx.k.bconv(p, self.w, self.corr, self.ep, r1, r2, y, acc, q, cfg, ctx.nt)
 
 
 class BDwConvOp(_PackedConv):
@@ -234,7 +235,7 @@ class BDwConvOp(_PackedConv):
                                 * self.wb.shape[0])
 
     def run_kernel(self, ctx, p, y, acc, q, cfg, r1, r2) -> None:
-        K.bdwconv(p, self.wb, self.wpk, self.ep, r1, r2, y, acc, q, cfg)
+        ctx.k.bdwconv(p, self.wb, self.wpk, self.ep, r1, r2, y, acc, q, cfg, ctx.nt)
 
 
 class BMaxPoolOp(Op):
@@ -268,11 +269,11 @@ class BMaxPoolOp(Op):
         shape = (p.shape[0], ho + t + b, wo + l + r, p.shape[3])
         self.room(ctx, shape, 8)
         q = self.buffer(ctx, "q", shape, np.uint64, True)
-        K.bmaxpool(p, q, self.cfg)
+        ctx.k.bmaxpool(p, q, self.cfg, ctx.nt)
         env[self.outputs[0]] = q
         if ctx.trace:
             f = ctx.floats.get(self.inputs[0])
             if f is not None:
                 fy = np.empty((f.shape[0], ho, wo, f.shape[1]), _F32)
-                K.pool_nhwc(nhwc(f), fy, _DUMMY_EP, _DUMMY_EP, self.pool_cfg)
+                ctx.k.pool_nhwc(nhwc(f), fy, _DUMMY_EP, _DUMMY_EP, self.pool_cfg, ctx.nt)
                 ctx.floats[self.outputs[0]] = as_nchw(fy)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from binface.runtime import kernels as K
 from binface.runtime.ops.base import MAX_INT, MAX_MACS, Op, _ConvLike, conv_out
 from binface.runtime.ops.layout import _DUMMY_EP, _F32, as_nchw, nhwc
 
@@ -106,12 +105,12 @@ class ConvOp(_ConvLike):
             nout = self.w.shape[2]
             y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
             r1, r2 = self.residuals(env, res)
-            K.dwconv(x, self.w, self.pad_value, self.ep, r1, r2, y, q, cfg)
+            ctx.k.dwconv(x, self.w, self.pad_value, self.ep, r1, r2, y, q, cfg, ctx.nt)
         elif self.direct:
             nout = self.w.shape[0] * self.w.shape[2]
             y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
             r1, r2 = self.residuals(env, res)
-            K.conv1x1_small(x, self.w[0], self.ep, r1, r2, y, q, cfg)
+            ctx.k.conv1x1_small(x, self.w[0], self.ep, r1, r2, y, q, cfg, ctx.nt)
         else:
             ng, kk, og = self.w.shape
             nout = ng * og
@@ -131,12 +130,12 @@ class ConvOp(_ConvLike):
                         q1 = min(q0 + step, qn)
                         cfg_g[12], cfg_g[13] = q0, q1
                         nr = (q1 - q0) * wo
-                        K.im2col(x, cols, self.pad_value, cfg_g)
+                        ctx.k.im2col(x, cols, self.pad_value, cfg_g, ctx.nt)
                         np.matmul(cols[:nr], self.w[g],
                                   out=raw[q0 * wo:q1 * wo, g * og:(g + 1) * og])
             y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
             r1, r2 = self.residuals(env, res)
-            K.epilogue_nhwc(raw.reshape(m, ho, wo, nout), self.ep, r1, r2, y, q, cfg)
+            ctx.k.epilogue_nhwc(raw.reshape(m, ho, wo, nout), self.ep, r1, r2, y, q, cfg, ctx.nt)
         self.store(env, ctx, y, q)
 
 
@@ -155,7 +154,7 @@ class EwiseOp(_ConvLike):
             raise self.mismatch(x, f"{self.nout} channels")
         y, q, cfg = self.alloc_outputs(ctx, m, h, w, c)
         r1, r2 = self.residuals(env, (m, h, w, c))
-        K.epilogue_nhwc(x, self.ep, r1, r2, y, q, cfg)
+        ctx.k.epilogue_nhwc(x, self.ep, r1, r2, y, q, cfg, ctx.nt)
         self.store(env, ctx, y, q)
 
 
@@ -187,5 +186,5 @@ class PoolOp(Op):
         if x.shape[1:] != self.in_shape:
             raise self.mismatch(x, f"[M, {', '.join(map(str, self.in_shape))}] (NHWC)")
         y = self.buffer(ctx, "y", (x.shape[0], self.out_hw[0], self.out_hw[1], x.shape[3]))
-        K.pool_nhwc(x, y, self.pre, self.post, self.cfg)
+        ctx.k.pool_nhwc(x, y, self.pre, self.post, self.cfg, ctx.nt)
         env[self.outputs[0]] = as_nchw(y)
