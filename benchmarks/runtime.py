@@ -10,6 +10,8 @@ and prints the binary MACs per second of every binary layer of QuickNet.
     python benchmarks/runtime.py                          # the whole zoo
     python benchmarks/runtime.py quicknet binaryfacenet mobilefacenet --repeats 100
     python benchmarks/runtime.py --family binary --layers quicknet
+    python benchmarks/runtime.py --layers '' \\
+        --thread-scaling quicknet,binaryfacenet,binaryfaceformer_sep   # threads only
 
 Timings on a shared machine are noisy; compare runtimes within one row (measured
 side by side), and re-run when ``uptime`` shows a low load.
@@ -125,6 +127,45 @@ def chart(rows: list[dict], runtimes: list[str], path: Path, title: str) -> None
     plt.close(fig)
 
 
+THREAD_TARGETS = {1: 1.6, 16: 1.8}  # batch: minimum 2-thread speed-up over 1 thread
+
+
+def thread_scaling(names: list[str], threads: int, repeats: int, rounds: int) -> list[dict]:
+    """The packed engine on 1 and ``threads`` threads, batch 1 and 16, all side by side
+    (one worker process per thread count and batch, rounds interleaved)."""
+    from binface.runtime import export_packed
+    from binface.runtime.bench import Job, time_jobs
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in tqdm(names, desc="thread scaling", unit="model"):
+            path = str(Path(tmp) / f"{name}.bfp")
+            export_packed(name, path)
+            combos = [(b, t) for b in THREAD_TARGETS for t in (1, threads)]
+            res = time_jobs([Job("packed", path, threads=t, batch=b) for b, t in combos],
+                            repeats=repeats, rounds=rounds)
+            ms = {f"batch{b}_threads{t}_ms": r["median_ms"]
+                  for (b, t), r in zip(combos, res, strict=True)}
+            rows.append({"model": name, "threads": threads, **ms, "speedup": {
+                b: round(ms[f"batch{b}_threads1_ms"] / ms[f"batch{b}_threads{threads}_ms"], 3)
+                for b in THREAD_TARGETS}})
+    return rows
+
+
+def thread_lines(rows: list[dict]) -> list[str]:
+    out = []
+    for r in rows:
+        t = r["threads"]
+        parts = []
+        for b, need in THREAD_TARGETS.items():
+            sp = r["speedup"][b]
+            parts.append(f"batch {b}: {r[f'batch{b}_threads1_ms']:.2f} -> "
+                         f"{r[f'batch{b}_threads{t}_ms']:.2f} ms, {sp:.2f}x (target >= "
+                         f"{need:g}x) {'OK' if sp >= need else 'MISSED'}")
+        out.append(f"{r['model']} packed, 1 vs {t} threads: " + "; ".join(parts))
+    return out
+
+
 def print_layers(name: str, repeats: int) -> list[dict]:
     """Per-layer time and binary MACs per second of one binary model in the packed engine."""
     from binface.runtime import export_packed, load_packed
@@ -163,21 +204,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/benchmarks", help="folder for the table and chart "
                    "(default runs/benchmarks, git-ignored)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--thread-scaling", default="", help="comma-separated models timed in "
+                   "the packed engine on 1 and --scaling-threads threads, batch 1 and 16, "
+                   "side by side (e.g. quicknet,binaryfacenet,binaryfaceformer_sep)")
+    p.add_argument("--scaling-threads", type=int, default=2)
     args = p.parse_args(argv)
-    names = args.models or list_models(args.family)
+    # --thread-scaling alone: only that
+    names = args.models or ([] if args.thread_scaling and not args.family
+                            else list_models(args.family))
     runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    rows = bench_zoo(names, runtimes, args.threads, args.repeats, args.rounds)
+    rows = bench_zoo(names, runtimes, args.threads, args.repeats, args.rounds) if names else []
     table = render_table(rows, runtimes)
     env = (f"{platform.processor() or platform.machine()}, {args.threads} thread(s), "
            f"load average {load:.2f} at start, python {sys.version.split()[0]}")
-    (out / "runtime.md").write_text(f"Latency, batch 1, 112x112 ({env})\n\n{table}")
-    (out / "runtime.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
-    chart(rows, runtimes, out / "runtime.png", f"binface runtimes, {args.threads} thread(s)")
+    scaling = [n for n in args.thread_scaling.split(",") if n]
+    threads_rows = (thread_scaling(scaling, args.scaling_threads, args.repeats, args.rounds)
+                    if scaling else [])
+    md = f"Latency, batch 1, 112x112 ({env})\n\n{table}"
+    if threads_rows:
+        md += "\nPacked engine, threads inside each layer:\n\n" + "\n".join(
+            f"- {line}" for line in thread_lines(threads_rows)) + "\n"
+    (out / "runtime.md").write_text(md)
+    (out / "runtime.json").write_text(json.dumps({"env": env, "rows": rows,
+                                                  "thread_scaling": threads_rows}, indent=2))
+    if rows:
+        chart(rows, runtimes, out / "runtime.png", f"binface runtimes, {args.threads} thread(s)")
     print(json.dumps(rows, indent=2) if args.json else table)
-    for line in check_targets(rows):
+    for line in check_targets(rows) + thread_lines(threads_rows):
         print(line)
     for name in [n for n in args.layers.split(",") if n]:
         print_layers(name, max(10, args.repeats // 2))

@@ -173,14 +173,15 @@ def prepare(spec: str, runtimes: list[str], workdir: str | os.PathLike,
 def _worker_env(threads: int, runtime: str) -> dict:
     """Thread counts fixed before the worker's libraries load.
 
-    The packed engine splits a batch over its own threads, so its BLAS stays on one
-    (a BLAS pool per engine thread would oversubscribe the cores several times over).
+    The packed engine runs its row kernels on numba's (OpenMP) threads, so its BLAS
+    stays on one (BLAS threads spinning beside them would oversubscribe the cores).
     """
     env = dict(os.environ)
-    n = 1 if runtime == "packed" else threads
-    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
-              "VECLIB_MAXIMUM_THREADS"):
-        env[k] = str(n)
+    blas = 1 if runtime == "packed" else threads
+    for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+        env[k] = str(blas)
+    for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[k] = str(threads)
     return env
 
 
@@ -191,6 +192,8 @@ class Job:
     runtime: str
     artifact: str  # a name or checkpoint (torch), a .bfp, .onnx or .tflite file
     input_size: tuple[int, int] = (112, 112)
+    threads: int | None = None  # None: time_jobs' own
+    batch: int | None = None
 
 
 class _WorkerDied(BinfaceError):
@@ -268,7 +271,8 @@ def _stats(runtime: str, times: list[float], batch: int, rss_mb: float) -> dict:
 def time_jobs(jobs: list[Job], threads: int = 1, batch: int = 1, repeats: int = 50,
               warmup: int = 5, rounds: int = 5, progress: str | None = None,
               strict: bool = True) -> list[dict]:
-    """Time every job side by side: one worker per runtime, rounds visiting every job.
+    """Time every job side by side: one worker per runtime (and per threads and batch,
+    where a job sets its own), rounds visiting every job.
 
     Returns one :func:`_stats` dict per job, in order (``peak_rss_mb`` is that of the
     job's worker, all its models loaded). A job that fails (its model does not load
@@ -276,13 +280,15 @@ def time_jobs(jobs: list[Job], threads: int = 1, batch: int = 1, repeats: int = 
     ``{"runtime", "error"}`` (one line) and the other jobs go on.
     ``progress``: the description of a bar over the rounds, or None for no bar.
     """
-    if threads < 1 or batch < 1 or repeats < 1 or warmup < 0:
+    keys = [(j.runtime, j.threads or threads, j.batch or batch) for j in jobs]
+    if min(k[1] for k in keys) < 1 or min(k[2] for k in keys) < 1 or repeats < 1 \
+            or warmup < 0 or threads < 1 or batch < 1:
         raise BinfaceError("threads, batch and repeats must be positive")
     rounds = max(1, min(rounds, repeats))
     errors: list[str | None] = [None] * len(jobs)
     times: list[list[float]] = [[] for _ in jobs]
-    workers: dict[str, _Worker] = {}
-    dead: dict[str, str] = {}
+    workers: dict[tuple, _Worker] = {}
+    dead: dict[tuple, str] = {}
 
     def fail(i: int, msg: str) -> None:
         if strict:
@@ -291,20 +297,20 @@ def time_jobs(jobs: list[Job], threads: int = 1, batch: int = 1, repeats: int = 
 
     def answer(i: int) -> dict | None:
         """Job ``i``'s reply from its worker, or None once the job has failed."""
-        rt = jobs[i].runtime
-        if rt in dead:
-            fail(i, dead[rt])
+        key = keys[i]
+        if key in dead:
+            fail(i, dead[key])
             return None
         try:
-            reply = workers[rt].recv()
+            reply = workers[key].recv()
         except _WorkerDied as exc:
             if strict:
                 raise
-            dead[rt] = str(exc)
-            fail(i, dead[rt])
+            dead[key] = str(exc)
+            fail(i, dead[key])
             return None
         if "error" in reply:
-            fail(i, f"{rt}: {reply['error']}")
+            fail(i, f"{key[0]}: {reply['error']}")
             return None
         return reply
 
@@ -312,13 +318,13 @@ def time_jobs(jobs: list[Job], threads: int = 1, batch: int = 1, repeats: int = 
         """Send every live job its message, then collect: the workers work in parallel."""
         live = [i for i in range(len(jobs)) if errors[i] is None]
         for i in live:
-            workers[jobs[i].runtime].send(msg_of(i))
+            workers[keys[i]].send(msg_of(i))
         return [answer(i) for i in live]
 
     try:
-        for job in jobs:
-            if job.runtime not in workers:
-                workers[job.runtime] = _Worker(job.runtime, threads, batch)
+        for key in keys:
+            if key not in workers:
+                workers[key] = _Worker(*key)
         each(lambda i: {"cmd": "load", "id": i, "artifact": jobs[i].artifact,
                         "size": list(jobs[i].input_size)})
         each(lambda i: {"cmd": "warmup", "id": i, "n": warmup})
@@ -332,22 +338,22 @@ def time_jobs(jobs: list[Job], threads: int = 1, batch: int = 1, repeats: int = 
         for k in it:
             for i in range(len(jobs)):  # one job at a time: timed runs never overlap
                 if errors[i] is None:
-                    workers[jobs[i].runtime].send({"cmd": "time", "id": i, "n": per_round[k]})
+                    workers[keys[i]].send({"cmd": "time", "id": i, "n": per_round[k]})
                     reply = answer(i)
                     if reply is not None:
                         times[i] += reply["times"]
         rss = {}
-        for rt, w in workers.items():
-            if rt not in dead:
+        for key, w in workers.items():
+            if key not in dead:
                 try:
-                    rss[rt] = w.ask({"cmd": "rss"})["rss_mb"]
+                    rss[key] = w.ask({"cmd": "rss"})["rss_mb"]
                 except BinfaceError:
-                    rss[rt] = float("nan")
+                    rss[key] = float("nan")
     finally:
         for w in workers.values():
             w.close()
     return [{"runtime": job.runtime, "error": errors[i]} if errors[i] is not None
-            else _stats(job.runtime, times[i], batch, rss.get(job.runtime, float("nan")))
+            else _stats(job.runtime, times[i], keys[i][2], rss.get(keys[i], float("nan")))
             for i, job in enumerate(jobs)]
 
 
