@@ -4,6 +4,7 @@ import json
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -538,3 +539,32 @@ def test_shared_input_and_token_dense(tmp_path):
     assert y.shape == (2, 35, 10)
     assert check_layers_exact(model, recs) == 3
     assert rel_err(y, ref) < 1e-5
+
+
+def test_blas_threads_set_without_threadpoolctl():
+    """The engine holds numpy's OpenBLAS to one thread through OpenBLAS's own setter
+    (threadpoolctl is not a runtime dependency); its getter must then say 1."""
+    import ctypes
+
+    from binface.runtime import engine as E
+
+    found = []
+    if not Path("/proc/self/maps").is_file():
+        pytest.skip("no /proc/self/maps (not Linux)")
+    with open("/proc/self/maps") as fh:
+        paths = {ln.split()[-1] for ln in fh if "openblas" in ln.lower()
+                 and ln.split()[-1].startswith("/")}
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        get = getattr(lib, "scipy_openblas_get_num_threads64_", None) or getattr(
+            lib, "openblas_get_num_threads", None)
+        if get is not None:
+            found.append(get)
+    if not found:
+        pytest.skip("numpy is not linked against OpenBLAS here")
+    before = found[0]()
+    try:
+        assert E._openblas_threads(1) is True
+        assert all(get() == 1 for get in found)
+    finally:
+        E._openblas_threads(before)
