@@ -63,10 +63,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
         info = export_onnx_int8(lm.model, out, calibrate=args.calibrate,
                                 images=args.calibration_images, input_size=lm.input_size,
-                                opset=args.opset)
+                                opset=args.opset, reduce_range=args.reduce_range)
         how = ("learned QAT scales, no calibration data read" if info["mode"] == "qat" else
                f"calibrated on {info['calibration_images']} images of {args.calibrate} "
-               "(min/max)")
+               f"(min/max){', 7-bit weights' if args.reduce_range else ''}")
         msg = (f"wrote {out}: int8 ONNX (QDQ, opset {info['opset']}, per-channel weights), "
                f"{info['int8_weights']} int8 weight tensors, {info['quantize_linear']} "
                f"QuantizeLinear, {how}, {info['bytes'] / 1024:.1f} KiB")
@@ -100,6 +100,9 @@ def _check_int8_args(args: argparse.Namespace) -> None:
                            "tflite (TensorFlow's full-integer int8)")
     if not args.int8 and (args.calibrate or args.calibration_images is not None):
         raise BinfaceError("--calibrate and --calibration-images go with --int8")
+    if args.reduce_range and not (args.int8 and args.format == "onnx"):
+        raise BinfaceError("--reduce-range goes with --format onnx --int8 (ONNX Runtime's "
+                           "7-bit weights for x86 CPUs without VNNI)")
     if args.calibration_images is None:
         from binface.runtime.int8 import DEFAULT_CALIBRATION_IMAGES
 
@@ -187,6 +190,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "size for int8 ranges: a .rec, an image folder or a .bin pack")
     p.add_argument("--calibration-images", type=int, default=None, metavar="N",
                    help="calibration images, spread over DATA (default 256)")
+    p.add_argument("--reduce-range", action="store_true", help="with --format onnx --int8: "
+                   "7-bit weights, for x86 CPUs without VNNI (their int8 products can "
+                   "saturate with 8-bit weights)")
     p.add_argument(OVERWRITE_FLAG, action="store_true",
                    help="replace the output file if it exists (never the input)")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -150,12 +150,15 @@ def _reader(images: np.ndarray, input_name: str):
 # ---------------------------------------------------------------- export
 def export_onnx_int8(model, path: str | os.PathLike, calibrate: str | os.PathLike | None = None,
                      images: int = DEFAULT_CALIBRATION_IMAGES,
-                     input_size: tuple[int, int] | None = None, opset: int = 17) -> dict:
+                     input_size: tuple[int, int] | None = None, opset: int = 17,
+                     reduce_range: bool = False) -> dict:
     """Write ``model`` (name, checkpoint or module) to ``path`` as an int8 QDQ ONNX model.
 
     A float model needs ``calibrate`` (calibration data, see :func:`calibration_images`;
     ``images`` of them are used; or the faces themselves, uint8 (N, H, W, 3)); a QAT model
-    uses its learned scales and reads no data.
+    uses its learned scales and reads no data. ``reduce_range`` quantises the weights of
+    a float model to 7 bits (ORT's option for x86 CPUs without VNNI, whose uint8 x int8
+    products add pairs into int16 and can saturate with full 8-bit weights).
     Returns what was written.
     """
     from binface.models.loading import load_model
@@ -167,6 +170,10 @@ def export_onnx_int8(model, path: str | os.PathLike, calibrate: str | os.PathLik
         raise BinfaceError(f"{lm.name} is a binary model: --int8 is for float models (binary "
                            "layers are +-1 already; --format packed runs them as xor + popcount)")
     qat = is_qat(lm.model)
+    if qat and reduce_range:
+        raise BinfaceError(f"{lm.name} was trained with train.qat=int8: its file keeps the "
+                           "8-bit scales it learned (--reduce-range is for post-training "
+                           "int8 of a float model)")
     if not qat and calibrate is None:
         raise BinfaceError(f"{lm.name} is a float model: int8 needs calibration data "
                            "(--calibrate a .rec, an image folder or a .bin pack)")
@@ -183,13 +190,15 @@ def export_onnx_int8(model, path: str | os.PathLike, calibrate: str | os.PathLik
         from binface.runtime.onnx_rt import decompose_prelu, export_onnx
 
         export_onnx(lm.model, tmp / "float.onnx", lm.input_size, opset=opset, prelu="keep")
-        proto = _fold_qat(tmp / "float.onnx") if qat else _quantize_static(tmp, faces)
+        proto = (_fold_qat(tmp / "float.onnx") if qat
+                 else _quantize_static(tmp, faces, reduce_range))
         # after quantisation: PReLU stays float between DequantizeLinear and QuantizeLinear
         decompose_prelu(proto.graph)
     props = {"binface.model": lm.name, "binface.binary": "0", "binface.precision": "int8",
              "binface.int8": "qat" if qat else "ptq"}
     if faces is not None:
         props["binface.calibration"] = f"{source}, min/max"
+        props["binface.weight_bits"] = "7" if reduce_range else "8"
     _set_metadata(proto, props)
     summary = int8_summary(proto)
     if not summary["int8_weights"] or not summary["quantize_linear"]:
@@ -199,6 +208,7 @@ def export_onnx_int8(model, path: str | os.PathLike, calibrate: str | os.PathLik
     path = Path(path)
     return {"model": lm.name, "path": str(path), "mode": "qat" if qat else "ptq",
             "opset": opset, "calibration_images": 0 if faces is None else len(faces),
+            "weight_bits": 7 if reduce_range else 8,
             **summary, "bytes": path.stat().st_size}
 
 
@@ -217,7 +227,7 @@ def _has_binary(model) -> bool:
     return any(isinstance(m, (Quantizer, QuantizedLayer)) for m in model.modules())
 
 
-def _quantize_static(tmp: Path, faces: np.ndarray):
+def _quantize_static(tmp: Path, faces: np.ndarray, reduce_range: bool = False):
     """ORT's pre-processing, then static QDQ quantisation (U8S8, per-channel weights).
 
     Min/max calibration: ORT adds ReduceMin / ReduceMax outputs for every tensor and
@@ -245,7 +255,7 @@ def _quantize_static(tmp: Path, faces: np.ndarray):
             quantize_static(
                 str(pre), str(out), _reader(faces, input_name), quant_format=QuantFormat.QDQ,
                 per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax)
+                calibrate_method=CalibrationMethod.MinMax, reduce_range=reduce_range)
     except BinfaceError:
         raise
     except Exception as exc:  # noqa: BLE001 - ORT's tools raise many types
