@@ -23,8 +23,15 @@ The seed's third avenue, measured with ``binface.privacy``'s attacks (docs/priva
 One gradient-inversion step is a double backward through the whole network at 112x112:
 about 1-3 s on 2 cores at batch 1 (BinaryFaceFormer: 2.4 s on one loaded core), so the
 default budget (8 faces x 3 seeds per row, 50 steps) makes a run of many hours. Every
-(model, state, attack, batch) row is saved in ``--work`` as it finishes, so the study
-resumes where it stopped. Writes ``docs/results/privacy.json`` / ``.md`` and the grid PNG
+(model, state, attack, batch) row is recorded in ``--records`` (default
+``docs/results/privacy_runs/``, committed: one small JSON per row with its budget, the
+training recipe of the attacked model, the commit and the CPU; the grid's
+reconstructions as uint8) as it finishes, so the study can be finished over several
+sessions: a recorded row is not run again, and a model is trained only when one of its
+trained rows is still missing (in a later session, on another CPU, the same recipe may
+give a model that differs in its last bits: each row records its checkpoint's sha256).
+The evaluator is the distillation study's recorded EdgeFace-XS teacher file when its
+record matches. Writes ``docs/results/privacy.json`` / ``.md`` and the grid PNG
 (originals, then one row of gradient-inversion reconstructions per model).
 """
 
@@ -96,6 +103,23 @@ def _trained(label: str, zoo: str, source: str | None, data: Path, images: int,
                                                          "data": str(data)})["checkpoint"]
 
 
+def _save_faces(path: Path, shown: list) -> None:
+    """The grid's first 8 originals and reconstructions as uint8 (N, H, W, 3), compressed
+    (about 0.5 MB a row)."""
+    import io
+
+    import torch
+
+    from binface.fileio import write_bytes
+    from binface.privacy.faces import to_uint8
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, original=np.concatenate(
+        [to_uint8(torch.as_tensor(a)) for a, _ in shown])[:8], reconstruction=np.concatenate(
+        [to_uint8(b.detach()) for _, b in shown])[:8])
+    write_bytes(path, buf.getvalue())
+
+
 def _cell(v) -> str:
     if v is None:
         return "-"
@@ -123,6 +147,9 @@ def main() -> None:
     ap.add_argument("--teachers", type=Path, default=ROOT / "runs" / "distillation",
                     help="the distillation study's folder (its EdgeFace-XS is the evaluator)")
     ap.add_argument("--out", type=Path, help="default: docs/results (--quick: work folder)")
+    ap.add_argument("--records", type=Path, default=ROOT / "docs" / "results" / "privacy_runs",
+                    help="one JSON per finished row (default docs/results/privacy_runs; "
+                    "--quick: in the work folder)")
     args = ap.parse_args()
 
     import torch
@@ -147,6 +174,8 @@ def main() -> None:
         train_images, qat_images, m_images = 64, 32, 16
         work = work.with_name(work.name + "_quick")
         teachers = work / "teachers"
+        args.records = work / "records"
+    records = args.records
     members, holdout, plan = _benchmarks(args.quick)
     n_train = plan.identities * plan.images_per_identity
     work.mkdir(parents=True, exist_ok=True)
@@ -158,9 +187,20 @@ def main() -> None:
     e_over = ds.teacher_overrides(ds.TEACHERS[EVALUATOR], big, e_images,
                                   big_plan.identities * big_plan.images_per_identity)
     print(f"[privacy] evaluator {EVALUATOR}", flush=True)
-    evaluator = load_attack_target(ds.train(EVALUATOR, e_over, teachers / f"teacher_{EVALUATOR}",
-                                            {"overrides": e_over, "data": str(big)})[
-                                                "checkpoint"]).model
+    e_tag = {"overrides": e_over, "data": str(big)}
+    e_file = ROOT / "docs" / "results" / "distillation_runs" / f"teacher_{EVALUATOR}.pt"
+    e_rec = ds.load_record(e_file.parent, e_file.stem, e_tag)
+    if not args.quick and e_rec is not None and e_file.is_file() \
+            and e_rec.get("sha256") == ds.sha256_of(e_file):
+        print(f"[privacy] evaluator: the distillation study's recorded {e_file}", flush=True)
+        e_ckpt = str(e_file)
+    else:
+        e_ckpt = ds.train(EVALUATOR, e_over, teachers / f"teacher_{EVALUATOR}", e_tag)[
+            "checkpoint"]
+    evaluator = load_attack_target(e_ckpt).model
+    from binface.compare import cpu_name, cpu_simd
+
+    host = f"{cpu_name()}, SIMD: {', '.join(cpu_simd()) or 'none reported'}"
 
     ckpts: dict[str, str] = {}
     rows, grid = [], {}
@@ -171,15 +211,45 @@ def main() -> None:
                            "restarts": restarts},
               "membership": {"images": m_images, "seeds": seeds}, "fmr": fmr,
               "train_images": train_images, "qat_images": qat_images}
+    jobs = [("gradient", b) for b in batches] + [("template", None), ("membership", None)]
+
+    def key_of(label: str, trained: bool, attack: str, batch: int | None) -> str:
+        return f"{label}_{'trained' if trained else 'init'}_{attack}" + (
+            f"_b{batch}" if batch else "")
+
+    def want_of(label: str, trained: bool, attack: str) -> dict:
+        """What a row depends on: the attack's budget and, trained, the recipe of the
+        attacked model (its data, images seen and, for int8, the float model's)."""
+        recipe = None
+        if trained:
+            source = next(m[3] for m in MODELS if m[0] == label)
+            recipe = {"recipe": RECIPE, "data": str(members), "images": train_images,
+                      "qat_images": qat_images if source else None, "from": source}
+        return json.loads(ds.portable({"budget": budget[attack], "trained": recipe}))
+
+    def recorded(key: str, want: dict) -> dict | None:
+        path = records / f"{key}.json"
+        if path.is_file():
+            rec = json.loads(path.read_text())
+            if rec.get("want") == want:
+                return rec
+        return None
+
     for label, zoo, precision, source in chosen:
-        if source is not None and source not in ckpts:
-            src = next(m for m in MODELS if m[0] == source)
-            ckpts[source] = _trained(*src[:2], None, members, train_images, qat_images,
-                                     n_train, work, ckpts)
-        ckpts[label] = _trained(label, zoo, source, members, train_images, qat_images,
-                                n_train, work, ckpts)
         for trained in (False, True):
-            if trained:
+            todo = [(a, b) for a, b in jobs
+                    if recorded(key_of(label, trained, a, b), want_of(label, trained, a))
+                    is None]
+            if not todo:
+                target = None
+            elif trained:
+                if source is not None and source not in ckpts:
+                    src = next(m for m in MODELS if m[0] == source)
+                    ckpts[source] = _trained(*src[:2], None, members, train_images,
+                                             qat_images, n_train, work, ckpts)
+                if label not in ckpts:
+                    ckpts[label] = _trained(label, zoo, source, members, train_images,
+                                            qat_images, n_train, work, ckpts)
                 target = load_attack_target(ckpts[label])
             else:
                 torch.manual_seed(0)
@@ -188,17 +258,13 @@ def main() -> None:
                     faces, _ = read_faces(members, 32, seed=99)
                     target.model = _qat_init(target.model, to_tensor(faces))
                     target.precision = "int8"
-            jobs = [("gradient", b) for b in batches] + [("template", None),
-                                                         ("membership", None)]
             for attack, batch in jobs:
-                key = f"{label}_{'trained' if trained else 'init'}_{attack}" + (
-                    f"_b{batch}" if batch else "")
-                cache = work / "rows" / f"{key}.json"
-                want = {"budget": budget[attack], "checkpoint": ckpts[label]
-                        if trained else None}
-                if cache.is_file() and json.loads(cache.read_text())["want"] == want:
-                    row = json.loads(cache.read_text())["row"]
-                    print(f"[privacy] {key}: done before", flush=True)
+                key = key_of(label, trained, attack, batch)
+                want = want_of(label, trained, attack)
+                rec = recorded(key, want)
+                if rec is not None:
+                    row = rec["row"]
+                    print(f"[privacy] {key}: recorded", flush=True)
                 else:
                     print(f"[privacy] {key}", flush=True)
                     torch.manual_seed(0)
@@ -217,16 +283,18 @@ def main() -> None:
                            "trained": trained, "attack": attack, "batch": batch,
                            **{k: metrics.get(k) for k in METRICS[attack]},
                            "seconds": round(time.perf_counter() - t0, 1)}
-                    (work / "rows").mkdir(exist_ok=True)
-                    if shown:
-                        np.savez_compressed(work / "rows" / f"{key}.npz",
-                                            original=np.concatenate([a for a, _ in shown]),
-                                            reconstruction=np.concatenate(
-                                                [b.detach() for _, b in shown]))
-                    write_text(cache, json.dumps({"want": want, "row": row}) + "\n")
+                    records.mkdir(parents=True, exist_ok=True)
+                    grid_row = trained and attack == "gradient" and batch == 1
+                    if shown and grid_row:  # the grid's faces, small enough to commit
+                        _save_faces(records / f"{key}.npz", shown)
+                    write_text(records / f"{key}.json", json.dumps({
+                        "want": want, "row": row, "commit": start_commit, "cpu": host,
+                        "checkpoint_sha256": ds.sha256_of(Path(ckpts[label]))
+                        if trained else None}, indent=1) + "\n")
                 rows.append(row)
-                if trained and attack == "gradient" and batch == 1:
-                    grid[label] = work / "rows" / f"{key}.npz"
+                if trained and attack == "gradient" and batch == 1 \
+                        and (records / f"{key}.npz").is_file():
+                    grid[label] = records / f"{key}.npz"
 
     doc = {"command": "python benchmarks/privacy.py" + " ".join([""] + sys.argv[1:]),
            "commit": start_commit, "budget": budget, "recipe": RECIPE,
@@ -293,7 +361,8 @@ def plot_grid(grid: dict[str, Path], path: Path) -> None:
                                                 for k, v in loaded.items()]
     fig, axes = plt.subplots(len(rows), n, figsize=(1.2 * n, 1.3 * len(rows)), squeeze=False)
     for i, (name, arr) in enumerate(rows):
-        imgs = to_uint8(torch.from_numpy(arr[:n]))
+        # uint8 NHWC as recorded (older work folders held float NCHW)
+        imgs = arr[:n] if arr.dtype == np.uint8 else to_uint8(torch.from_numpy(arr[:n]))
         for j in range(n):
             axes[i][j].imshow(imgs[j])
             axes[i][j].set_xticks([])
