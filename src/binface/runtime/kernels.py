@@ -45,8 +45,8 @@ _KW_SMALL = {"cache": True, "nogil": True, "boundscheck": False}
 # agree with PyTorch bit for bit
 _KW_FMA = {"cache": True, "nogil": True, "boundscheck": False, "fastmath": {"contract"}}
 
-# Row kernels are compiled twice from one source: serially (one image on one core, or
-# one slice of a batch per Python thread) and with numba's ``parallel=True``, where the
+# Row kernels are compiled twice from one source: serially (one thread) and with
+# numba's ``parallel=True`` (``threads`` > 1, one image or a batch), where the
 # output rows are cut into ``nt`` contiguous chunks, one per thread (``prange`` over
 # chunks, each with its own scratch rows; every row kernel's last argument is ``nt``,
 # 1 for the serial ones: numba's thread count read inside a kernel would stop it

@@ -109,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", help="aligned faces at the model's input size: image "
                    "files or .npy arrays of shape (N, H, W, 3), uint8")
     p.add_argument("--threads", type=positive_int, default=1,
-                   help="threads (a batch is split over them; default 1)")
+                   help="threads, working inside each layer (default 1)")
     p.add_argument("--out", metavar="FILE.npy", help="write the L2-normalised embeddings")
     p.add_argument(OVERWRITE_FLAG, action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print JSON")
