@@ -653,6 +653,7 @@ def im2col(x, cols, padval, cfg, nt):
     if q1 == 0:
         q1 = n_ * ho
     whole = c0 == 0 and cg == c_all and dw == 1  # a kernel row is one contiguous run
+    xf = x.reshape(-1)
     rows = q1 - q0
     nt = max(1, min(nt, rows))
     for ch in prange(nt):
@@ -666,8 +667,13 @@ def im2col(x, cols, padval, cfg, nt):
                     iy = oy * sh + ky * dh - pt
                     if whole and 0 <= iy < h_in and ix0 >= 0 and ix0 + kw <= w_in:
                         run = kw * c_all
-                        _copy(x[n, iy].reshape(-1)[ix0 * c_all:ix0 * c_all + run],
-                              dst[k:k + run])
+                        if run < 64:  # e.g. a 3x3 stem on RGB: 9 floats, no slice views
+                            base = ((n * h_in + iy) * w_in + ix0) * c_all
+                            for j in range(run):
+                                dst[k + j] = xf[base + j]
+                        else:
+                            _copy(x[n, iy].reshape(-1)[ix0 * c_all:ix0 * c_all + run],
+                                  dst[k:k + run])
                         k += run
                         continue
                     for kx in range(kw):
