@@ -103,7 +103,6 @@ def conv_as_onnx(op, x_shape: tuple, res_shapes: list[tuple]) -> bytes:
 
 
 def linear_as_onnx(op, x_shape: tuple) -> bytes:
-    import onnx  # noqa: F401  (onnx.helper needs the package)
     from onnx import TensorProto, helper, numpy_helper
 
     inits = [numpy_helper.from_array(np.ascontiguousarray(op.w, np.float32), "w")]
