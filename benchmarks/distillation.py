@@ -26,7 +26,7 @@ Writes ``docs/results/distillation.json`` / ``.md`` / ``.png``; runs resume from
 its tag, accuracy and commit; committed), so the study can be finished over several
 sessions: a student run whose record matches its tag is not trained again. Each teacher
 is recorded with its weights (``teacher_NAME.pt``: the trained checkpoint without its
-optimiser state, tensors in float16, about 3-5 MB): the students learn from that file and
+optimiser state, tensors in float16, 2-4 MB): the students learn from that file and
 the teacher is scored from it, and its sha256 is part of every student's tag, so a
 later session (another clone, another CPU, where retraining would not give the same
 bits) distils from the very same teacher, and a retrained teacher makes the students
@@ -173,12 +173,6 @@ def teacher_file(checkpoint: str, path: Path) -> str:
     torch.save(keep, buf)
     write_bytes(path, buf.getvalue())
     return hashlib.sha256(buf.getvalue()).hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def score_onnx(checkpoint: str, packs: dict, run_dir: Path, threads: int) -> dict:
@@ -356,6 +350,7 @@ def main() -> None:
 
     import torch
 
+    from binface.data.verification import sha256
     from binface.fileio import write_text
 
     torch.set_num_threads(args.threads)
@@ -390,7 +385,7 @@ def main() -> None:
         tag = {"overrides": over, "data": str(data)}
         pt = args.records / f"teacher_{t}.pt"
         rec = load_record(args.records, f"teacher_{t}", tag)
-        if rec is not None and pt.is_file() and rec.get("sha256") == sha256_of(pt):
+        if rec is not None and pt.is_file() and rec.get("sha256") == sha256(pt):
             print(f"[study] teacher {t}: recorded ({pt})", flush=True)
             res = rec
         else:

@@ -35,7 +35,6 @@ measured in different sessions (and CPUs) come from one run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -117,6 +116,8 @@ def main() -> None:
 
     import torch
 
+    from binface.compare import cpu_description
+    from binface.data.verification import sha256
     from binface.eval.run import OnnxEmbedder, evaluate_pack
     from binface.fileio import write_text
     from binface.models.loading import load_model
@@ -165,7 +166,7 @@ def main() -> None:
             else:
                 export_onnx_int8(qat, path)
             files[(m, variant)] = path
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest = sha256(path)
             cache = work / f"{m}_{variant}.scored.json"
             if cache.is_file() and json.loads(cache.read_text())["sha256"] == digest:
                 rows.append(json.loads(cache.read_text())["row"])
@@ -191,7 +192,7 @@ def main() -> None:
     time_rows(rows, files, packs[PACKS[0]].images, args.quick)
 
     command = "python benchmarks/int8.py" + " ".join([""] + sys.argv[1:])
-    host = cpu_host()
+    host = cpu_description()
     for row in rows:
         row["command"], row["commit"], row["cpu"] = command, start_commit, host
     out = args.out or (work / "results" if args.quick else ROOT / "docs" / "results")
@@ -216,12 +217,6 @@ def write_results(doc: dict, out: Path) -> None:
     write_text(out / "int8.md", md)
     plot(doc, out / "int8.png")
     print(md)
-
-
-def cpu_host() -> str:
-    from binface.compare import cpu_name, cpu_simd
-
-    return f"{cpu_name()}, SIMD: {', '.join(cpu_simd()) or 'none reported'}"
 
 
 def time_rows(rows: list[dict], files: dict[tuple[str, str], Path], faces: np.ndarray,
@@ -250,6 +245,7 @@ def retime(args: argparse.Namespace) -> None:
     which training does not change, not on the weights' values."""
     import torch
 
+    from binface.compare import cpu_description
     from binface.runtime import export_onnx, export_onnx_int8
 
     torch.set_num_threads(args.threads)
@@ -277,7 +273,7 @@ def retime(args: argparse.Namespace) -> None:
         export_onnx_int8(qat, files[(m, "qat")])
     time_rows(rows, files, packs[PACKS[0]].images, quick=False)
     command = "python benchmarks/int8.py" + " ".join([""] + sys.argv[1:])
-    host = cpu_host()
+    host = cpu_description()
     for row in rows:  # "cpu" stays that of the run that measured the accuracy
         row["timing"] = {"command": command, "commit": commit, "cpu": host}
     doc["timing"] = {"command": command, "commit": commit, "cpu": host}

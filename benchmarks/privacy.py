@@ -154,6 +154,8 @@ def main() -> None:
 
     import torch
 
+    from binface.compare import cpu_description
+    from binface.data.verification import sha256
     from binface.fileio import write_text
     from binface.privacy.cli import run_gradient, run_membership, run_template
     from binface.privacy.faces import read_faces, to_tensor
@@ -191,16 +193,14 @@ def main() -> None:
     e_file = ROOT / "docs" / "results" / "distillation_runs" / f"teacher_{EVALUATOR}.pt"
     e_rec = ds.load_record(e_file.parent, e_file.stem, e_tag)
     if not args.quick and e_rec is not None and e_file.is_file() \
-            and e_rec.get("sha256") == ds.sha256_of(e_file):
+            and e_rec.get("sha256") == sha256(e_file):
         print(f"[privacy] evaluator: the distillation study's recorded {e_file}", flush=True)
         e_ckpt = str(e_file)
     else:
         e_ckpt = ds.train(EVALUATOR, e_over, teachers / f"teacher_{EVALUATOR}", e_tag)[
             "checkpoint"]
     evaluator = load_attack_target(e_ckpt).model
-    from binface.compare import cpu_name, cpu_simd
-
-    host = f"{cpu_name()}, SIMD: {', '.join(cpu_simd()) or 'none reported'}"
+    host = cpu_description()
 
     ckpts: dict[str, str] = {}
     rows, grid = [], {}
@@ -289,7 +289,7 @@ def main() -> None:
                         _save_faces(records / f"{key}.npz", shown)
                     write_text(records / f"{key}.json", json.dumps({
                         "want": want, "row": row, "commit": start_commit, "cpu": host,
-                        "checkpoint_sha256": ds.sha256_of(Path(ckpts[label]))
+                        "checkpoint_sha256": sha256(ckpts[label])
                         if trained else None}, indent=1) + "\n")
                 rows.append(row)
                 if trained and attack == "gradient" and batch == 1 \

@@ -312,6 +312,11 @@ def cpu_simd() -> list[str]:
     return [f for f in SIMD_FLAGS if f in flags]
 
 
+def cpu_description() -> str:
+    """:func:`cpu_name` and :func:`cpu_simd` in one line, as studies record a row's CPU."""
+    return f"{cpu_name()}, SIMD: {', '.join(cpu_simd()) or 'none reported'}"
+
+
 def _api_command(models, packs, runtimes, repeats, warmup, rounds, max_pairs, table) -> str:
     """The command line that asks for the same comparison."""
     parts = ["binface", "compare", *(models or [])]

@@ -281,8 +281,8 @@ def time_jobs(jobs: list[Job], threads: int = 1, batch: int = 1, repeats: int = 
     ``progress``: the description of a bar over the rounds, or None for no bar.
     """
     keys = [(j.runtime, j.threads or threads, j.batch or batch) for j in jobs]
-    if min(k[1] for k in keys) < 1 or min(k[2] for k in keys) < 1 or repeats < 1 \
-            or warmup < 0 or threads < 1 or batch < 1:
+    if any(t < 1 or b < 1 for _, t, b in keys) or threads < 1 or batch < 1 \
+            or repeats < 1 or warmup < 0:
         raise BinfaceError("threads, batch and repeats must be positive")
     rounds = max(1, min(rounds, repeats))
     errors: list[str | None] = [None] * len(jobs)

@@ -225,12 +225,11 @@ class PackedEngine:
 def set_blas_threads(threads: int) -> bool:
     """Limit numpy's BLAS (the engine's float GEMMs) to ``threads``; False if not possible.
 
-    The engine parallelises itself (a batch across threads, or one input's rows across
-    numba's OpenMP threads); BLAS threads of its own would only fight those for the
-    cores: with both spinning on a 2-core machine a 1x1 conv took 7 ms instead of
-    0.05. threadpoolctl is used when it is installed; otherwise OpenBLAS's own setter
-    is called through ctypes (numpy's wheels ship OpenBLAS), so the runtime still needs
-    numpy and numba only.
+    The engine parallelises itself (each layer's rows across numba's OpenMP
+    threads); BLAS threads of its own would only fight those for the cores: with both
+    spinning on a 2-core machine a 1x1 conv took 7 ms instead of 0.05. threadpoolctl is
+    used when it is installed; otherwise OpenBLAS's own setter is called through ctypes
+    (numpy's wheels ship OpenBLAS), so the runtime still needs numpy and numba only.
     """
     try:
         from threadpoolctl import threadpool_limits
@@ -280,9 +279,8 @@ def load_packed(path: str | os.PathLike, threads: int | None = None,
                 limit_blas: bool = True) -> PackedEngine:
     """Load a ``.bfp`` file into a :class:`PackedEngine` (numpy + numba only).
 
-    ``threads``: a batch of at least that many inputs is split over that many
-    threads (the kernels release the GIL); a smaller batch runs the row-parallel
-    kernels, each layer's output rows cut across numba's threads. With
+    ``threads``: the row-parallel kernels, each layer's output rows (over the whole
+    batch) cut across that many of numba's threads. With
     ``limit_blas``, numpy's BLAS is kept on one thread (process-wide; see
     :func:`set_blas_threads`).
     """
