@@ -568,3 +568,13 @@ def test_blas_threads_set_without_threadpoolctl():
         assert all(get() == 1 for get in found)
     finally:
         E._openblas_threads(before)
+
+
+def test_time_jobs_of_no_jobs_and_bad_thread_counts():
+    """No jobs: nothing to time; a job's own thread count must be positive too."""
+    from binface.errors import BinfaceError
+    from binface.runtime.bench import Job, time_jobs
+
+    assert time_jobs([]) == []
+    with pytest.raises(BinfaceError, match="must be positive"):
+        time_jobs([Job("packed", "x.bfp", threads=-1)])
