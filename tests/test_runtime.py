@@ -576,5 +576,6 @@ def test_time_jobs_of_no_jobs_and_bad_thread_counts():
     from binface.runtime.bench import Job, time_jobs
 
     assert time_jobs([]) == []
-    with pytest.raises(BinfaceError, match="must be positive"):
-        time_jobs([Job("packed", "x.bfp", threads=-1)])
+    for bad in ({"threads": 0}, {"threads": -1}, {"batch": 0}):
+        with pytest.raises(BinfaceError, match="must be positive"):
+            time_jobs([Job("packed", "x.bfp", **bad)])

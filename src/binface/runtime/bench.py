@@ -280,7 +280,8 @@ def time_jobs(jobs: list[Job], threads: int = 1, batch: int = 1, repeats: int = 
     ``{"runtime", "error"}`` (one line) and the other jobs go on.
     ``progress``: the description of a bar over the rounds, or None for no bar.
     """
-    keys = [(j.runtime, j.threads or threads, j.batch or batch) for j in jobs]
+    keys = [(j.runtime, threads if j.threads is None else j.threads,
+             batch if j.batch is None else j.batch) for j in jobs]
     if any(t < 1 or b < 1 for _, t, b in keys) or threads < 1 or batch < 1 \
             or repeats < 1 or warmup < 0:
         raise BinfaceError("threads, batch and repeats must be positive")
