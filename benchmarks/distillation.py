@@ -260,9 +260,16 @@ def table(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mean(row: dict, seeds: list[int], pack: str) -> float:
+    """A row's mean accuracy on ``pack`` over ``seeds`` (a subset of its own)."""
+    return float(np.mean([a[pack] for a, s in zip(row["accuracy_seeds"], row["seeds"],
+                                                  strict=True) if s in seeds]))
+
+
 def verdict(doc: dict) -> list[str]:
     """The issue's goal, computed per pack: the share of the scratch-to-teacher gap that
-    the transformer-distilled BinaryFaceFormer closes (goal: >= 50% on every pack)."""
+    the transformer-distilled BinaryFaceFormer closes (goal: >= 50% on every pack).
+    Distilled and scratch runs are compared over the seeds both have."""
     teachers = {t["model"]: t for t in doc["teachers"]}
     out = []
     for r in doc["rows"]:
@@ -270,20 +277,22 @@ def verdict(doc: dict) -> list[str]:
             continue
         scratch = next((s for s in doc["rows"] if s["student"] == r["student"]
                         and s["teacher"] is None), None)
-        if scratch is None:
+        shared = [s for s in r["seeds"] if scratch is not None and s in scratch["seeds"]]
+        if not shared:
             continue
         t = teachers[r["teacher"]]
         parts, ok = [], True
         for p in PACKS:
-            g = gap_closed(scratch["accuracy"][p], r["accuracy"][p], t["accuracy"][p])
+            d = _mean(r, shared, p)
+            g = gap_closed(_mean(scratch, shared, p), d, t["accuracy"][p])
             ok = ok and g is not None and g >= 0.5
             parts.append(f"{p} {'-' if g is None else f'{100 * g:.0f}%'} "
-                         f"({t['accuracy'][p] - r['accuracy'][p]:+.2f} to the teacher)")
+                         f"(student {d - t['accuracy'][p]:+.2f} against the teacher)")
         goal = ""
         if r["teacher"] == "edgeface_xs" and r["student"].startswith("binaryfaceformer"):
             goal = f": goal {'met' if ok else 'not met'}"
-        out.append(f"- {r['student']} from {r['teacher']}: gap closed " + ", ".join(parts)
-                   + goal)
+        out.append(f"- {r['student']} from {r['teacher']} (seeds {shared}): gap closed "
+                   + ", ".join(parts) + goal)
     return out
 
 
@@ -309,9 +318,9 @@ def plot(doc: dict, path: Path) -> None:
                                                          else "^")
             ax.plot(r["packed_ms"], r["accuracy"][p], marker, label=f"{r['student']} "
                     f"{'scratch' if r['teacher'] is None else 'from ' + r['teacher']}")
-            if r["teacher"] is not None:
-                s = next(x for x in doc["rows"] if x["student"] == r["student"]
-                         and x["teacher"] is None)
+            s = next((x for x in doc["rows"] if x["student"] == r["student"]
+                      and x["teacher"] is None), None)
+            if r["teacher"] is not None and s is not None:
                 ax.annotate("", (r["packed_ms"], r["accuracy"][p]),
                             (s["packed_ms"], s["accuracy"][p]),
                             arrowprops={"arrowstyle": "->", "lw": 0.8})
@@ -350,6 +359,9 @@ def main() -> None:
     ap.add_argument("--records", type=Path, default=ROOT / "docs" / "results" /
                     "distillation_runs", help="one JSON per finished run (default "
                     "docs/results/distillation_runs; --quick: in the work folder)")
+    ap.add_argument("--recorded-only", action="store_true",
+                    help="train nothing: report the recorded runs, list the missing ones "
+                         "(an interim report of a study finished over several sessions)")
     args = ap.parse_args()
 
     import torch
@@ -392,6 +404,9 @@ def main() -> None:
         if rec is not None and pt.is_file() and rec.get("sha256") == sha256(pt):
             print(f"[study] teacher {t}: recorded ({pt})", flush=True)
             res = rec
+        elif args.recorded_only:
+            raise SystemExit(f"--recorded-only: teacher {t} has no matching record in "
+                             f"{args.records}")
         else:
             print(f"[study] teacher {t}: {t_steps} steps of 32", flush=True)
             res = train(t, over, work / f"teacher_{t}", tag)
@@ -406,8 +421,19 @@ def main() -> None:
                              "budget_images": t_steps * 32, "recipe": TEACHER_RECIPE[t],
                              "train_img_s": round(res["train_img_s"], 2)})
 
+    # teacher runs that failed and were set aside (``teacher_NAME.failed.json``, renamed
+    # by hand with the reason in the commit): reported, never used
+    failed = []
+    for path in sorted(args.records.glob("teacher_*.failed.json")):
+        rec = json.loads(path.read_text())
+        lr = next((o.split("=", 1)[1] for o in rec["tag"]["overrides"]
+                   if o.startswith("optim.lr=")), "?")
+        failed.append({"run": path.name, "lr": lr, "commit": rec.get("commit"),
+                       "accuracy": {p: round(rec["accuracy"][p], 3) for p in PACKS}})
+
     steps = -(-budget // 32)
     runs: dict[tuple[str, str | None, str], list[dict]] = {}
+    missing: list[str] = []  # --recorded-only: runs not recorded yet
     explore = {tuple(x.split("/", 1)) for x in args.explore.split(",") if "/" in x}
     for student in students:
         for seed in seeds:
@@ -422,6 +448,11 @@ def main() -> None:
             elif rec is not None:
                 print(f"[study] scratch {student} seed {seed}: recorded", flush=True)
                 scratch = rec
+            elif args.recorded_only:
+                print(f"[study] scratch {student} seed {seed}: not recorded, left out",
+                      flush=True)
+                missing.append(f"scratch_{student}_s{seed}")
+                scratch = None
             else:
                 print(f"[study] scratch {student} seed {seed}: training", flush=True)
                 scratch = ba.train_one(student, seed, steps, data, sdir, n_train)
@@ -429,8 +460,10 @@ def main() -> None:
                 scratch["tag"] = tag_ba
                 scratch["commit"] = start_commit
                 write_text(prev, json.dumps(scratch, indent=2) + "\n")
-            save_record(args.records, f"scratch_{student}_s{seed}", scratch, start_commit)
-            runs.setdefault((student, None, "arcface"), []).append(scratch)
+            if scratch is not None:
+                save_record(args.records, f"scratch_{student}_s{seed}", scratch, start_commit)
+                runs.setdefault((student, None, "arcface"), []).append({**scratch,
+                                                                        "seed": seed})
             for t in teachers:
                 for v in variants:
                     if v != args.main and (seed != seeds[0] or (student, t) not in explore):
@@ -442,13 +475,17 @@ def main() -> None:
                     tag = {"overrides": over, "data": str(data), "teacher_sha256": teacher_sha[t]}
                     print(f"[study] {student} from {t} ({v}), seed {seed}", flush=True)
                     res = load_record(args.records, run_dir.name, tag)
+                    if res is None and args.recorded_only:
+                        print(f"[study] {run_dir.name}: not recorded, left out", flush=True)
+                        missing.append(run_dir.name)
+                        continue
                     if res is None:
                         res = _scored(train(student, over, run_dir, tag), run_dir, packs,
                                       args.threads, onnx=False)
                         save_record(args.records, run_dir.name, res, start_commit)
                     else:
                         print(f"[study] {run_dir.name}: recorded", flush=True)
-                    runs.setdefault((student, t, v), []).append(res)
+                    runs.setdefault((student, t, v), []).append({**res, "seed": seed})
 
     rows = []
     for (student, t, v), rs in runs.items():
@@ -457,7 +494,7 @@ def main() -> None:
             "accuracy": {p: round(float(np.mean([r["accuracy"][p] for r in rs])), 3)
                          for p in PACKS},
             "accuracy_seeds": [{p: round(r["accuracy"][p], 3) for p in PACKS} for r in rs],
-            "seeds": seeds[:len(rs)], "packed_ms": round(lat[student], 3),
+            "seeds": [r["seed"] for r in rs], "packed_ms": round(lat[student], 3),
             "train_img_s": round(float(np.mean([r["train_img_s"] for r in rs])), 2)})
     doc = {
         "command": "python benchmarks/distillation.py" + " ".join([""] + sys.argv[1:]),
@@ -469,7 +506,8 @@ def main() -> None:
             f"{t}->{s}": p for (t, s), p in STAGES.items() if t in teachers and s in students},
         "threads": args.threads, "torch": torch.__version__,
         "minutes": round((time.perf_counter() - t_start) / 60, 1),
-        "teachers": teacher_rows, "rows": rows,
+        "teachers": teacher_rows, "failed_teachers": failed, "rows": rows,
+        "missing": missing,
     }
     doc["verdict"] = verdict(doc)
     out = args.out or (work / "results" if args.quick else ROOT / "docs" / "results")
@@ -484,7 +522,13 @@ def main() -> None:
               for r in teacher_rows)
           + f"; {doc['minutes']} min.\n\nAccuracy (%) on the full synthetic packs, mean over "
           "seeds (range). Teachers scored through ONNX Runtime, students through the packed "
-          "engine.\n\n" + table(doc) + "\n" + "\n".join(doc["verdict"]) + "\n")
+          "engine.\n\n" + table(doc) + "\n" + "\n".join(doc["verdict"]) + "\n"
+          + (f"\nNot recorded yet, left out (`--recorded-only`): {', '.join(missing)}.\n"
+             if missing else "")
+          + "".join(f"\nA teacher run set aside, not used: `{f['run']}` (lr {f['lr']}, "
+                    f"commit `{str(f['commit'])[:7]}`): "
+                    + " / ".join(f"{f['accuracy'][p]:.2f}" for p in PACKS) + "\n"
+                    for f in failed))
     write_text(out / "distillation.md", md)
     plot(doc, out / "distillation.png")
     print(md)
