@@ -13,8 +13,9 @@
    only where the paired per-fold difference exceeds 2.26 standard errors (a 95%
    t interval over 10 folds), otherwise "within noise" (:mod:`binface.eval.paired`).
 
-Sized for 2 CPU cores: 19.0 minutes in full in a fresh-clone run (data generation
-included; the target is 20), a few minutes with ``--quick``.
+Sized for 2 CPU cores: in a fresh-clone run (data generation included; the target is
+20 minutes) 10.2 minutes on an Intel Xeon with AVX-512, 19.0 on an AMD EPYC with AVX2;
+a few minutes with ``--quick``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Plan:
 # at 900, 3 points ahead on synth LFW). A fresh-clone run at 900 / 120 steps took 21.8 min
 # (training 15.6, scoring 4.3); at 800 / 80, 20.2 min (data 1.1, training 13.9: teacher
 # 6.8, students 2.6 + 2.8 + 0.7 + 0.9; scoring and comparing about 5); hence 720 / 70:
-# 19.0 min in a fresh-clone run.
+# 19.0 min in a fresh-clone run (AMD EPYC, AVX2), 10.2 min on an Intel Xeon (AVX-512).
 FULL = Plan(identities=300, images_per_identity=20, pack_pairs=2000, eval_pairs=2000,
             batch_size=32, teacher_steps=720, student_steps=70)
 QUICK = Plan(identities=60, images_per_identity=8, pack_pairs=100, eval_pairs=100,
@@ -379,7 +380,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "hybrid-transformer teacher (EdgeFace-XS), BinaryFaceNet and BinaryFaceFormer from "
         "scratch and both distilled from the teacher; compare them (verification accuracy "
         "with its uncertainty, MACs by precision, memory, latency in PyTorch, ONNX Runtime "
-        "and the packed engine). About 19 minutes on 2 CPU cores; --quick in a few.")
+        "and the packed engine). 10 to 20 minutes on 2 CPU cores; --quick in a few.")
     p.add_argument("--out", default="binface-demo", help="output folder (default binface-demo)")
     p.add_argument("--quick", action="store_true", help="a tiny run (smoke test, a few minutes)")
     p.add_argument("--seed", type=int, default=0)
