@@ -196,11 +196,13 @@ def main() -> None:
     for row in rows:
         row["command"], row["commit"], row["cpu"] = command, start_commit, host
     out = args.out or (work / "results" if args.quick else ROOT / "docs" / "results")
-    rows, budgets = merge_earlier(out / "int8.json", rows, budgets)
+    rows, per_model = merge_earlier(out / "int8.json", rows, {
+        "budget_images": budgets,
+        "recipes": {m: RECIPES[m] for m in dict.fromkeys(r["model"] for r in rows)}})
     doc = {"command": command,
-           "commit": start_commit, "budget_images": budgets,
+           "commit": start_commit, "budget_images": per_model["budget_images"],
            "qat_budget_images": qat_steps * 32, "calibration_images": calib,
-           "recipes": {m: RECIPES[m] for m in dict.fromkeys(r["model"] for r in rows)},
+           "recipes": per_model["recipes"],
            "threads": args.threads,
            "torch": torch.__version__, "minutes": round((time.perf_counter() - t_start) / 60, 1),
            "rows": rows}
@@ -280,25 +282,30 @@ def retime(args: argparse.Namespace) -> None:
     write_results(doc, out)
 
 
-def merge_earlier(path: Path, rows: list[dict], budgets: dict) -> tuple[list[dict], dict]:
+def merge_earlier(path: Path, rows: list[dict], per_model: dict[str, dict]
+                  ) -> tuple[list[dict], dict[str, dict]]:
     """This run's rows, then an earlier result's rows of the models this run left out
     (each row keeps the command and commit of the run that measured it: a study of three
     models can be finished over several sessions; within a model every figure, the
-    side-by-side timing included, comes from one run)."""
+    side-by-side timing included, comes from one run). ``per_model`` maps a key of the
+    result (``budget_images``, ``recipes``) to its {model: value}; the kept models take
+    their values from the earlier result, as measured."""
     if not path.is_file():
-        return rows, budgets
+        return rows, per_model
     try:
         old = json.loads(path.read_text())
         done = {r["model"] for r in rows}
         keep = [r for r in old["rows"] if r["model"] not in done and "commit" in r]
     except (ValueError, KeyError, TypeError):
-        return rows, budgets
-    extra = {m: n for m, n in old.get("budget_images", {}).items()
-             if m in {r["model"] for r in keep}}
+        return rows, per_model
+    kept = {r["model"] for r in keep}
+    merged_per_model = {key: {**values, **{m: v for m, v in (old.get(key) or {}).items()
+                                           if m in kept}}
+                        for key, values in per_model.items()}
     order = {m: i for i, m in enumerate(MODELS)}
     merged = sorted(rows + keep, key=lambda r: (order.get(r["model"], 99),
                                                 VARIANTS.index(r["variant"])))
-    return merged, {**budgets, **extra}
+    return merged, merged_per_model
 
 
 def verdict(rows: list[dict]) -> list[str]:
