@@ -60,7 +60,7 @@ TEACHERS = {
     # lr 1e-3 (insightface's ViT recipes use AdamW 1e-3 or less): at 2e-3 its embeddings
     # collapsed during the warm-up (mean cosine between 400 different faces 0.98 after
     # 400 steps, loss at chance to step 3,000 in one session, 88.3 / 81.4 / 71.5 in
-    # another); at 1e-3 the same probe gave 0.02 (docs/results/distillation.md)
+    # another); at 1e-3 the same probe gave 0.02 (docs/training.md, "Hybrid transformers")
     "edgeface_xs": ["optim.name=adamw", "optim.lr=0.001", "optim.weight_decay=0.05",
                     "head.s=16", "head.m=0.3"],
 }
@@ -281,7 +281,9 @@ def verdict(doc: dict) -> list[str]:
             continue
         scratch = next((s for s in doc["rows"] if s["student"] == r["student"]
                         and s["teacher"] is None), None)
-        shared = [s for s in r["seeds"] if scratch is not None and s in scratch["seeds"]]
+        if scratch is None:
+            continue
+        shared = [s for s in r["seeds"] if s in scratch["seeds"]]
         if not shared:
             continue
         t = teachers[r["teacher"]]
