@@ -83,7 +83,9 @@ def main() -> None:
                     help="comma-separated model names (default %(default)s)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
+    ap.add_argument("--warmup", type=int, default=4, help="untimed steps per model (glibc "
+                    "needs three or four to settle on reusing freed maps: "
+                    "binface.nn.memory)")
     ap.add_argument("--steps", type=int, default=7, help="timed rounds (median reported)")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--profile", metavar="MODEL", help="print a torch.profiler table instead")

@@ -9,6 +9,11 @@ speed is measured by benchmarks/train_speed.py.
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -384,3 +389,37 @@ def test_channel_scale_gradient_matches_plain_autograd(layout):
     assert_grad_close(sa.grad, sb.grad)
     if layout == "nhwc":
         assert xa.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+# ------------------------------------------------------------ freed memory kept
+_FAULTS = """
+import os, resource, sys
+import torch
+from binface.models import create_model
+model = create_model("mobilefacenet").train()
+model(torch.randn(2, 3, 112, 112))  # the first training forward: keep_freed_memory()
+from binface.nn.memory import keep_freed_memory
+def faults():
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.ones(16_000_000)  # 64 MB, above glibc's largest mmap threshold
+    del t
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0
+faults(), faults()  # glibc settles in two rounds
+print(keep_freed_memory(), faults())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux")
+                    or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.parametrize("keep", ["1", "0"])
+def test_a_training_forward_keeps_freed_memory(keep):
+    """After a zoo model's first training forward (and two rounds to settle) a large
+    buffer freed and allocated again is not faulted in again (16,000 4 KiB pages
+    otherwise); BINFACE_KEEP_MEMORY=0 keeps glibc's default."""
+    env = {**os.environ, "BINFACE_KEEP_MEMORY": keep, "THP_MEM_ALLOC_ENABLE": "0",
+           "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    kept, faults = out[0] == "True", int(out[1])
+    assert kept == (keep == "1")
+    assert faults < 1000 if kept else faults > 10000, faults

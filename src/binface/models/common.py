@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from binface.errors import InputShapeError
+from binface.nn.memory import keep_freed_memory
 from binface.nn.norm import BatchNorm1d, BatchNorm2d
 
 DEFAULT_INPUT_SIZE = (112, 112)
@@ -49,7 +50,8 @@ class FaceModel(nn.Module):
     channels-last, and every convolution after it follows (PyTorch's convolutions
     take the input's layout). oneDNN's grouped and depthwise convolutions and their
     backward passes are about 2.5x faster that way on a CPU, so any training loop
-    gets it; inference and export see the input as given.
+    gets it; inference and export see the input as given. The first training forward
+    also makes glibc keep freed memory (:func:`binface.nn.memory.keep_freed_memory`).
     """
 
     train_channels_last = True
@@ -77,8 +79,10 @@ class FaceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.input_size, self.model_name, self.min_size)
-        if self.train_channels_last and self.training and torch.is_grad_enabled():
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.training and torch.is_grad_enabled():
+            keep_freed_memory()  # once per process: no page faults on every step's maps
+            if self.train_channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(x))
 
 

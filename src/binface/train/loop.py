@@ -26,6 +26,7 @@ from binface.errors import BinfaceError
 from binface.fileio import check_writable_dir, stale_temporaries, write_text
 from binface.models.loading import build_model, family_of, load_checkpoint
 from binface.nn import PartialFC, apply_weight_clip, make_margin, set_kernel_quantization
+from binface.nn.memory import keep_freed_memory
 from binface.progress import progress as progress_bar
 from binface.train import distributed as D
 from binface.train.checkpoint import FORMAT, VERSION, save_atomic
@@ -499,6 +500,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train until ``stop_step``; returns the best verification results and paths."""
         self._open_run()
+        keep_freed_memory()  # any model, zoo or not: reuse the step's freed maps
         batches = self._batches()
         bar = progress_bar(total=self.stop_step, initial=self.step, disable=not self.progress,
                            desc=f"train {self.model_name}", unit="step", dynamic_ncols=True)
