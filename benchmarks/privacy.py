@@ -3,6 +3,7 @@
     python benchmarks/privacy.py               # full run: many hours on 2 cores (resumes)
     python benchmarks/privacy.py --quick       # smoke run, a few minutes
     nohup python benchmarks/privacy.py > privacy.log 2>&1 &
+    python benchmarks/privacy.py --recorded-only   # report the recorded rows only
 
 The seed's third avenue, measured with ``binface.privacy``'s attacks (docs/privacy.md):
 
@@ -142,6 +143,9 @@ def main() -> None:
     ap.add_argument("--qat-images", type=int, default=1600, help="QAT fine-tuning images")
     ap.add_argument("--membership-images", type=int, default=128,
                     help="faces per side of the membership attack, per seed")
+    ap.add_argument("--recorded-only", action="store_true",
+                    help="attack and train nothing: report the recorded rows and list the "
+                    "missing ones (an interim report while the full run goes on)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "privacy")
     ap.add_argument("--teachers", type=Path, default=ROOT / "runs" / "distillation",
@@ -192,18 +196,20 @@ def main() -> None:
     e_tag = {"overrides": e_over, "data": str(big)}
     e_file = ROOT / "docs" / "results" / "distillation_runs" / f"teacher_{EVALUATOR}.pt"
     e_rec = ds.load_record(e_file.parent, e_file.stem, e_tag)
-    if not args.quick and e_rec is not None and e_file.is_file() \
+    if args.recorded_only:
+        e_ckpt = None
+    elif not args.quick and e_rec is not None and e_file.is_file() \
             and e_rec.get("sha256") == sha256(e_file):
         print(f"[privacy] evaluator: the distillation study's recorded {e_file}", flush=True)
         e_ckpt = str(e_file)
     else:
         e_ckpt = ds.train(EVALUATOR, e_over, teachers / f"teacher_{EVALUATOR}", e_tag)[
             "checkpoint"]
-    evaluator = load_attack_target(e_ckpt).model
+    evaluator = load_attack_target(e_ckpt).model if e_ckpt else None
     host = cpu_description()
 
     ckpts: dict[str, str] = {}
-    rows, grid = [], {}
+    rows, grid, missing = [], {}, []
     budget = {"gradient": {"images": images, "seeds": seeds, "steps": steps,
                            "restarts": restarts, "batches": list(batches),
                            "batchnorm": "auto (running at batch 1, batch otherwise)"},
@@ -240,7 +246,7 @@ def main() -> None:
             todo = [(a, b) for a, b in jobs
                     if recorded(key_of(label, trained, a, b), want_of(label, trained, a))
                     is None]
-            if not todo:
+            if not todo or args.recorded_only:
                 target = None
             elif trained:
                 if source is not None and source not in ckpts:
@@ -263,8 +269,11 @@ def main() -> None:
                 want = want_of(label, trained, attack)
                 rec = recorded(key, want)
                 if rec is not None:
-                    row = rec["row"]
+                    row = {**rec["row"], "commit": rec.get("commit"), "cpu": rec.get("cpu")}
                     print(f"[privacy] {key}: recorded", flush=True)
+                elif args.recorded_only:
+                    missing.append(key)
+                    continue
                 else:
                     print(f"[privacy] {key}", flush=True)
                     torch.manual_seed(0)
@@ -282,13 +291,16 @@ def main() -> None:
                     row = {"model": label, "architecture": zoo, "precision": precision,
                            "trained": trained, "attack": attack, "batch": batch,
                            **{k: metrics.get(k) for k in METRICS[attack]},
-                           "seconds": round(time.perf_counter() - t0, 1)}
+                           "seconds": round(time.perf_counter() - t0, 1),
+                           "commit": start_commit, "cpu": host}
                     records.mkdir(parents=True, exist_ok=True)
                     grid_row = trained and attack == "gradient" and batch == 1
                     if shown and grid_row:  # the grid's faces, small enough to commit
                         _save_faces(records / f"{key}.npz", shown)
                     write_text(records / f"{key}.json", json.dumps({
-                        "want": want, "row": row, "commit": start_commit, "cpu": host,
+                        "want": want, "row": {k: v for k, v in row.items()
+                                              if k not in ("commit", "cpu")},
+                        "commit": start_commit, "cpu": host,
                         "checkpoint_sha256": sha256(ckpts[label])
                         if trained else None}, indent=1) + "\n")
                 rows.append(row)
@@ -303,7 +315,8 @@ def main() -> None:
            "evaluator": {"model": EVALUATOR, "images": e_images,
                          "recipe": ds.TEACHERS[EVALUATOR]},
            "threads": args.threads, "torch": torch.__version__,
-           "minutes": round((time.perf_counter() - t_start) / 60, 1), "rows": rows}
+           "minutes": round((time.perf_counter() - t_start) / 60, 1), "rows": rows,
+           "missing": missing}
     out = args.out or (work / "results" if args.quick else ROOT / "docs" / "results")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "privacy.json", json.dumps(doc, indent=2) + "\n")
@@ -317,7 +330,10 @@ def main() -> None:
 def render(doc: dict) -> str:
     b = doc["budget"]
     lines = ["# Privacy of float, int8 and binary face models\n",
-             f"Command: `{doc['command']}` at commit `{doc['commit']}`; {doc['minutes']} min. "
+             f"Command: `{doc['command']}` at commit `{doc['commit']}`. Each row was recorded "
+             f"by a run of this script (its commit and CPU are in privacy.json): commits "
+             f"{', '.join(sorted({str(r.get('commit'))[:7] for r in doc['rows']}))}; "
+             f"{sum(r.get('seconds') or 0 for r in doc['rows']) / 60:.0f} min of attacks in all. "
              f"Members: {doc['members']['identities']} identities x "
              f"{doc['members']['images_per_identity']} synthetic faces, models trained on "
              f"{b['train_images']:,} images (int8: QAT fine-tuning of the float model, "
@@ -338,6 +354,9 @@ def render(doc: dict) -> str:
                          f" | {r['batch'] or '-'} | " + " | ".join(_cell(r[c]) for c in cols)
                          + " |")
         lines.append("")
+    if doc.get("missing"):
+        lines.append(f"**Interim report** (`--recorded-only`): {len(doc['missing'])} rows are "
+                     f"not recorded yet: {', '.join(doc['missing'])}.\n")
     lines.append("Leakage measured under these attacks and budgets; no row shows that a "
                  "model is private.")
     return "\n".join(lines) + "\n"
