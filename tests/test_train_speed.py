@@ -423,3 +423,24 @@ def test_a_training_forward_keeps_freed_memory(keep):
     kept, faults = out[0] == "True", int(out[1])
     assert kept == (keep == "1")
     assert faults < 1000 if kept else faults > 10000, faults
+
+
+def test_dorefa_backward_kernel_exp_is_accurate():
+    """The numba backward's own exp: g s (1 - s) within 1e-6 of float64 where it is not
+    tiny, and below 1e-30 where float32 underflows (|x| > 43.6, argument clamped)."""
+    from binface.nn import dorefa_kernels
+
+    x = torch.cat([torch.linspace(-12, 12, 200_001),
+                   torch.tensor([0.0, 1e-30, -1e-30, 43.7, -43.7, 80.0, -80.0,
+                                 float("inf"), -float("inf")])])
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    out = torch.empty_like(x)
+    gs, gsum = dorefa_kernels.backward_from_x(g, x, out, 4.0)
+    s = torch.sigmoid(2 * x.double())
+    ref = 4.0 * g.double() * s * torch.sigmoid(-2 * x.double())  # s (1 - s), no cancelling
+    big = ref.abs() > 1e-25
+    rel = ((out.double() - ref).abs() / ref.abs())[big]
+    assert float(rel.max()) < 1e-6
+    assert float((out.double() - ref).abs()[~big].max()) < 1e-30
+    assert gs == pytest.approx(float((g.double() * s).sum()), rel=1e-6, abs=1e-6)
+    assert gsum == pytest.approx(float(g.double().sum()), rel=1e-9, abs=1e-9)

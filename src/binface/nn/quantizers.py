@@ -150,9 +150,9 @@ class _DoReFa1Fn(torch.autograd.Function):
         lo, hi = ctx.lo_hi
         a = torch.maximum(torch.tensor(hi, dtype=x.dtype), torch.tensor(-lo, dtype=x.dtype))
         m = torch.tanh(a)  # max|tanh x|, a 0-d tensor in x's dtype
+        if ctx.parts is not None and g.stride() == x.stride() and _is_dense(g):
+            return _fused_backward(ctx, x, g, m, lo, hi)
         s = torch.mul(x, 2.0).sigmoid_()  # 2x is exact; one buffer laid out as x
-        if ctx.parts is not None and g.stride() == s.stride() and _is_dense(g):
-            return _fused_backward(ctx, x, g, s, m, lo, hi)
         # d/dm of sum(g t / m) = -sum(g t) / m^2, with sum(g t) = 2 sum(g s) - sum(g)
         # (saturated, m = 1: 1 - t^2 = 0 at the max and nothing flows through it)
         gt = None if float(m) == 1.0 else _sum_g_tanh(g, s, x)
@@ -181,11 +181,11 @@ def _fused(x: torch.Tensor) -> bool:
             and x.numel() > _FUSED_NUMEL and _is_dense(x))
 
 
-def _fused_backward(ctx, x, g, s, m, lo: float, hi: float) -> torch.Tensor:
+def _fused_backward(ctx, x, g, m, lo: float, hi: float) -> torch.Tensor:
     """``_DoReFa1Fn.backward`` with the numba pass (same formulas, see its docstring)."""
     fm = float(m)
-    gs, gsum = dorefa_kernels.backward(_flat(g), _flat(s), 4.0 / fm)
-    grad = s  # now 4 g s (1 - s) / m, laid out as x
+    grad = torch.empty_like(x)  # 4 g s (1 - s) / m, s = sigmoid(2x), laid out as x
+    gs, gsum = dorefa_kernels.backward_from_x(_flat(g), _flat(x), _flat(grad), 4.0 / fm)
     if fm == 1.0:
         return grad
     dm = -(2.0 * gs - gsum) / (fm * fm)  # sum(g tanh x) = 2 sum(g s) - sum(g)
