@@ -17,6 +17,9 @@ The seed's third avenue, measured with ``binface.privacy``'s attacks (docs/priva
 - **Attacks**: gradient inversion of one training step at batch 1, 4 and 8 (labels,
   embedding at batch 1, images), template inversion of stored embeddings, and the
   confidence membership attack (members against a benchmark of other identities).
+- **Defences** (the gradient a defended client sends; docs/privacy.md): gradient
+  pruning (90%), sign compression and DP-SGD through Opacus (clipping norm 1, noise
+  multiplier 0.001 and 1), on the trained float QuickNetSmall at batch 1.
 - **Evaluator**: identity leakage is judged by an independent model, the distillation
   study's EdgeFace-XS teacher (another architecture, trained on other identities);
   its FMR = 0.1% threshold is set on the members' pack.
@@ -62,6 +65,10 @@ MODELS = (("quicknet_small_float", "quicknet_small_float", "float", None),
 RECIPE = ["optim.name=adam", "optim.lr=0.002", "optim.weight_decay=0", "head.s=16",
           "head.m=0.3"]
 EVALUATOR = "edgeface_xs"
+# the optional defences, measured on one trained model at batch 1 (docs/privacy.md):
+# gradient pruning, sign compression, and DP-SGD (Opacus) with a weak and a usual noise
+DEFENDED = "quicknet_small_float"
+DEFENCES = ("prune:0.9", "sign", "dp:1:0.001", "dp:1:1")
 BATCHES = (1, 4, 8)
 METRICS = {"gradient": ("label_accuracy", "psnr", "ssim", "embedding_cosine",
                         "identity_cosine", "identity_match_rate"),
@@ -217,13 +224,21 @@ def main() -> None:
                            "restarts": restarts},
               "membership": {"images": m_images, "seeds": seeds}, "fmr": fmr,
               "train_images": train_images, "qat_images": qat_images}
-    jobs = [("gradient", b) for b in batches] + [("template", None), ("membership", None)]
+    base_jobs = [("gradient", b, "none") for b in batches] + [("template", None, "none"),
+                                                               ("membership", None, "none")]
 
-    def key_of(label: str, trained: bool, attack: str, batch: int | None) -> str:
+    def jobs_of(label: str, trained: bool) -> list[tuple[str, int | None, str]]:
+        defended = [("gradient", 1, d) for d in DEFENCES] if trained and label == DEFENDED \
+            else []
+        return base_jobs + defended
+
+    def key_of(label: str, trained: bool, attack: str, batch: int | None,
+               defence: str = "none") -> str:
         return f"{label}_{'trained' if trained else 'init'}_{attack}" + (
-            f"_b{batch}" if batch else "")
+            f"_b{batch}" if batch else "") + (
+            "" if defence == "none" else "_" + defence.replace(":", "-"))
 
-    def want_of(label: str, trained: bool, attack: str) -> dict:
+    def want_of(label: str, trained: bool, attack: str, defence: str = "none") -> dict:
         """What a row depends on: the attack's budget and, trained, the recipe of the
         attacked model (its data, images seen and, for int8, the float model's)."""
         recipe = None
@@ -231,7 +246,8 @@ def main() -> None:
             source = next(m[3] for m in MODELS if m[0] == label)
             recipe = {"recipe": RECIPE, "data": str(members), "images": train_images,
                       "qat_images": qat_images if source else None, "from": source}
-        return json.loads(ds.portable({"budget": budget[attack], "trained": recipe}))
+        b = budget[attack] if defence == "none" else {**budget[attack], "defence": defence}
+        return json.loads(ds.portable({"budget": b, "trained": recipe}))
 
     def recorded(key: str, want: dict) -> dict | None:
         path = records / f"{key}.json"
@@ -243,9 +259,10 @@ def main() -> None:
 
     for label, zoo, precision, source in chosen:
         for trained in (False, True):
-            todo = [(a, b) for a, b in jobs
-                    if recorded(key_of(label, trained, a, b), want_of(label, trained, a))
-                    is None]
+            jobs = jobs_of(label, trained)
+            todo = [(a, b, d) for a, b, d in jobs
+                    if recorded(key_of(label, trained, a, b, d),
+                                want_of(label, trained, a, d)) is None]
             if not todo or args.recorded_only:
                 target = None
             elif trained:
@@ -264,9 +281,9 @@ def main() -> None:
                     faces, _ = read_faces(members, 32, seed=99)
                     target.model = _qat_init(target.model, to_tensor(faces))
                     target.precision = "int8"
-            for attack, batch in jobs:
-                key = key_of(label, trained, attack, batch)
-                want = want_of(label, trained, attack)
+            for attack, batch, defence in jobs:
+                key = key_of(label, trained, attack, batch, defence)
+                want = want_of(label, trained, attack, defence)
                 rec = recorded(key, want)
                 if rec is not None:
                     row = {**rec["row"], "commit": rec.get("commit"), "cpu": rec.get("cpu")}
@@ -280,7 +297,8 @@ def main() -> None:
                     t0 = time.perf_counter()
                     if attack == "gradient":
                         metrics, shown = run_gradient(target, evaluator, members, None, images,
-                                                      batch, seeds, steps, restarts, fmr=fmr)
+                                                      batch, seeds, steps, restarts, fmr=fmr,
+                                                      defence=defence)
                     elif attack == "template":
                         metrics, shown = run_template(target, evaluator, members, None,
                                                       images, seeds, steps, restarts,
@@ -290,11 +308,13 @@ def main() -> None:
                                                         seeds)
                     row = {"model": label, "architecture": zoo, "precision": precision,
                            "trained": trained, "attack": attack, "batch": batch,
+                           **({"defence": defence} if defence != "none" else {}),
                            **{k: metrics.get(k) for k in METRICS[attack]},
                            "seconds": round(time.perf_counter() - t0, 1),
                            "commit": start_commit, "cpu": host}
                     records.mkdir(parents=True, exist_ok=True)
-                    grid_row = trained and attack == "gradient" and batch == 1
+                    grid_row = trained and attack == "gradient" and batch == 1 \
+                        and defence == "none"
                     if shown and grid_row:  # the grid's faces, small enough to commit
                         _save_faces(records / f"{key}.npz", shown)
                     write_text(records / f"{key}.json", json.dumps({
@@ -347,12 +367,15 @@ def render(doc: dict) -> str:
         rs = [r for r in doc["rows"] if r["attack"] == attack]
         if not rs:
             continue
+        dcol = attack == "gradient"  # the defended client's rows
         lines += [f"## {attack}\n", "| model | precision | trained | batch | "
-                  + " | ".join(cols) + " |", "|---|---|---|---|" + "---|" * len(cols)]
+                  + ("defence | " if dcol else "") + " | ".join(cols) + " |",
+                  "|---|---|---|---|" + ("---|" if dcol else "") + "---|" * len(cols)]
         for r in rs:
             lines.append(f"| {r['model']} | {r['precision']} | {'yes' if r['trained'] else 'no'}"
-                         f" | {r['batch'] or '-'} | " + " | ".join(_cell(r[c]) for c in cols)
-                         + " |")
+                         f" | {r['batch'] or '-'} | "
+                         + (f"{r.get('defence', 'none')} | " if dcol else "")
+                         + " | ".join(_cell(r[c]) for c in cols) + " |")
         lines.append("")
     if doc.get("missing"):
         lines.append(f"**Interim report** (`--recorded-only`): {len(doc['missing'])} rows are "

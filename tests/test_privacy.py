@@ -2,6 +2,7 @@
 optimisation attacks improve on their start, membership is at chance on unseen data,
 and bad input is one line. Needs the `privacy` extra (scikit-image, SciPy)."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -20,6 +21,7 @@ from binface.nn.quantizers import SteSign  # noqa: E402
 from binface.privacy.gradient import (  # noqa: E402
     HEAD_KEY,
     defend,
+    dp_gradients,
     invert_gradients,
     label_accuracy,
     observe_gradients,
@@ -168,9 +170,40 @@ def test_defences_prune_and_sign_what_the_client_sends():
     torch.testing.assert_close(norms, torch.full_like(norms, float(norms[0])))
     e = recover_embedding(head.weight, signed[HEAD_KEY])
     assert float(e @ step_embedding(model, x)[0]) < 0.999
-    for bad in ("prune", "prune:1.5", "prune:x", "noise", "sign:2"):
+    for bad in ("prune", "prune:1.5", "prune:x", "noise", "sign:2", "dp", "dp:1",
+                "dp:0:1", "dp:1:-1", "dp:1:nan", "dp:x:1"):
         with pytest.raises(BinfaceError, match="defence"):
             defend(obs, bad)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_dp_sgd_clips_each_sample_and_adds_opacus_noise(binary):
+    """dp:C:SIGMA: without noise and with a large C it is the plain step on running
+    BatchNorm statistics; each sample's gradient is clipped to norm C (all tensors
+    together); the noise has standard deviation SIGMA x C / batch."""
+    pytest.importorskip("opacus")
+    torch.manual_seed(0)
+    model, head = Small(binary), _head(40)
+    x, y = _faces(4), torch.tensor([3, 7, 11, 7])
+
+    def flat(grads):
+        return torch.cat([grads[k].flatten() for k in sorted(grads)])
+
+    plain = observe_gradients(model, head, x, y, train=False)  # mean over the batch
+    same = dp_gradients(model, head, x, y, clip=1e9, noise=0.0)
+    scale = float(flat(plain).abs().max())  # rounding: the sum runs in another order
+    torch.testing.assert_close(flat(same), flat(plain), rtol=1e-4, atol=1e-5 * scale)
+    per = [flat(observe_gradients(model, head, x[i:i + 1], y[i:i + 1], train=False))
+           for i in range(4)]
+    clip = 0.5 * min(float(p.norm()) for p in per)  # every sample is clipped
+    clipped = flat(dp_gradients(model, head, x, y, clip=clip, noise=0.0))
+    want = sum(p * (clip / (float(p.norm()) + 1e-6)) for p in per) / 4
+    torch.testing.assert_close(clipped, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    noisy = flat(dp_gradients(model, head, x, y, clip=clip, noise=2.0, seed=1))
+    std = float((noisy - clipped).std())
+    assert std == pytest.approx(2.0 * clip / 4, rel=0.1)
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_bad_input_is_one_line():
@@ -222,6 +255,16 @@ def test_cli_gradient_template_membership(synth, tmp_path, capsys):
     assert main(["privacy", "gradient", "mobilefacenet", "--data", str(synth), "--images", "2",
                  "--defence", "prune:2", "--out", str(tmp_path / "d2")]) == 2
     assert "defence 'prune:2'" in capsys.readouterr().err and not (tmp_path / "d2").exists()
+    if importlib.util.find_spec("opacus") is not None:
+        assert main(["privacy", "gradient", "mobilefacenet", "--data", str(synth), "--images",
+                     "2", "--batch", "2", "--steps", "2", "--defence", "dp:1:0.5", "--out",
+                     str(tmp_path / "dp")]) == 0
+        d = json.loads((tmp_path / "dp" / "report.json").read_text())
+        assert d["metrics"]["defence"] == "dp:1:0.5" and d["metrics"]["batchnorm"] == "running"
+        assert main(["privacy", "gradient", "mobilefacenet", "--data", str(synth), "--images",
+                     "2", "--defence", "dp:1:0.5", "--bn", "batch", "--out",
+                     str(tmp_path / "dp2")]) == 2
+        assert "drop --bn batch" in capsys.readouterr().err and not (tmp_path / "dp2").exists()
     assert main(["privacy", "template", "mobilefacenet", "--data", str(synth), "--images", "2",
                  "--steps", "2", "--fmr", "0.01", "--out", str(tmp_path / "t")]) == 0
     t = json.loads((tmp_path / "t" / "report.json").read_text())["metrics"]

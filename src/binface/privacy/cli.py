@@ -65,6 +65,7 @@ def run_gradient(target, evaluator, data: Path, pack: Path | None, images: int, 
     from binface.privacy.gradient import (
         HEAD_KEY,
         defend,
+        dp_gradients,
         invert_gradients,
         label_accuracy,
         observe_gradients,
@@ -82,10 +83,15 @@ def run_gradient(target, evaluator, data: Path, pack: Path | None, images: int, 
                            "a zoo name")
     if batch > images:
         raise BinfaceError(f"--batch {batch} is larger than --images {images}")
-    parse_defence(defence)  # a bad spec fails before any work
+    kind, dp = parse_defence(defence)  # a bad spec fails before any work
     optimize = need("scipy.optimize")
+    if kind == "dp":
+        need("opacus.optimizers")
+        if bn == "batch":
+            raise BinfaceError("--defence dp takes the step with BatchNorm on running "
+                               "statistics (per-sample gradients): drop --bn batch")
     thr_e = threshold_at_fmr(evaluator, *_pack(pack, data), fmr) if evaluator else None
-    train = bn == "batch" or (bn == "auto" and batch > 1)
+    train = kind != "dp" and (bn == "batch" or (bn == "auto" and batch > 1))
     hits = total = 0
     ps, ss, ecos, icos, matches, shown = [], [], [], [], [], []
     for seed in range(seeds):
@@ -94,8 +100,12 @@ def run_gradient(target, evaluator, data: Path, pack: Path | None, images: int, 
         for start in range(0, images - batch + 1, batch):
             x = to_tensor(faces[start:start + batch])
             y = torch.from_numpy(labels[start:start + batch])
-            obs = defend(observe_gradients(target.model, target.head, x, y, train=train),
-                         defence)
+            if kind == "dp":  # per-sample clipping and noise (Opacus)
+                obs = dp_gradients(target.model, target.head, x, y, *dp,
+                                   seed=seed * 1000 + start)
+            else:
+                obs = defend(observe_gradients(target.model, target.head, x, y,
+                                               train=train), defence)
             got = recover_labels(obs[HEAD_KEY], batch)
             hits += round(label_accuracy(y, got) * batch)
             total += batch
@@ -344,8 +354,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "at batch 1, batch otherwise)")
             a.add_argument("--defence", default="none", metavar="D",
                            help="what the client sends instead of its gradient: none, "
-                           "prune:P (the share P of smallest entries zeroed) or sign (sign "
-                           "compression); default none")
+                           "prune:P (the share P of smallest entries zeroed), sign (sign "
+                           "compression) or dp:C:SIGMA (DP-SGD through Opacus: per-sample "
+                           "clipping to norm C, noise SIGMA x C; BatchNorm on running "
+                           "statistics); default none")
         if name == "membership":
             a.add_argument("--holdout", help="faces of identities the model never saw "
                            "(default: a synthetic benchmark with another seed)")

@@ -79,24 +79,69 @@ def observe_gradients(model: nn.Module, head: MarginHead | None, images: torch.T
             if g is not None}
 
 
-DEFENCES = ("none", "prune", "sign")
+DEFENCES = ("none", "prune", "sign", "dp")
+DEFENCE_HELP = "give none, sign, prune:P (e.g. prune:0.9) or dp:C:SIGMA (e.g. dp:1:0.1)"
 
 
-def parse_defence(spec: str) -> tuple[str, float]:
-    """``none``, ``prune:P`` (zero the share P of smallest entries, 0 < P < 1) or ``sign``."""
-    kind, _, amount = str(spec).partition(":")
-    if kind not in DEFENCES or (kind == "prune") != bool(amount):
-        raise BinfaceError(f"defence {spec!r}: give none, sign or prune:P (e.g. prune:0.9)")
-    if kind != "prune":
-        return kind, 0.0
+def parse_defence(spec: str) -> tuple[str, tuple[float, ...]]:
+    """``none``, ``prune:P`` (zero the share P of smallest entries, 0 < P < 1), ``sign``,
+    or ``dp:C:SIGMA`` (DP-SGD: per-sample clipping to norm C > 0, Gaussian noise of
+    standard deviation SIGMA x C, SIGMA >= 0); returns the kind and its numbers."""
+    kind, _, rest = str(spec).partition(":")
+    wanted = {"none": 0, "sign": 0, "prune": 1, "dp": 2}
+    parts = rest.split(":") if rest else []
+    if kind not in DEFENCES or len(parts) != wanted[kind]:
+        raise BinfaceError(f"defence {spec!r}: {DEFENCE_HELP}")
     try:
-        share = float(amount)
+        nums = tuple(float(v) for v in parts)
     except ValueError:
-        share = -1.0
-    if not 0.0 < share < 1.0:
+        raise BinfaceError(f"defence {spec!r}: {DEFENCE_HELP}") from None
+    if kind == "prune" and not 0.0 < nums[0] < 1.0:
         raise BinfaceError(f"defence {spec!r}: the pruned share must lie strictly between 0 "
                            "and 1")
-    return kind, share
+    if kind == "dp" and not (np.isfinite(nums).all() and nums[0] > 0 and nums[1] >= 0):
+        raise BinfaceError(f"defence {spec!r}: DP-SGD needs a clipping norm C > 0 and a "
+                           "noise multiplier SIGMA >= 0, both finite")
+    return kind, nums
+
+
+def dp_gradients(model: nn.Module, head: MarginHead | None, images: torch.Tensor,
+                 labels: torch.Tensor, clip: float, noise: float,
+                 seed: int = 0) -> dict[str, torch.Tensor]:
+    """The update a DP-SGD client sends for this batch: each sample's gradient clipped
+    to norm ``clip`` (over all tensors together), summed, Gaussian noise of standard
+    deviation ``noise * clip`` added, divided by the batch size. The clipping and the
+    noise are Opacus's (``DPOptimizer.pre_step``).
+
+    Per-sample gradients need samples that do not interact, which BatchNorm on batch
+    statistics breaks (the reason Opacus refuses BatchNorm and proposes GroupNorm, a
+    different network that must be retrained). binface keeps the network and takes
+    the observed step with BatchNorm on its running statistics instead (the frozen-
+    statistics fine-tuning of DP practice), then computes each sample's gradient on
+    its own (one backward each, so binary layers use their straight-through
+    estimators as in training). The attacker's inversion must then use running
+    statistics too."""
+    from binface.privacy.metrics import need
+
+    optimizers = need("opacus.optimizers")
+    per = [observe_gradients(model, head, images[i:i + 1], labels[i:i + 1], train=False)
+           for i in range(images.shape[0])]
+    params = _params(model, head)
+    for name, p in params:
+        p.grad_sample = torch.stack([g.get(name, torch.zeros_like(p)) for g in per])
+    gen = torch.Generator().manual_seed(seed)
+    opt = optimizers.DPOptimizer(torch.optim.SGD([p for _, p in params], lr=0.0),
+                                 noise_multiplier=noise, max_grad_norm=clip,
+                                 expected_batch_size=images.shape[0], generator=gen)
+    try:
+        opt.pre_step()
+        return {name: p.grad.detach().clone() for name, p in params}
+    finally:
+        for _, p in params:
+            p.grad = None
+            for attr in ("grad_sample", "summed_grad"):
+                if hasattr(p, attr):
+                    delattr(p, attr)
 
 
 def defend(observed: dict[str, torch.Tensor], spec: str = "none") -> dict[str, torch.Tensor]:
@@ -107,9 +152,13 @@ def defend(observed: dict[str, torch.Tensor], spec: str = "none") -> dict[str, t
     - ``sign``: sign compression, ``sign(g) * mean|g|`` (signSGD with the tensor's mean
       magnitude, so a server can still average updates).
 
+    (``dp:C:SIGMA`` needs the per-sample gradients: :func:`dp_gradients`.)
+
     The attacker then works from the defended gradient only (labels, embedding and the
     matching target of the image inversion)."""
-    kind, share = parse_defence(spec)
+    kind, nums = parse_defence(spec)
+    if kind == "dp":
+        raise BinfaceError("the dp defence acts on per-sample gradients: use dp_gradients")
     if kind == "none":
         return observed
     out = {}
@@ -117,7 +166,7 @@ def defend(observed: dict[str, torch.Tensor], spec: str = "none") -> dict[str, t
         if kind == "sign":
             out[name] = torch.sign(g) * g.abs().mean()
         else:
-            k = int(share * g.numel())  # entries zeroed
+            k = int(nums[0] * g.numel())  # entries zeroed
             if k == 0:
                 out[name] = g.clone()
                 continue
