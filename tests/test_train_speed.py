@@ -444,3 +444,108 @@ def test_dorefa_backward_kernel_exp_is_accurate():
     assert float((out.double() - ref).abs()[~big].max()) < 1e-30
     assert gs == pytest.approx(float((g.double() * s).sum()), rel=1e-6, abs=1e-6)
     assert gsum == pytest.approx(float(g.double().sum()), rel=1e-9, abs=1e-9)
+
+
+# ------------------------------------------------------------ fused pointwise stem
+@pytest.mark.parametrize("case", ["plain", "ties", "signs_only", "one_small_image"])
+def test_fused_stem_matches_the_modules(case):
+    """binface.nn.fused_stem: x = PReLU(BN(conv1x1(img))) and DoReFa(x) with every
+    gradient (input, conv, BN, PReLU slope; the path through max|tanh x|, ties split)
+    and BN's running statistics as the modules one by one give them."""
+    import copy
+
+    from torch import nn
+
+    from binface.nn import BatchNorm2d, PReLU
+    from binface.nn.fused_stem import can_fuse, pointwise_stem
+
+    gen = torch.Generator().manual_seed(5)
+    conv, bn, act = nn.Conv2d(3, 16, 1, bias=False), BatchNorm2d(16), PReLU(16)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
+        bn.weight.copy_(torch.rand(16, generator=gen) + 0.5)
+        bn.bias.copy_(torch.randn(16, generator=gen) * 0.3)
+        act.weight.copy_(torch.rand(16, generator=gen) - 0.5)
+        bn.running_var.fill_(2.0)
+    shape = (1, 3, 3, 3) if case == "one_small_image" else (4, 3, 12, 10)
+    img = torch.randn(shape, generator=gen)
+    if case == "ties":  # two identical, large pixels: the max of |x| sits there, twice
+        img[0, :, 0, 0] = img[1, :, 3, 3] = torch.tensor([4.0, -3.0, 5.0])
+    img = img.contiguous(memory_format=torch.channels_last)
+    gx = torch.randn((shape[0], 16, *shape[2:]), generator=gen)
+    gq = torch.randn(gx.shape, generator=gen)
+    if case == "signs_only":
+        gx = None
+    ref_mods = [copy.deepcopy(m) for m in (conv, bn, act)]
+    for m in (conv, bn, act, *ref_mods):
+        m.train()
+
+    def run(fused: bool):
+        mods = (conv, bn, act) if fused else ref_mods
+        x_in = img.clone().requires_grad_(True)
+        if fused:
+            assert can_fuse(x_in, *mods)
+            x, q = pointwise_stem(x_in, *mods)
+        else:
+            x = mods[2](mods[1](mods[0](x_in)))
+            q = DoReFa(1, "weights")(x)
+        loss = (q * gq).sum() + (0 if gx is None else (x * gx).sum())
+        loss.backward()
+        return x.detach(), q.detach(), x_in.grad, [p.grad for m in mods for p in m.parameters()]
+
+    x1, q1, gi1, gp1 = run(True)
+    x0, q0, gi0, gp0 = run(False)
+    torch.testing.assert_close(x1, x0, rtol=1e-5, atol=1e-5)
+    assert torch.equal(q1, q0)
+    assert_grad_close(gi1, gi0)
+    for a, b in zip(gp1, gp0, strict=True):
+        assert_grad_close(a, b)
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(bn, name), getattr(ref_mods[1], name))
+    assert int(bn.num_batches_tracked) == int(ref_mods[1].num_batches_tracked) == 1
+
+
+def test_binaryfacenet_trains_through_the_fused_stem(monkeypatch):
+    """A BinaryFaceNet training forward takes the fused stem; inference, and a model
+    with a hook on its stem, take the modules."""
+    import binface.models.binaryfacenet as bfn
+
+    calls = []
+    real = bfn.pointwise_stem
+    monkeypatch.setattr(bfn, "pointwise_stem", lambda *a: calls.append(1) or real(*a))
+    model = create_model("binaryfacenet").train()
+    x = torch.randn(2, 3, 112, 112)
+    y = model(x)
+    assert calls == [1]
+    y.sum().backward()
+    assert model.backbone[0][0].weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    model.train()
+    model.backbone[0][1].register_forward_hook(lambda *a: None)
+    model(x)
+    assert calls == [1]
+
+
+def test_binaryfacenet_fused_stem_gradients_match_the_modules(binaryfacenet_and_input,
+                                                                 monkeypatch):
+    """The whole network, fused stem against the modules one by one: same outputs (to
+    float rounding) and every parameter's gradient to 1e-5."""
+    import binface.models.binaryfacenet as bfn
+
+    model, x = binaryfacenet_and_input
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    y_new, g_new = _grads(model, x)
+    model.load_state_dict(state)
+    with monkeypatch.context() as mp:
+        mp.setattr(bfn, "can_fuse", lambda *a: False)
+        y_ref, g_ref = _grads(model, x)
+    model.load_state_dict(state)
+    torch.testing.assert_close(y_new, y_ref, rtol=1e-4, atol=1e-4)
+    assert set(g_new) == set(g_ref) and len(g_new) > 50
+    for name, ref in g_ref.items():
+        try:
+            assert_grad_close(g_new[name], ref)
+        except AssertionError as e:  # pragma: no cover - a failure names the parameter
+            raise AssertionError(f"{name}: {e}") from None

@@ -7,15 +7,12 @@ backward, a scale and a comparison pass for the elements at the max backward. He
 
 - the forward is one pass: the +-1 values and each chunk's min and max;
 - the backward is one pass over x and g that writes the input gradient and sums g s and
-  g on the way, in float64, with s = sigmoid(2x). numba has no vector math library here
-  (llvmlite without SVML calls libm's scalar exp), so the pass takes exp(-2x) from
-  its own Cody-Waite reduction and degree-6 polynomial (Cephes' expf, within 2 ulp)
-  with 2^n built from the float's bits, all plain arithmetic that LLVM vectorises;
-  s (1 - s) is formed as e s^2, which does not cancel where s is near 1. (It replaced
-  PyTorch's sigmoid of 2x and a pass over its buffer: two full-size passes less per
-  map.) The elements at max |x| (for the path through the max, ties split evenly)
-  are looked for only in the chunks whose min or max is the global one, which the
-  forward kept.
+  g on the way, in float64, with s = sigmoid(2x) from ``binface.nn.fastexp`` (numba
+  has no vector math library here); s (1 - s) is formed as e s^2 with e = exp(-2x),
+  which does not cancel where s is near 1. (It replaced PyTorch's sigmoid of 2x and a
+  pass over its buffer: two full-size passes less per map.) The elements at max |x|
+  (for the path through the max, ties split evenly) are looked for only in the chunks
+  whose min or max is the global one, which the forward kept.
 
 The formulas are ``_DoReFa1Fn``'s (``binface.nn.quantizers``); tests compare both with a
 plain autograd reference (tests/test_train_speed.py).
@@ -35,13 +32,16 @@ __all__ = ["at_extreme", "backward_from_x", "forward"]
 # elements per chunk: large enough to amortise the per-chunk work, small enough that the
 # chunks holding the max are a small part of the map
 CHUNK = 1 << 15
-BLOCK = 1 << 11  # the backward's exp works through a chunk in blocks of this size
+_fastexp = None  # binface.nn.fastexp, imported with numba by _kernels()
 
 
 @functools.cache
 def _kernels():
     """The numba kernels, compiled (or loaded from cache) on first use."""
     from numba import njit, prange
+
+    global _fastexp  # a module global, so that the kernels stay cacheable
+    from binface.nn import fastexp as _fastexp
 
     @njit(**KERNEL_OPTIONS)
     def fwd(x, out, lo_part, hi_part):
@@ -72,32 +72,15 @@ def _kernels():
         for b in prange(chunks):
             start = b * CHUNK
             stop = min(n, start + CHUNK)
-            poly = np.empty(BLOCK, np.float32)  # one L1-sized block at a time
-            bits = np.empty(BLOCK, np.int32)
-            two_k = bits.view(np.float32)
             gs = 0.0
             gsum = 0.0
-            for lo in range(start, stop, BLOCK):
-                hi = min(stop, lo + BLOCK)
-                for i in range(lo, hi):  # exp(y) = p(r) 2^k, y = -2x = k ln 2 + r
-                    y = min(max(np.float32(-2.0) * x[i], np.float32(-87.0)),
-                            np.float32(87.0))
-                    k = np.floor(y * np.float32(1.44269504088896341) + np.float32(0.5))
-                    r = y - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
-                    p = np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)
-                    p = p * r + np.float32(8.3334519073e-3)
-                    p = p * r + np.float32(4.1665795894e-2)
-                    p = p * r + np.float32(1.6666665459e-1)
-                    p = p * r + np.float32(5.0000001201e-1)
-                    poly[i - lo] = p * r * r + r + np.float32(1.0)
-                    bits[i - lo] = (np.int32(k) + np.int32(127)) << np.int32(23)
-                for i in range(lo, hi):
-                    e = poly[i - lo] * two_k[i - lo]  # exp(-2x)
-                    sv = np.float32(1.0) / (np.float32(1.0) + e)  # sigmoid(2x)
-                    gv = g[i]
-                    gs += np.float64(gv * sv)
-                    gsum += np.float64(gv)
-                    out[i] = gv * (e * sv * sv) * scale
+            for i in range(start, stop):
+                e = _fastexp.exp_neg2x(x[i])
+                sv = np.float32(1.0) / (np.float32(1.0) + e)  # sigmoid(2x)
+                gv = g[i]
+                gs += np.float64(gv * sv)
+                gsum += np.float64(gv)
+                out[i] = gv * (e * sv * sv) * scale
             gs_part[b] = gs
             g_part[b] = gsum
 
@@ -130,12 +113,13 @@ def backward_from_x(flat_g: torch.Tensor, flat_x: torch.Tensor, flat_out: torch.
     return float(gs.sum()), float(gsum.sum())
 
 
-def at_extreme(flat_x: torch.Tensor, part: np.ndarray, value: float) -> np.ndarray:
+def at_extreme(flat_x: torch.Tensor, part: np.ndarray, value: float,
+               chunk: int = CHUNK) -> np.ndarray:
     """Indices of the elements equal to ``value`` (a global min or max), looked for only in
-    the chunks whose ``part`` (their min or max) is that value."""
+    the chunks (of ``chunk`` elements) whose ``part`` (their min or max) is that value."""
     x = flat_x.numpy()
     found = []
     for b in np.flatnonzero(part == value):
-        start = int(b) * CHUNK
-        found.append(start + np.flatnonzero(x[start:start + CHUNK] == value))
+        start = int(b) * chunk
+        found.append(start + np.flatnonzero(x[start:start + chunk] == value))
     return np.concatenate(found) if found else np.empty(0, np.int64)
