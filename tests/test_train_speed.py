@@ -447,7 +447,8 @@ def test_dorefa_backward_kernel_exp_is_accurate():
 
 
 # ------------------------------------------------------------ fused pointwise stem
-@pytest.mark.parametrize("case", ["plain", "ties", "signs_only", "one_small_image"])
+@pytest.mark.parametrize("case", ["plain", "ties", "signs_only", "one_small_image",
+                                  "ties_no_input_grad"])
 def test_fused_stem_matches_the_modules(case):
     """binface.nn.fused_stem: x = PReLU(BN(conv1x1(img))) and DoReFa(x) with every
     gradient (input, conv, BN, PReLU slope; the path through max|tanh x|, ties split)
@@ -469,7 +470,7 @@ def test_fused_stem_matches_the_modules(case):
         bn.running_var.fill_(2.0)
     shape = (1, 3, 3, 3) if case == "one_small_image" else (4, 3, 12, 10)
     img = torch.randn(shape, generator=gen)
-    if case == "ties":  # two identical, large pixels: the max of |x| sits there, twice
+    if case.startswith("ties"):  # two identical, large pixels: the max of |x| there, twice
         img[0, :, 0, 0] = img[1, :, 3, 3] = torch.tensor([4.0, -3.0, 5.0])
     img = img.contiguous(memory_format=torch.channels_last)
     gx = torch.randn((shape[0], 16, *shape[2:]), generator=gen)
@@ -482,7 +483,7 @@ def test_fused_stem_matches_the_modules(case):
 
     def run(fused: bool):
         mods = (conv, bn, act) if fused else ref_mods
-        x_in = img.clone().requires_grad_(True)
+        x_in = img.clone().requires_grad_(not case.endswith("no_input_grad"))
         if fused:
             assert can_fuse(x_in, *mods)
             x, q = pointwise_stem(x_in, *mods)
@@ -497,7 +498,10 @@ def test_fused_stem_matches_the_modules(case):
     x0, q0, gi0, gp0 = run(False)
     torch.testing.assert_close(x1, x0, rtol=1e-5, atol=1e-5)
     assert torch.equal(q1, q0)
-    assert_grad_close(gi1, gi0)
+    if gi0 is None:
+        assert gi1 is None
+    else:
+        assert_grad_close(gi1, gi0)
     for a, b in zip(gp1, gp0, strict=True):
         assert_grad_close(a, b)
     for name in ("running_mean", "running_var"):
@@ -549,3 +553,39 @@ def test_binaryfacenet_fused_stem_gradients_match_the_modules(binaryfacenet_and_
             assert_grad_close(g_new[name], ref)
         except AssertionError as e:  # pragma: no cover - a failure names the parameter
             raise AssertionError(f"{name}: {e}") from None
+
+
+@pytest.mark.parametrize("case", ["plain", "ties", "pads_both_sides"])
+def test_scale_sign_pad_matches_the_ops(case):
+    """binface.nn.scale_sign: pad(DoReFa(x * s)) with x's and s's gradients (the path
+    through max|tanh(x s)|, ties split) as channel_scale, DoReFa and F.pad give them."""
+    import torch.nn.functional as F
+
+    from binface.nn.channel_scale import channel_scale
+    from binface.nn.scale_sign import scale_sign_pad
+
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 8, 10, 12, generator=gen)
+    s = torch.rand(3, 8, 1, 1, generator=gen) + 0.1
+    if case == "ties":  # the max of |x s| twice
+        s[0, 2] = s[1, 5] = 1.0
+        x[0, 2, 4, 4] = x[1, 5, 7, 1] = 9.0
+    pads = (1, 2, 0, 3) if case == "pads_both_sides" else (0, 1, 0, 1)
+    x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(3, 8, 10 + pads[0] + pads[1], 12 + pads[2] + pads[3], generator=gen)
+
+    def run(fused):
+        xa, sa = x.clone().requires_grad_(True), s.clone().requires_grad_(True)
+        if fused:
+            out = scale_sign_pad(xa, sa, pads)
+        else:
+            out = F.pad(DoReFa(1, "weights")(channel_scale(xa, sa)),
+                        (pads[2], pads[3], pads[0], pads[1]), value=0.0)
+        out.backward(g)
+        return out.detach(), xa.grad, sa.grad
+
+    o1, gx1, gs1 = run(True)
+    o0, gx0, gs0 = run(False)
+    assert torch.equal(o1, o0)
+    assert_grad_close(gx1, gx0)
+    assert_grad_close(gs1, gs0)

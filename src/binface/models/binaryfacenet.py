@@ -33,6 +33,7 @@ from binface.nn import (
 )
 from binface.nn.channel_scale import channel_scale
 from binface.nn.fused_stem import can_fuse, pointwise_stem
+from binface.nn.scale_sign import scale_sign_pad
 
 
 def _dorefa() -> DoReFa:
@@ -95,14 +96,15 @@ class BinarySqueezeExcite(nn.Module):
         return (isinstance(q, DoReFa) and q.pm_one and conv.pad_mode == "valid"
                 and not conv._is_pointwise_depthwise() and _no_hooks(self.squeeze[0]))
 
-    def forward_signs(self, x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-        """``forward(x)`` given ``signs`` = DoReFa(x) (``takes_signs``)."""
+    def gate_from_signs(self, signs: torch.Tensor) -> torch.Tensor:
+        """The per-channel gate ``forward`` multiplies x by, given ``signs`` = DoReFa(x)
+        (``takes_signs``)."""
         conv = self.squeeze[0][0]
         s = F.conv2d(signs, conv.quantized_weight(), conv.bias, conv.stride, 0,
                      conv.dilation, conv.groups)
         for m in [*list(self.squeeze[0])[1:], *list(self.squeeze)[1:]]:
             s = m(s)
-        return channel_scale(x, self.excite(s))
+        return self.excite(s)
 
 
 def _no_hooks(module: nn.Module) -> bool:
@@ -186,14 +188,32 @@ class BinaryFaceNetBackbone(nn.Sequential):
         """In training, the stem and the SE's first quantizer run fused
         (``binface.nn.fused_stem``: the 112x112x64 map walked twice instead of about
         fifteen times per step); same values and gradients, otherwise the modules."""
-        stem, se = self[0], self[1]
+        stem, se, down = self[0], self[1], self[2]
         if se.takes_signs() and _no_hooks(stem) and can_fuse(x, *stem):
             h, signs = pointwise_stem(x, *stem)
-            y = se.forward_signs(h, signs)
-            for m in list(self)[2:]:
+            gate = se.gate_from_signs(signs)
+            conv = down[0]
+            if _takes_padded_signs(conv) and _no_hooks(down):
+                # the SE's x * s, DoReFa and the conv's "same" pad in one pass
+                qp = scale_sign_pad(h, gate, conv.pads(h.shape[-2], h.shape[-1]))
+                y = F.conv2d(qp, conv.quantized_weight(), conv.bias, conv.stride, 0,
+                             conv.dilation, conv.groups)
+                y = down[2](down[1](y))
+            else:
+                y = down(channel_scale(h, gate))
+            for m in list(self)[3:]:
                 y = m(y)
             return y
         return super().forward(x)
+
+
+def _takes_padded_signs(conv: nn.Module) -> bool:
+    """A binary conv whose input quantizer is one-bit DoReFa, padded "same" with zeros:
+    ``scale_sign_pad`` can make its padded input."""
+    q = getattr(conv, "input_quantizer", None)
+    return (isinstance(conv, BinaryConv2d) and isinstance(q, DoReFa) and q.pm_one
+            and conv.pad_mode == "same" and conv.pad_values == 0.0
+            and not conv._is_pointwise_depthwise())
 
 
 @register_model("binaryfacenet", "binary", "BinaryFaceNet: DoReFa 1-bit SE, global and local "

@@ -5,9 +5,11 @@ PReLU, and its SE quantizes that map with DoReFa (one bit) straight away. As sep
 PyTorch ops a training step walks the 100 MiB map (batch 32) about fifteen times:
 conv, BN (two passes), PReLU, DoReFa forward; their backwards. Here the forward is two
 passes that read only the 3-channel input (channel statistics; then x and sign(x),
-with each chunk's min and max for DoReFa's max path), and the backward two passes over
-the incoming gradients that recompute x from the input instead of reading saved maps
-(3 MACs per output value is cheaper than a 100 MiB read).
+with each chunk's min and max for DoReFa's max path), and the backward one pass over
+the incoming gradients that recomputes x from the input instead of reading saved maps
+(3 MACs per output value is cheaper than a 100 MiB read) and sums what BN's, the
+slope's and the conv's weight gradients need (a second pass only when the input
+itself needs a gradient).
 
 Same values and gradients as ``PReLU(BN(conv(x)))`` followed by ``DoReFa(k=1,
 "weights")`` (``binface.nn.quantizers._DoReFa1Fn``: the gradient of tanh(x) / max|tanh
@@ -94,16 +96,14 @@ def _kernels():
 
     @njit(**KERNEL_OPTIONS)
     def grads(img, wt, mean, invstd, gamma, beta, a, gx, gq, scale, parts):
-        # parts (chunks, 5, C) float64: sum du, sum du xh, slope grad, sum gq s, sum gq
+        # parts (chunks, 11, C) float64: sum du, sum du xh, slope grad, sum gq s, sum gq,
+        # then sum du img_k and sum xh img_k for k = 0, 1, 2 (the conv's weight gradient
+        # from these sums, without a second pass)
         p_all = img.shape[0]
         c_out = wt.shape[1]
         w0, w1, w2 = wt[0], wt[1], wt[2]
         for b in prange(parts.shape[0]):
-            a0 = np.zeros(c_out, np.float64)
-            a1 = np.zeros(c_out, np.float64)
-            a2 = np.zeros(c_out, np.float64)
-            a3 = np.zeros(c_out, np.float64)
-            a4 = np.zeros(c_out, np.float64)
+            acc = np.zeros((11, c_out), np.float64)
             for p in range(b * PIXELS, min(p_all, (b + 1) * PIXELS)):
                 i0, i1, i2 = img[p, 0], img[p, 1], img[p, 2]
                 for c in range(c_out):
@@ -115,18 +115,20 @@ def _kernels():
                     e = _fastexp.exp_neg2x(v)
                     sv = np.float32(1.0) / (np.float32(1.0) + e)
                     g2 = gq[p, c]
-                    a3[c] += g2 * sv
-                    a4[c] += g2
+                    acc[3, c] += g2 * sv
+                    acc[4, c] += g2
                     g = gx[p, c] + g2 * (e * sv * sv) * scale
                     du = g if pos else g * a[c]
-                    a0[c] += du
-                    a1[c] += du * xh
-                    a2[c] += np.float32(0.0) if pos else g * u
-            parts[b, 0] = a0
-            parts[b, 1] = a1
-            parts[b, 2] = a2
-            parts[b, 3] = a3
-            parts[b, 4] = a4
+                    acc[0, c] += du
+                    acc[1, c] += du * xh
+                    acc[2, c] += np.float32(0.0) if pos else g * u
+                    acc[5, c] += du * i0
+                    acc[6, c] += du * i1
+                    acc[7, c] += du * i2
+                    acc[8, c] += xh * i0
+                    acc[9, c] += xh * i1
+                    acc[10, c] += xh * i2
+            parts[b] = acc
 
     @njit(**KERNEL_OPTIONS)
     def weight_grad(img, wt, mean, invstd, gamma, beta, a, gx, gq, scale, mdb, mdg, gw_part,
@@ -235,9 +237,9 @@ class _StemFn(torch.autograd.Function):
         stats, _, grads, weight_grad = _kernels()
         set_numba_threads()
         chunks = -(-img2.shape[0] // PIXELS)
-        parts = np.empty((chunks, 5, c), np.float64)
+        parts = np.empty((chunks, 11, c), np.float64)
         grads(*args, parts)
-        sums = parts.sum(axis=0)  # (5, C)
+        sums = parts.sum(axis=0)  # (11, C)
         # the path through max|tanh x|: sum(gq tanh x) = 2 sum(gq s) - sum(gq)
         extra = []  # (pixel, channel, dgx) of the elements at the max
         gt = 2.0 * sums[3].sum() - sums[4].sum()
@@ -269,22 +271,27 @@ class _StemFn(torch.autograd.Function):
             if u <= 0:
                 ga[ch] += delta * u
             corr.append((p, ch, du))
+            sums[5:8, ch] += du * img2[p].astype(np.float64)
         count = img2.shape[0]
-        mdb = (sums[0] / count).astype(np.float32)
-        mdg = (sums[1] / count).astype(np.float32)
-        gw_part = np.empty((chunks, k, c), np.float64)
         need_img = ctx.needs_input_grad[0]
-        gimg = torch.empty((n, k, h, wd), memory_format=torch.channels_last) if need_img \
-            else None
-        gimg2 = gimg.permute(0, 2, 3, 1).numpy().reshape(-1, k) if need_img \
-            else np.empty((0, k), np.float32)
-        weight_grad(*args, mdb, mdg, gw_part, gimg2)
-        gw = gw_part.sum(axis=0).T.copy()  # (C, 3)
-        for p, ch, du in corr:  # the elements at the max: their extra dz
-            dz = float(gamma[ch]) * float(invstd[ch]) * du
-            gw[ch] += dz * img2[p].astype(np.float64)
-            if need_img:
+        gimg = None
+        if need_img:  # a second pass writes the input's gradient (and the weight's)
+            mdb = (sums[0] / count).astype(np.float32)
+            mdg = (sums[1] / count).astype(np.float32)
+            gw_part = np.empty((chunks, k, c), np.float64)
+            gimg = torch.empty((n, k, h, wd), memory_format=torch.channels_last)
+            gimg2 = gimg.permute(0, 2, 3, 1).numpy().reshape(-1, k)
+            weight_grad(*args, mdb, mdg, gw_part, gimg2)
+            gw = gw_part.sum(axis=0).T.copy()  # (C, 3)
+            for p, ch, du in corr:  # the elements at the max: their extra dz
+                dz = float(gamma[ch]) * float(invstd[ch]) * du
+                gw[ch] += dz * img2[p].astype(np.float64)
                 gimg2[p] += (w2[ch] * dz).astype(np.float32)
+        else:  # dW = gamma invstd (sum du img - mean(du) sum img - mean(du xh) sum xh img)
+            s_img = img2.astype(np.float64).sum(axis=0)  # (3,)
+            k1 = gamma.detach().numpy().astype(np.float64) * invstd.numpy().astype(np.float64)
+            gw = k1[:, None] * (sums[5:8].T - np.outer(sums[0] / count, s_img)
+                                - (sums[1] / count)[:, None] * sums[8:11].T)
         g_w = torch.from_numpy(gw.astype(np.float32)).reshape(w.shape)
         return (gimg, g_w, torch.from_numpy(sums[1].astype(np.float32)),
                 torch.from_numpy(sums[0].astype(np.float32)),
