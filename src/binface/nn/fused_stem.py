@@ -8,8 +8,8 @@ passes that read only the 3-channel input (channel statistics; then x and sign(x
 with each chunk's min and max for DoReFa's max path), and the backward one pass over
 the incoming gradients that recomputes x from the input instead of reading saved maps
 (3 MACs per output value is cheaper than a 100 MiB read) and sums what BN's, the
-slope's and the conv's weight gradients need (a second pass only when the input
-itself needs a gradient).
+slope's and the conv's weight gradients need. An input that needs a gradient of its
+own (not a training step) takes the modules.
 
 Same values and gradients as ``PReLU(BN(conv(x)))`` followed by ``DoReFa(k=1,
 "weights")`` (``binface.nn.quantizers._DoReFa1Fn``: the gradient of tanh(x) / max|tanh
@@ -130,58 +130,17 @@ def _kernels():
                     acc[10, c] += xh * i2
             parts[b] = acc
 
-    @njit(**KERNEL_OPTIONS)
-    def weight_grad(img, wt, mean, invstd, gamma, beta, a, gx, gq, scale, mdb, mdg, gw_part,
-                    gimg):
-        # mdb, mdg: sum du / M and sum du xh / M per channel; gw_part (chunks, 3, C);
-        # gimg: (P, 3), or (0, 3) when the input needs no gradient
-        p_all = img.shape[0]
-        c_out = wt.shape[1]
-        w0, w1, w2 = wt[0], wt[1], wt[2]
-        want_img = gimg.shape[0] > 0
-        for b in prange(gw_part.shape[0]):
-            g0 = np.zeros(c_out, np.float64)
-            g1 = np.zeros(c_out, np.float64)
-            g2w = np.zeros(c_out, np.float64)
-            for p in range(b * PIXELS, min(p_all, (b + 1) * PIXELS)):
-                i0, i1, i2 = img[p, 0], img[p, 1], img[p, 2]
-                d0 = np.float32(0.0)
-                d1 = np.float32(0.0)
-                d2 = np.float32(0.0)
-                for c in range(c_out):
-                    z = w0[c] * i0 + w1[c] * i1 + w2[c] * i2
-                    xh = (z - mean[c]) * invstd[c]
-                    u = xh * gamma[c] + beta[c]
-                    pos = u > 0
-                    v = u if pos else a[c] * u
-                    e = _fastexp.exp_neg2x(v)
-                    sv = np.float32(1.0) / (np.float32(1.0) + e)
-                    g = gx[p, c] + gq[p, c] * (e * sv * sv) * scale
-                    du = g if pos else g * a[c]
-                    dz = gamma[c] * invstd[c] * (du - mdb[c] - xh * mdg[c])
-                    g0[c] += dz * i0
-                    g1[c] += dz * i1
-                    g2w[c] += dz * i2
-                    d0 += w0[c] * dz
-                    d1 += w1[c] * dz
-                    d2 += w2[c] * dz
-                if want_img:
-                    gimg[p, 0] = d0
-                    gimg[p, 1] = d1
-                    gimg[p, 2] = d2
-            gw_part[b, 0] = g0
-            gw_part[b, 1] = g1
-            gw_part[b, 2] = g2w
-
-    return stats, forward, grads, weight_grad
+    return stats, forward, grads
 
 
 def can_fuse(x: torch.Tensor, conv: nn.Module, bn: nn.Module, act: nn.Module) -> bool:
     """Whether :func:`pointwise_stem` applies: training with autograd on (not the
-    twice-differentiable mode), a float32 CPU channels-last RGB input, a
+    twice-differentiable mode), a float32 CPU channels-last RGB input that needs no
+    gradient of its own, a
     1x1 stride-1 conv without bias, a BatchNorm on batch statistics with running ones,
     and a per-channel PReLU."""
     return (torch.is_grad_enabled() and not autodiff.enabled() and bn.training
+            and not x.requires_grad  # the image's own gradient: the modules
             and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
             and x.shape[1] == 3 and x.is_contiguous(memory_format=torch.channels_last)
             and x.shape[0] * x.shape[2] * x.shape[3] > 1
@@ -204,7 +163,7 @@ class _StemFn(torch.autograd.Function):
         x = torch.empty((n, c, h, wd), memory_format=torch.channels_last)
         q = torch.empty_like(x)
         lo, hi = np.empty(chunks, np.float32), np.empty(chunks, np.float32)
-        _, fwd, _, _ = _kernels()
+        _, fwd, _ = _kernels()
         set_numba_threads()
         fwd(img2.numpy(), w.reshape(c, k).t().contiguous().numpy(), mean.numpy(),
             invstd.numpy(),
@@ -234,7 +193,7 @@ class _StemFn(torch.autograd.Function):
         args = (img2, np.ascontiguousarray(w2.T), mean.numpy(), invstd.numpy(),
                 gamma.detach().numpy(), beta.detach().numpy(), a.detach().numpy(),
                 _pixels(gx, c), _pixels(gq, c), np.float32(4.0 / m))
-        stats, _, grads, weight_grad = _kernels()
+        _, _, grads = _kernels()
         set_numba_threads()
         chunks = -(-img2.shape[0] // PIXELS)
         parts = np.empty((chunks, 11, c), np.float64)
@@ -259,7 +218,6 @@ class _StemFn(torch.autograd.Function):
                 delta = float(np.sign(xs[i])) * (1.0 - m * m) * dm / where.size
                 extra.append((int(i) // c, int(i) % c, delta))
         ga = sums[2].copy()
-        corr = []
         for p, ch, delta in extra:  # recompute u, xh there and fold the extra gradient in
             z = float(np.float32(sum(np.float32(w2[ch, kk] * img2[p, kk])
                                      for kk in range(k))))
@@ -270,30 +228,15 @@ class _StemFn(torch.autograd.Function):
             sums[1, ch] += du * xh
             if u <= 0:
                 ga[ch] += delta * u
-            corr.append((p, ch, du))
             sums[5:8, ch] += du * img2[p].astype(np.float64)
         count = img2.shape[0]
-        need_img = ctx.needs_input_grad[0]
-        gimg = None
-        if need_img:  # a second pass writes the input's gradient (and the weight's)
-            mdb = (sums[0] / count).astype(np.float32)
-            mdg = (sums[1] / count).astype(np.float32)
-            gw_part = np.empty((chunks, k, c), np.float64)
-            gimg = torch.empty((n, k, h, wd), memory_format=torch.channels_last)
-            gimg2 = gimg.permute(0, 2, 3, 1).numpy().reshape(-1, k)
-            weight_grad(*args, mdb, mdg, gw_part, gimg2)
-            gw = gw_part.sum(axis=0).T.copy()  # (C, 3)
-            for p, ch, du in corr:  # the elements at the max: their extra dz
-                dz = float(gamma[ch]) * float(invstd[ch]) * du
-                gw[ch] += dz * img2[p].astype(np.float64)
-                gimg2[p] += (w2[ch] * dz).astype(np.float32)
-        else:  # dW = gamma invstd (sum du img - mean(du) sum img - mean(du xh) sum xh img)
-            s_img = img2.astype(np.float64).sum(axis=0)  # (3,)
-            k1 = gamma.detach().numpy().astype(np.float64) * invstd.numpy().astype(np.float64)
-            gw = k1[:, None] * (sums[5:8].T - np.outer(sums[0] / count, s_img)
-                                - (sums[1] / count)[:, None] * sums[8:11].T)
+        # dW = gamma invstd (sum du img - mean(du) sum img - mean(du xh) sum xh img)
+        s_img = img2.astype(np.float64).sum(axis=0)  # (3,)
+        k1 = gamma.detach().numpy().astype(np.float64) * invstd.numpy().astype(np.float64)
+        gw = k1[:, None] * (sums[5:8].T - np.outer(sums[0] / count, s_img)
+                            - (sums[1] / count)[:, None] * sums[8:11].T)
         g_w = torch.from_numpy(gw.astype(np.float32)).reshape(w.shape)
-        return (gimg, g_w, torch.from_numpy(sums[1].astype(np.float32)),
+        return (None, g_w, torch.from_numpy(sums[1].astype(np.float32)),
                 torch.from_numpy(sums[0].astype(np.float32)),
                 torch.from_numpy(ga.astype(np.float32)).reshape(a.shape), None, None)
 
