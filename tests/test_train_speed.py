@@ -528,9 +528,14 @@ def test_binaryfacenet_trains_through_the_fused_stem(monkeypatch):
     with torch.no_grad():
         model(x)
     model.train()
-    model.backbone[0][1].register_forward_hook(lambda *a: None)
+    handle = model.backbone[0][1].register_forward_hook(lambda *a: None)
     model(x)
     assert calls == [1]
+    handle.remove()
+    seen = []
+    model.backbone[1].register_forward_hook(lambda *a: seen.append(1))  # on the SE
+    model(x)
+    assert calls == [1] and seen == [1]
 
 
 def test_binaryfacenet_fused_stem_gradients_match_the_modules(binaryfacenet_and_input,
@@ -585,3 +590,17 @@ def test_scale_sign_pad_matches_the_ops(case):
     assert torch.equal(o1, o0)
     assert_grad_close(gx1, gx0)
     assert_grad_close(gs1, gs0)
+
+
+def test_binaryfacenet_under_bf16_autocast_takes_the_modules(monkeypatch):
+    """bf16 autocast (train.amp=bf16): the fused paths step aside, training runs."""
+    import binface.models.binaryfacenet as bfn
+
+    calls = []
+    real = bfn.pointwise_stem
+    monkeypatch.setattr(bfn, "pointwise_stem", lambda *a: calls.append(1) or real(*a))
+    model = create_model("binaryfacenet").train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(torch.randn(2, 3, 112, 112))
+    y.float().sum().backward()
+    assert not calls and model.backbone[0][0].weight.grad is not None

@@ -89,12 +89,13 @@ class BinarySqueezeExcite(nn.Module):
         return channel_scale(x, self.excite(self.squeeze(x)))
 
     def takes_signs(self) -> bool:
-        """Whether the squeeze's first conv quantizes its input with one-bit DoReFa and
-        no padding or hooks, so that it can be given sign(x) made elsewhere."""
+        """Whether the squeeze's first conv quantizes its input with one-bit DoReFa
+        without padding, and no module of this SE has hooks, so that the squeeze can be
+        given sign(x) made elsewhere (``forward`` itself is then not called)."""
         conv = self.squeeze[0][0]
         q = conv.input_quantizer
         return (isinstance(q, DoReFa) and q.pm_one and conv.pad_mode == "valid"
-                and not conv._is_pointwise_depthwise() and _no_hooks(self.squeeze[0]))
+                and not conv._is_pointwise_depthwise() and _no_hooks(self))
 
     def gate_from_signs(self, signs: torch.Tensor) -> torch.Tensor:
         """The per-channel gate ``forward`` multiplies x by, given ``signs`` = DoReFa(x)
@@ -193,7 +194,7 @@ class BinaryFaceNetBackbone(nn.Sequential):
             h, signs = pointwise_stem(x, *stem)
             gate = se.gate_from_signs(signs)
             conv = down[0]
-            if _takes_padded_signs(conv) and _no_hooks(down):
+            if _takes_padded_signs(conv) and _no_hooks(down) and gate.dtype == h.dtype:
                 # the SE's x * s, DoReFa and the conv's "same" pad in one pass
                 qp = scale_sign_pad(h, gate, conv.pads(h.shape[-2], h.shape[-1]))
                 y = F.conv2d(qp, conv.quantized_weight(), conv.bias, conv.stride, 0,

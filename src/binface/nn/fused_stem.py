@@ -140,6 +140,7 @@ def can_fuse(x: torch.Tensor, conv: nn.Module, bn: nn.Module, act: nn.Module) ->
     1x1 stride-1 conv without bias, a BatchNorm on batch statistics with running ones,
     and a per-channel PReLU."""
     return (torch.is_grad_enabled() and not autodiff.enabled() and bn.training
+            and not torch.is_autocast_enabled("cpu")  # bf16 autocast: the modules
             and not x.requires_grad  # the image's own gradient: the modules
             and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
             and x.shape[1] == 3 and x.is_contiguous(memory_format=torch.channels_last)
