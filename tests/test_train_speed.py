@@ -604,3 +604,19 @@ def test_binaryfacenet_under_bf16_autocast_takes_the_modules(monkeypatch):
         y = model(torch.randn(2, 3, 112, 112))
     y.float().sum().backward()
     assert not calls and model.backbone[0][0].weight.grad is not None
+
+
+def test_binaryfacenet_fused_paths_refuse_a_double_backward():
+    """create_graph=True through the fused stem and SE output raises (their backward
+    passes are not differentiable) rather than giving a wrong second derivative; the
+    privacy attacks use binface.nn.twice_differentiable, where the modules run."""
+    from binface.nn import twice_differentiable
+
+    model = create_model("binaryfacenet").train()
+    x = torch.randn(2, 3, 112, 112)
+    w = model.backbone[0][0].weight
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(model(x).sum(), w, create_graph=True)
+    with twice_differentiable():
+        (g,) = torch.autograd.grad(model(x).sum(), w, create_graph=True)
+        g.sum().backward()

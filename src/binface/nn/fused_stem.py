@@ -40,8 +40,10 @@ _fastexp = None  # binface.nn.fastexp, imported with numba by _kernels()
 
 def _pixels(t: torch.Tensor, c: int) -> np.ndarray:
     """A 4-D map as (pixels, channels) in channels-last memory order (a copy only when
-    it is not channels-last already)."""
-    t = t.detach().contiguous(memory_format=torch.channels_last)
+    it is not channels-last already). Not detached: a gradient that requires grad (a
+    double backward, ``create_graph=True``) raises here instead of giving a wrong
+    second derivative."""
+    t = t.contiguous(memory_format=torch.channels_last)
     return t.permute(0, 2, 3, 1).numpy().reshape(-1, c)
 
 

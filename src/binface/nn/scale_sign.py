@@ -80,9 +80,12 @@ def _kernels():
     return forward, backward
 
 
-def _nhwc(t: torch.Tensor) -> np.ndarray:
-    return t.detach().contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1) \
-        .numpy()
+def _nhwc(t: torch.Tensor, detach: bool = True) -> np.ndarray:
+    """A map as (N, H, W, C) numpy in channels-last memory order. A gradient is not
+    detached: one that requires grad (a double backward) raises here instead of giving
+    a wrong second derivative."""
+    t = t.detach() if detach else t
+    return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
 
 
 class _ScaleSignPadFn(torch.autograd.Function):
@@ -121,7 +124,8 @@ class _ScaleSignPadFn(torch.autograd.Function):
         sums = np.empty((n * h, 2), np.float64)
         _, bwd = _kernels()
         set_numba_threads()
-        bwd(xs, s2, _nhwc(gqp), top, left, np.float32(4.0 / m), gxs, gs_part, sums)
+        bwd(xs, s2, _nhwc(gqp, detach=False), top, left, np.float32(4.0 / m), gxs, gs_part,
+            sums)
         gs = gs_part.reshape(n, h, c).sum(axis=1)  # (N, C)
         gt = 2.0 * sums[:, 0].sum() - sums[:, 1].sum()  # sum(gq tanh y)
         if m != 1.0 and np.isfinite(gt):
