@@ -60,8 +60,10 @@ def ablate(model: torch.nn.Module, what: set[str]) -> None:
         bb[1].squeeze[0][0].input_quantizer = None
     if "se-output" in what:
         se = bb[1]
-        # keep the excite branch in the graph (its cost stays), drop only x * s
+        # keep the excite branch in the graph (its cost stays), drop only x * s; the
+        # fused training path would not call this forward, so it is turned off
         se.forward = lambda x: x + 0.0 * se.excite(se.squeeze(x)).sum()
+        se.takes_signs = lambda: False
         bb[2][0].input_quantizer = None
     if "dorefa" in what:
         for m in model.modules():

@@ -27,7 +27,7 @@ import torch
 
 from binface.nn.numba_util import KERNEL_OPTIONS, set_numba_threads
 
-__all__ = ["at_extreme", "backward_from_x", "forward"]
+__all__ = ["at_extreme", "backward_from_x", "extreme_indices", "forward"]
 
 # elements per chunk: large enough to amortise the per-chunk work, small enough that the
 # chunks holding the max are a small part of the map
@@ -123,3 +123,16 @@ def at_extreme(flat_x: torch.Tensor, part: np.ndarray, value: float,
         start = int(b) * chunk
         found.append(start + np.flatnonzero(x[start:start + chunk] == value))
     return np.concatenate(found) if found else np.empty(0, np.int64)
+
+
+def extreme_indices(flat_x: torch.Tensor, lo_part: np.ndarray, hi_part: np.ndarray,
+                    lo: float, hi: float, chunk: int = CHUNK) -> np.ndarray:
+    """Sorted indices of the elements at max |x|: equal to ``hi`` where hi >= -lo, to
+    ``lo`` where -lo >= hi (both sides on a tie), looked for only in the chunks whose
+    min or max (``lo_part``, ``hi_part``) is that value."""
+    idx = []
+    if hi >= -lo:
+        idx.append(at_extreme(flat_x, hi_part, hi, chunk))
+    if -lo >= hi:
+        idx.append(at_extreme(flat_x, lo_part, lo, chunk))
+    return np.unique(np.concatenate(idx)) if idx else np.empty(0, np.int64)  # NaN: none

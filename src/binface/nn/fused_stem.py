@@ -185,12 +185,8 @@ class _StemFn(torch.autograd.Function):
         vmin, vmax = float(lo.min()), float(hi.max())
         amax = max(vmax, -vmin)
         m = float(torch.tanh(torch.tensor(amax, dtype=torch.float32)))
-        zeros = None
-        if gx is None:
-            zeros = torch.zeros_like(x)
-            gx = zeros
-        if gq is None:
-            gq = zeros if zeros is not None else torch.zeros_like(x)
+        gx = torch.zeros_like(x) if gx is None else gx  # an output the loss did not use
+        gq = torch.zeros_like(x) if gq is None else gq
         img2 = img.detach().permute(0, 2, 3, 1).reshape(-1, k).numpy()
         w2 = w.detach().reshape(c, k).numpy()
         args = (img2, np.ascontiguousarray(w2.T), mean.numpy(), invstd.numpy(),
@@ -207,16 +203,12 @@ class _StemFn(torch.autograd.Function):
         gt = 2.0 * sums[3].sum() - sums[4].sum()
         if m != 1.0 and np.isfinite(gt):
             dm = -gt / (m * m)
-            from binface.nn.dorefa_kernels import at_extreme
+            from binface.nn.dorefa_kernels import extreme_indices
 
             flat_x = x.detach().permute(0, 2, 3, 1).reshape(-1)  # memory order
             xs = flat_x.numpy()
-            idx = []  # the forward's chunks are PIXELS pixels of c channels
-            if vmax >= -vmin:
-                idx.append(at_extreme(flat_x, hi, vmax, PIXELS * c))
-            if -vmin >= vmax:
-                idx.append(at_extreme(flat_x, lo, vmin, PIXELS * c))
-            where = np.unique(np.concatenate(idx)) if idx else np.empty(0, np.int64)
+            # the forward's chunks are PIXELS pixels of c channels
+            where = extreme_indices(flat_x, lo, hi, vmin, vmax, PIXELS * c)
             for i in where:
                 delta = float(np.sign(xs[i])) * (1.0 - m * m) * dm / where.size
                 extra.append((int(i) // c, int(i) % c, delta))

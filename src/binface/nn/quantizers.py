@@ -192,13 +192,7 @@ def _fused_backward(ctx, x, g, m, lo: float, hi: float) -> torch.Tensor:
     if not np.isfinite(dm):
         return grad
     flat_x = _flat(x)
-    lo_part, hi_part = ctx.parts
-    idx = []
-    if hi >= -lo:
-        idx.append(dorefa_kernels.at_extreme(flat_x, hi_part, hi))
-    if -lo >= hi:
-        idx.append(dorefa_kernels.at_extreme(flat_x, lo_part, lo))
-    where = torch.from_numpy(np.unique(np.concatenate(idx)))
+    where = torch.from_numpy(dorefa_kernels.extreme_indices(flat_x, *ctx.parts, lo, hi))
     if where.numel() == 0:
         return grad
     corr = torch.sign(flat_x[where]) * (1.0 - m * m) * (dm / where.numel())
