@@ -275,6 +275,33 @@ def test_batch_and_plain_run(tmp_path):
         assert np.array_equal(load_packed(tmp_path / "q.bfp", threads=threads).run(x), y)
 
 
+@pytest.mark.parametrize("cin,nout,k,stride,pad", [
+    (3, 16, 3, 2, 1),  # QuickNet's stem (a kernel of its own for 16 outputs)
+    (3, 32, 3, 2, 1),  # BinaryFaceFormer's
+    (1, 20, 5, 1, 2),  # any output count (the loop of unknown length), one channel
+    (4, 8, 2, 3, 0),  # stride past the kernel, no padding, odd output width
+    (2, 24, 3, 1, (1, 0)),  # padding on one axis only
+])
+def test_small_input_conv_matches_pytorch(cin, nout, k, stride, pad, tmp_path):
+    """The direct conv for few input channels (padded copy, four pixels at a time, the
+    last block of a row partly past its end), on a batch and on 1, 2 and 3 threads."""
+    from binface.runtime.ops.fused import ConvOp
+
+    torch.manual_seed(0)
+    module = randomize_bn(nn.Sequential(nn.Conv2d(cin, nout, k, stride, pad, bias=False),
+                                        nn.BatchNorm2d(nout), nn.PReLU(nout))).eval()
+    export_packed(module, tmp_path / "c.bfp", input_size=(23, 21), channels=cin)
+    eng = load_packed(tmp_path / "c.bfp", threads=1)
+    assert any(isinstance(op, ConvOp) and op.small for op in eng.ops)
+    x = np.random.default_rng(0).standard_normal((3, cin, 23, 21), dtype=np.float32)
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x)).numpy()
+    y = eng.run(x)
+    assert y.shape == ref.shape and rel_err(y, ref) < 1e-5
+    for threads in (2, 3):
+        assert np.array_equal(load_packed(tmp_path / "c.bfp", threads=threads).run(x), y)
+
+
 @pytest.mark.parametrize("name", ["mobilefacenet", "edgeface_xs"])
 def test_packed_engine_runs_float_models(name, tmp_path):
     """The engine's float ops (grouped / depthwise convs, attention, softmax, norms)."""

@@ -270,6 +270,23 @@ def _acc3(acc, x0, x1, x2, w0, w1, w2):
         acc[o] += popcount64(x0 ^ w0[o]) + popcount64(x1 ^ w1[o]) + popcount64(x2 ^ w2[o])
 
 
+@njit(inline="always")
+def _acc3x2(a0, a1, x0, x1, x2, y0, y1, y2, w0, w1, w2):
+    """Two pixels at once: each weight word loaded serves both (load-bound otherwise)."""
+    for o in range(a0.shape[0]):
+        u0, u1, u2 = w0[o], w1[o], w2[o]
+        a0[o] += popcount64(x0 ^ u0) + popcount64(x1 ^ u1) + popcount64(x2 ^ u2)
+        a1[o] += popcount64(y0 ^ u0) + popcount64(y1 ^ u1) + popcount64(y2 ^ u2)
+
+
+@njit(inline="always")
+def _acc1x2(a0, a1, x0, y0, w0):
+    for o in range(a0.shape[0]):
+        u0 = w0[o]
+        a0[o] += popcount64(x0 ^ u0)
+        a1[o] += popcount64(y0 ^ u0)
+
+
 @_rows(**_KW)
 def bconv(p, w, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     """Binary conv of packed ``p`` with packed weights ``w`` [G, taps * WPG, Og] + epilogue.
@@ -290,26 +307,51 @@ def bconv(p, w, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     w0 = w[0]
     rows = p.shape[0] * ho
     nt = max(1, min(nt, rows))
+    krow = kw * wpg
     for ch in prange(nt):
         acc = np.zeros(og, np.int64)
+        acc2 = np.zeros(og, np.int64)
         v = np.empty((wo, ng * og), np.float32)
         tmp = np.empty_like(v)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
             y0 = oy * sh
             border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + (kh - 1) * dh >= h_in)
+            if contiguous:
+                # one group, dilation 1: a kernel row's words are kw * WPG consecutive words
+                # of the input row. Two output pixels at a time, three words at a time:
+                # each weight row loaded serves both, fewer acc loads / stores per word
+                for ox in range(0, wo - 1, 2):
+                    for o in range(og):
+                        acc[o] = 0
+                        acc2[o] = 0
+                    for ky in range(kh):
+                        xo = ((n * hp + y0 + ky) * wp + ox * sw) * wpg
+                        xq = xo + sw * wpg
+                        wo0 = ky * krow
+                        k = 0
+                        while k + 3 <= krow:
+                            _acc3x2(acc, acc2, pf[xo + k], pf[xo + k + 1], pf[xo + k + 2],
+                                    pf[xq + k], pf[xq + k + 1], pf[xq + k + 2],
+                                    w0[wo0 + k], w0[wo0 + k + 1], w0[wo0 + k + 2])
+                            k += 3
+                        while k < krow:
+                            _acc1x2(acc, acc2, pf[xo + k], pf[xq + k], w0[wo0 + k])
+                            k += 1
+                    for o in range(og):
+                        v[ox, o] = kbits - 2 * acc[o]
+                        v[ox + 1, o] = kbits - 2 * acc2[o]
             for ox in range(wo):
                 x0 = ox * sw
                 border = border_y or (use_corr != 0 and (x0 - pl < 0
                                                          or x0 - pl + (kw - 1) * dw >= w_in))
                 vr = v[ox]
                 for g in range(ng):
-                    for o in range(og):
-                        acc[o] = 0
-                    if contiguous:
-                        # one group, dilation 1: a kernel row's words are kw * WPG consecutive
-                        # words of the input row; three at a time, to save acc loads/stores
-                        krow = kw * wpg
+                    if contiguous and ox < wo - wo % 2:
+                        pass  # done in pairs above
+                    elif contiguous:  # the last pixel of an odd row
+                        for o in range(og):
+                            acc[o] = 0
                         for ky in range(kh):
                             xo = ((n * hp + y0 + ky) * wp + x0) * wpg
                             wo0 = ky * krow
@@ -321,7 +363,11 @@ def bconv(p, w, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                             while k < krow:
                                 _acc1(acc, pf[xo + k], w0[wo0 + k])
                                 k += 1
+                        for o in range(og):
+                            vr[o] = kbits - 2 * acc[o]
                     else:
+                        for o in range(og):
+                            acc[o] = 0
                         for ky in range(kh):
                             iy = y0 + ky * dh
                             for kx in range(kw):
@@ -329,8 +375,8 @@ def bconv(p, w, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                                 base = (ky * kw + kx) * wpg
                                 for j in range(wpg):
                                     _acc1(acc, p[n, iy, ix, g * wpg + j], w[g, base + j])
-                    for o in range(og):
-                        vr[g * og + o] = kbits - 2 * acc[o]
+                        for o in range(og):
+                            vr[g * og + o] = kbits - 2 * acc[o]
                     if border:
                         for ky in range(kh):
                             iy = y0 + ky * dh - pt
@@ -628,6 +674,126 @@ def conv1x1_small(x, w, ep, res1, res2, yout, pout, cfg, nt):
                     for o in range(nout):
                         vr[o] += xc * wc[o]
             _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+
+
+def _make_conv_small(lanes: int):
+    """:func:`conv_small` with its output-channel loop ``lanes`` long (0: any).
+
+    A loop of unknown length that turns out short (an RGB stem's 16 or 32 outputs) runs
+    LLVM's scalar remainder, not its vector body: the vector loop is built for 4 x 8
+    lanes. A closure constant makes the length known when compiling, so the loop is
+    all vector and the runtime alias checks go away (0.16 -> 0.10 ms for QuickNet's
+    stem). numba caches one kernel per constant."""
+
+    @njit(inline="always")
+    def _fma3x4(v0, v1, v2, v3, a, b, c, d, k, w0, w1, w2):
+        # four pixels, three taps: each weight row is loaded once for the four pixels
+        # and each output row updated once per three taps
+        a0, a1, a2 = a[k], a[k + 1], a[k + 2]
+        b0, b1, b2 = b[k], b[k + 1], b[k + 2]
+        c0, c1, c2 = c[k], c[k + 1], c[k + 2]
+        d0, d1, d2 = d[k], d[k + 1], d[k + 2]
+        for o in range(lanes if lanes else v0.shape[0]):
+            u0, u1, u2 = w0[o], w1[o], w2[o]
+            v0[o] += a0 * u0 + a1 * u1 + a2 * u2
+            v1[o] += b0 * u0 + b1 * u1 + b2 * u2
+            v2[o] += c0 * u0 + c1 * u1 + c2 * u2
+            v3[o] += d0 * u0 + d1 * u1 + d2 * u2
+
+    @njit(inline="always")
+    def _fma1x4(v0, v1, v2, v3, a, b, c, d, k, w0):
+        a0, b0, c0, d0 = a[k], b[k], c[k], d[k]
+        for o in range(lanes if lanes else v0.shape[0]):
+            u0 = w0[o]
+            v0[o] += a0 * u0
+            v1[o] += b0 * u0
+            v2[o] += c0 * u0
+            v3[o] += d0 * u0
+
+    def conv_small(xp, w, ep, res1, res2, yout, pout, cfg, nt):
+        """Direct float conv for few input channels (an RGB stem), + epilogue.
+
+        ``xp`` is the input already padded (NHWC), ``w`` [kh * kw * Cin, O]. A kernel
+        row of an output pixel is ``kw * Cin`` consecutive floats of ``xp``; four
+        output pixels go together, output channels innermost and vectorised. im2col +
+        GEMM ran at 4-5 G MAC/s here: K = 27 patches are too short for BLAS.
+        cfg[12:19]: kh, kw, sh, sw, Ho, Wo, Cin (a float conv's own fields sit below);
+        then the epilogue fields (EP_*).
+        """
+        kh, kw, sh, sw, ho, wo, cin = cfg[12], cfg[13], cfg[14], cfg[15], cfg[16], cfg[17], \
+            cfg[18]
+        n_ = xp.shape[0]
+        nout = w.shape[1]
+        krow = kw * cin
+        rows = n_ * ho
+        nt = max(1, min(nt, rows))
+        for ch in prange(nt):
+            v = np.empty((wo + 3, nout), np.float32)  # 3 spare rows: the last block of 4
+            tmp = np.empty((wo, nout), np.float32)
+            for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+                n, oy = qq // ho, qq % ho
+                v[:] = 0
+                for ox in range(0, wo, 4):
+                    # past the row's end: the last pixel again, into v's spare rows
+                    o1, o2, o3 = min(ox + 1, wo - 1), min(ox + 2, wo - 1), min(ox + 3, wo - 1)
+                    for ky in range(kh):
+                        r = xp[n, oy * sh + ky].reshape(-1)
+                        a = r[ox * sw * cin:ox * sw * cin + krow]
+                        b = r[o1 * sw * cin:o1 * sw * cin + krow]
+                        c = r[o2 * sw * cin:o2 * sw * cin + krow]
+                        d = r[o3 * sw * cin:o3 * sw * cin + krow]
+                        wb = ky * krow
+                        k = 0
+                        while k + 3 <= krow:
+                            _fma3x4(v[ox], v[ox + 1], v[ox + 2], v[ox + 3], a, b, c, d, k,
+                                    w[wb + k], w[wb + k + 1], w[wb + k + 2])
+                            k += 3
+                        while k < krow:
+                            _fma1x4(v[ox], v[ox + 1], v[ox + 2], v[ox + 3], a, b, c, d, k,
+                                    w[wb + k])
+                            k += 1
+                _epilogue_row(v[:wo], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+
+    conv_small.__qualname__ = f"conv_small_{lanes}"
+    twin = FunctionType(conv_small.__code__, conv_small.__globals__, conv_small.__name__,
+                        None, conv_small.__closure__)
+    twin.__qualname__ = f"conv_small_{lanes}_parallel"
+    return SimpleNamespace(serial=njit(**_KW_FMA)(conv_small),
+                           parallel=njit(parallel=True, **_KW_FMA)(twin))
+
+
+_CONV_SMALL: dict = {}
+CONV_SMALL_LANES = (8, 16, 24, 32, 48, 64)  # output counts with a kernel of their own
+
+
+def conv_small(nout: int, parallel: bool):
+    """The :func:`_make_conv_small` kernel for ``nout`` outputs (built on first use)."""
+    lanes = nout if nout in CONV_SMALL_LANES else 0
+    if lanes not in _CONV_SMALL:
+        _CONV_SMALL[lanes] = _make_conv_small(lanes)
+    pair = _CONV_SMALL[lanes]
+    return pair.parallel if parallel else pair.serial
+
+
+@_rows(**_KW)
+def pad_nhwc(x, xp, top, left, nt):
+    """xp[:, top:top + H, left:left + W] = x for any strides of ``x`` (an NCHW input
+    seen as NHWC is a transposed view: numpy copied it at a quarter of this speed)."""
+    n_, h_, w_, c_ = x.shape
+    rows = n_ * h_
+    nt = max(1, min(nt, rows))
+    planar = x.strides[2] < x.strides[3]  # NCHW memory: read along x, channel by channel
+    for ch in prange(nt):
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+            n, yy = qq // h_, qq % h_
+            if planar:
+                for c in range(c_):
+                    for xx in range(w_):
+                        xp[n, top + yy, left + xx, c] = x[n, yy, xx, c]
+            else:
+                for xx in range(w_):
+                    for c in range(c_):
+                        xp[n, top + yy, left + xx, c] = x[n, yy, xx, c]
 
 
 @njit(**_KW_SMALL)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from binface.runtime import kernels as K
 from binface.runtime.ops.base import MAX_INT, MAX_MACS, Op, _ConvLike, conv_out
 from binface.runtime.ops.layout import _DUMMY_EP, _F32, as_nchw, nhwc
 
@@ -74,12 +75,17 @@ class ConvOp(_ConvLike):
                                "and cin")
             nout = self.groups * self.w.shape[2]
             self.direct = self.pointwise and cg <= 8  # e.g. the 3-channel input
+            # a k x k conv on a few channels (an RGB stem): direct, on a padded copy
+            self.small = (not self.pointwise and self.groups == 1 and cg <= 4
+                          and self.dilation == [1, 1])
             c = self.cfg
             c[0], c[1], c[2], c[3] = self.pads[0], self.pads[2], kh, kw
             c[4], c[5] = self.stride
             c[6], c[7] = self.dilation
             c[8], c[9] = self.out_hw
             c[10], c[11] = self.groups, cg
+            c[12], c[13], c[14], c[15] = kh, kw, self.stride[0], self.stride[1]
+            c[16], c[17], c[18] = ho, wo, cg
             # im2col's cfg; channel offset (g * Cg) and row range set per call
             self.cols_cfg = np.array(
                 [self.pads[0], self.pads[2], kh, kw, self.stride[0], self.stride[1],
@@ -111,6 +117,12 @@ class ConvOp(_ConvLike):
             y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
             r1, r2 = self.residuals(env, res)
             ctx.k.conv1x1_small(x, self.w[0], self.ep, r1, r2, y, q, cfg, ctx.nt)
+        elif self.small:
+            xp = self.padded(ctx, x)
+            y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, self.nout)
+            r1, r2 = self.residuals(env, res)
+            K.conv_small(self.nout, ctx.k is K.PARALLEL)(xp, self.w[0], self.ep, r1, r2, y, q,
+                                                         cfg, ctx.nt)
         else:
             ng, kk, og = self.w.shape
             nout = ng * og
@@ -137,6 +149,21 @@ class ConvOp(_ConvLike):
             r1, r2 = self.residuals(env, res)
             ctx.k.epilogue_nhwc(raw.reshape(m, ho, wo, nout), self.ep, r1, r2, y, q, cfg, ctx.nt)
         self.store(env, ctx, y, q)
+
+
+    def padded(self, ctx, x: np.ndarray) -> np.ndarray:
+        """``x`` (NHWC) with the conv's padding (pad value) around it, in a kept buffer;
+        the rows and columns a stride never reaches are left out."""
+        m, h, w, c = x.shape
+        t, b, l, r = self.pads
+        kh, kw = self.kernel
+        (ho, wo), (sh, sw) = self.out_hw, self.stride
+        hp, wp = (ho - 1) * sh + kh, (wo - 1) * sw + kw  # what the windows read
+        xp = self.buffer(ctx, "xpad", (m, max(hp, t + h), max(wp, l + w), c))
+        if t or b or l or r:
+            xp.fill(self.pad_value)
+        ctx.k.pad_nhwc(x, xp, t, l, ctx.nt)
+        return xp
 
 
 class EwiseOp(_ConvLike):
