@@ -676,14 +676,15 @@ def conv1x1_small(x, w, ep, res1, res2, yout, pout, cfg, nt):
             _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
 
 
-def _make_conv_small(lanes: int):
-    """:func:`conv_small` with its output-channel loop ``lanes`` long (0: any).
+def _make_conv_small(lanes: int, krow_c: int):
+    """:func:`conv_small` with its output-channel loop ``lanes`` long and its kernel rows
+    ``krow_c`` floats long (0: any).
 
     A loop of unknown length that turns out short (an RGB stem's 16 or 32 outputs) runs
     LLVM's scalar remainder, not its vector body: the vector loop is built for 4 x 8
     lanes. A closure constant makes the length known when compiling, so the loop is
-    all vector and the runtime alias checks go away (0.16 -> 0.10 ms for QuickNet's
-    stem). numba caches one kernel per constant."""
+    all vector and the runtime alias checks go away; a known kernel row (9 floats for
+    3x3 on RGB) unrolls the taps. numba caches one kernel per pair of constants."""
 
     @njit(inline="always")
     def _fma3x4(v0, v1, v2, v3, a, b, c, d, k, w0, w1, w2):
@@ -724,7 +725,7 @@ def _make_conv_small(lanes: int):
             cfg[18]
         n_ = xp.shape[0]
         nout = w.shape[1]
-        krow = kw * cin
+        krow = krow_c if krow_c else kw * cin
         rows = n_ * ho
         nt = max(1, min(nt, rows))
         for ch in prange(nt):
@@ -754,24 +755,26 @@ def _make_conv_small(lanes: int):
                             k += 1
                 _epilogue_row(v[:wo], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
 
-    conv_small.__qualname__ = f"conv_small_{lanes}"
+    conv_small.__qualname__ = f"conv_small_{lanes}_{krow_c}"
     twin = FunctionType(conv_small.__code__, conv_small.__globals__, conv_small.__name__,
                         None, conv_small.__closure__)
-    twin.__qualname__ = f"conv_small_{lanes}_parallel"
+    twin.__qualname__ = f"conv_small_{lanes}_{krow_c}_parallel"
     return SimpleNamespace(serial=njit(**_KW_FMA)(conv_small),
                            parallel=njit(parallel=True, **_KW_FMA)(twin))
 
 
 _CONV_SMALL: dict = {}
 CONV_SMALL_LANES = (8, 16, 24, 32, 48, 64)  # output counts with a kernel of their own
+CONV_SMALL_KROWS = (3, 6, 9, 12)  # kernel rows (kw x Cin) with one too: 3x3 on RGB is 9
 
 
-def conv_small(nout: int, parallel: bool):
-    """The :func:`_make_conv_small` kernel for ``nout`` outputs (built on first use)."""
-    lanes = nout if nout in CONV_SMALL_LANES else 0
-    if lanes not in _CONV_SMALL:
-        _CONV_SMALL[lanes] = _make_conv_small(lanes)
-    pair = _CONV_SMALL[lanes]
+def conv_small(nout: int, krow: int, parallel: bool):
+    """The :func:`_make_conv_small` kernel for ``nout`` outputs and kernel rows of
+    ``krow`` floats (built on first use)."""
+    key = (nout if nout in CONV_SMALL_LANES else 0, krow if krow in CONV_SMALL_KROWS else 0)
+    if key not in _CONV_SMALL:
+        _CONV_SMALL[key] = _make_conv_small(*key)
+    pair = _CONV_SMALL[key]
     return pair.parallel if parallel else pair.serial
 
 

@@ -40,6 +40,7 @@ class ConvOp(_ConvLike):
         super().__init__(node, tensors, graph)
         a = self.attrs
         self.depthwise = bool(a.get("depthwise", False))
+        self.small = False  # a direct conv for few input channels (set below)
         self.groups = self.int_attr("groups", 1)
         (self.kernel, self.stride, self.dilation, self.pads, self.in_shape,
          self.out_hw) = _float_window(self)
@@ -101,7 +102,9 @@ class ConvOp(_ConvLike):
             raise self.bad(f"{macs} MACs per sample exceed the limit")
 
     def __call__(self, env, ctx) -> None:
-        x = nhwc(env[self.inputs[0]])
+        x = env[self.inputs[0]]
+        # the small conv pads a copy, reading any strides: no channels-last copy first
+        x = x.transpose(0, 2, 3, 1) if self.small and x.dtype == _F32 else nhwc(x)
         if x.shape[1:] != self.in_shape:
             raise self.mismatch(x, f"[M, {', '.join(map(str, self.in_shape))}] (NHWC)")
         m = x.shape[0]
@@ -121,8 +124,8 @@ class ConvOp(_ConvLike):
             xp = self.padded(ctx, x)
             y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, self.nout)
             r1, r2 = self.residuals(env, res)
-            K.conv_small(self.nout, ctx.k is K.PARALLEL)(xp, self.w[0], self.ep, r1, r2, y, q,
-                                                         cfg, ctx.nt)
+            kern = K.conv_small(self.nout, self.kernel[1] * self.cin, ctx.k is K.PARALLEL)
+            kern(xp, self.w[0], self.ep, r1, r2, y, q, cfg, ctx.nt)
         else:
             ng, kk, og = self.w.shape
             nout = ng * og
