@@ -2,10 +2,12 @@
 
     python benchmarks/popcount_peak.py
 
-Two operands of N 64-bit words (L1-resident up to 2 x 2,048 words = 32 KiB) are
-xor-ed and popcounted in a loop with no stores (``kernels.xor_popcount_peak``), on
-one thread; one word is 64 binary MACs. The figure is what numba's LLVM makes of the
-engine's inner loop on this CPU (VPOPCNTQ on AVX-512 VPOPCNTDQ, CNT on NEON), not a
+The binary convs' own inner block (``kernels.xor_popcount_peak``: 4 output pixels x
+BLOCK_CHANNELS outputs, the sums held in registers over K weight words, each weight
+vector loaded once for the four pixels) runs on operands that stay in L1 (K x
+BLOCK_CHANNELS weight words: 16 KiB at 2,048), on one thread; one word xor-ed is 64
+binary MACs. The figure is what this CPU retires on the engine's own loop (512-bit
+VPOPCNTQ with AVX-512 VPOPCNTDQ, 256-bit elsewhere on x86, CNT on NEON), not a
 datasheet number: ``binface bench --runtime packed --per-layer`` measures it again and
 shows each binary layer as a share of it.
 """
@@ -23,10 +25,10 @@ def main() -> None:
     from binface.runtime.bench import popcount_peak
 
     print(f"xor + popcount peak, one thread ({os.cpu_count()} cores here)")
-    print(f"{'words':>6} {'KiB':>6} {'G binary MAC/s':>15} {'G words/s':>10}")
-    for words in (256, 512, 1024, 2048, 8192, 65536):
+    print(f"{'weight words':>12} {'KiB':>6} {'G binary MAC/s':>15} {'G words/s':>10}")
+    for words in (256, 512, 1024, 2048, 4096, 16384, 65536):
         g = popcount_peak(words, args.seconds) / 1e9
-        print(f"{words:>6} {2 * words * 8 / 1024:>6.0f} {g:>15.1f} {g / 64:>10.2f}")
+        print(f"{words:>12} {words * 8 / 1024:>6.0f} {g:>15.1f} {g / 64:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -480,16 +480,22 @@ def test_cli_bench_json(capsys, tmp_path):
 
 
 def test_xor_popcount_peak_counts_bits():
+    """The register-blocked block of the binary convs (4 pixels x BLOCK_CHANNELS sums),
+    through the peak kernel that calls it, against popcounts done here."""
     from binface.runtime.bench import popcount_peak
-    from binface.runtime.kernels import xor_popcount_peak
+    from binface.runtime.kernels import BLOCK_CHANNELS, BLOCK_PIXELS, xor_popcount_peak
 
     rng = np.random.default_rng(3)
-    a, b = (rng.integers(0, 2**63, 37, dtype=np.uint64) for _ in range(2))
-    want, a2 = 0, a.copy()
-    for r in range(5):  # the kernel flips bit 0 of one word after every pass
-        want += sum(bin(int(x ^ y)).count("1") for x, y in zip(a2, b, strict=True))
-        a2[r % 37] ^= np.uint64(1)
-    assert xor_popcount_peak(a, b, 5) == want and np.array_equal(a, a2)
+    nk = 7
+    w = rng.integers(0, 2**63, (nk, BLOCK_CHANNELS), dtype=np.uint64)
+    xs = rng.integers(0, 2**63, BLOCK_PIXELS * nk, dtype=np.uint64)
+    want, x2 = 0, xs.copy()
+    for r in range(5):  # after each call the kernel flips bit 0 of one input word
+        sums = [sum(bin(int(x2[p * nk + k] ^ w[k, c])).count("1") for k in range(nk))
+                for p in range(BLOCK_PIXELS) for c in range(BLOCK_CHANNELS)]
+        want += sums[r % len(sums)]
+        x2[r % x2.size] ^= np.uint64(1)
+    assert xor_popcount_peak(xs, w, 5) == want and np.array_equal(xs, x2)
     assert popcount_peak(64, seconds=0.01) > 1e8  # at least 0.1 G binary MAC/s
 
 

@@ -35,6 +35,7 @@ import math
 from types import FunctionType, SimpleNamespace
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types, vectorize
 from numba.extending import intrinsic
 
@@ -77,6 +78,108 @@ def popcount64(typingctx, x):
         return builder.ctpop(args[0])
 
     return types.uint64(types.uint64), codegen
+
+
+def _vector_words() -> int:
+    """64-bit lanes of the block kernel's vectors: 8 (512 bits) where the CPU has
+    AVX-512 VPOPCNTDQ, else 4 (two NEON registers, or one AVX2 register)."""
+    try:
+        import llvmlite.binding as llb
+
+        feats = llb.get_host_cpu_features()
+        return 8 if feats.get("avx512vpopcntdq") and feats.get("avx512f") else 4
+    except Exception:  # noqa: BLE001 - no feature query: the portable width
+        return 4
+
+
+# A block of 4 output pixels x 2 vectors of output channels, accumulated in registers
+# over all K words: LLVM's vectoriser, left to itself, keeps the sums in memory and
+# reloads and stores them every few words (load-bound at 60-65 % of the xor +
+# popcount rate), and with numba's target settings never uses 512-bit vectors. The
+# loop is written here in LLVM IR: eight vector sums carried as phi values, each
+# input word broadcast once, each weight vector loaded once for the four pixels.
+# llvm.ctpop on <N x i64> is VPOPCNTQ with AVX-512 VPOPCNTDQ, a byte-table popcount
+# on AVX2 and CNT + pairwise adds on NEON: the same source on every target.
+VECTOR_WORDS = _vector_words()
+BLOCK_PIXELS, BLOCK_VECTORS = 4, 2
+BLOCK_CHANNELS = BLOCK_VECTORS * VECTOR_WORDS
+
+
+@intrinsic
+def _xor_popcount_block(typingctx, x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff,
+                        ostride):
+    """out[ooff + p * ostride + c] = sum over k < nk of popcount(x[xoffs[p] + r(k)] xor
+    w[woff + k * wstride + c]) for p < BLOCK_PIXELS, c < BLOCK_CHANNELS (int64 sums,
+    overwritten). r(k) walks kernel rows of ``krow`` consecutive words, ``rowgap``
+    words apart: r(k) = k + (k // krow) * rowgap. So the pixels' words are read where
+    they lie in the packed input, with no copy."""
+    i64_t = types.int64
+    sig = types.void(x, xoffs, i64_t, i64_t, w, i64_t, i64_t, i64_t, out, i64_t, i64_t)
+
+    def codegen(context, builder, signature, args):
+        x_v, xo_v, krow, rowgap, w_v, woff, wstride, nk, out_v, ooff, ostride = args
+        i64 = ir.IntType(64)
+        nw, nv = VECTOR_WORDS, BLOCK_VECTORS
+        vt = ir.VectorType(i64, nw)
+
+        def data(i, v):
+            return context.make_array(signature.args[i])(context, builder, v).data
+
+        xptr, xoptr = data(0, x_v), data(1, xo_v)
+        bases = [builder.gep(xptr, [builder.load(builder.gep(xoptr, [ir.Constant(i64, p)]))])
+                 for p in range(BLOCK_PIXELS)]
+        wptr = builder.gep(data(4, w_v), [woff])
+        optr = builder.gep(data(8, out_v), [ooff])
+        mod = builder.module
+        name = f"llvm.ctpop.v{nw}i64"
+        ctpop = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt]), name)
+        zero, one, zero_s = ir.Constant(vt, [0] * nw), ir.Constant(i64, 1), ir.Constant(i64, 0)
+        lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), nw), [0] * nw)
+        pre = builder.block
+        loop = builder.append_basic_block("xpb.loop")
+        done = builder.append_basic_block("xpb.done")
+        builder.cbranch(builder.icmp_signed(">", nk, zero_s), loop, done)
+        builder.position_at_end(loop)
+        k, kk, roff = builder.phi(i64), builder.phi(i64), builder.phi(i64)
+        for phi in (k, kk, roff):
+            phi.add_incoming(zero_s, pre)
+        sums = [builder.phi(vt) for _ in range(BLOCK_PIXELS * nv)]
+        for acc in sums:
+            acc.add_incoming(zero, pre)
+        wrow = builder.gep(wptr, [builder.mul(k, wstride)])
+        wv = [builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(i64, nw * h)]),
+                                           vt.as_pointer()), align=8) for h in range(nv)]
+        new = []
+        for px in range(BLOCK_PIXELS):
+            xw = builder.load(builder.gep(bases[px], [roff]))
+            xb = builder.insert_element(ir.Constant(vt, ir.Undefined), xw,
+                                        ir.Constant(ir.IntType(32), 0))
+            xb = builder.shuffle_vector(xb, ir.Constant(vt, ir.Undefined), lanes0)
+            for h in range(nv):
+                new.append(builder.add(sums[nv * px + h], builder.call(ctpop, [
+                    builder.xor(xb, wv[h])])))
+        k1, kk1 = builder.add(k, one), builder.add(kk, one)
+        wrap = builder.icmp_signed("==", kk1, krow)
+        kk_next = builder.select(wrap, zero_s, kk1)
+        roff_next = builder.add(builder.add(roff, one), builder.select(wrap, rowgap, zero_s))
+        for phi, upd in ((k, k1), (kk, kk_next), (roff, roff_next)):
+            phi.add_incoming(upd, builder.block)
+        for acc, upd in zip(sums, new, strict=True):
+            acc.add_incoming(upd, builder.block)
+        builder.cbranch(builder.icmp_signed("<", k1, nk), loop, done)
+        builder.position_at_end(done)
+        fins = [builder.phi(vt) for _ in range(BLOCK_PIXELS * nv)]  # phis first
+        for fin, upd in zip(fins, new, strict=True):
+            fin.add_incoming(zero, pre)
+            fin.add_incoming(upd, loop)
+        for px in range(BLOCK_PIXELS):
+            for h in range(nv):
+                dst = builder.gep(optr, [builder.add(builder.mul(ir.Constant(i64, px), ostride),
+                                                     ir.Constant(i64, nw * h))])
+                builder.store(fins[nv * px + h], builder.bitcast(dst, vt.as_pointer()), align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 # ---------------------------------------------------------------- epilogue
@@ -288,8 +391,12 @@ def _acc1x2(a0, a1, x0, y0, w0):
 
 
 @_rows(**_KW)
-def bconv(p, w, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
+def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     """Binary conv of packed ``p`` with packed weights ``w`` [G, taps * WPG, Og] + epilogue.
+
+    ``wblk`` holds the same weights as [Og / 8, taps * WPG, 8] (one group, dilation 1, Og
+    a multiple of 8; else a dummy): the 4 x 8 blocks read their weights contiguously
+    (strided by Og words, every word of a 512-channel layer fell on its own page).
 
     cfg: H, W (unpadded input), pt, pl (halo of ``p``), kh, kw, sh, sw, dh, dw, G, Cg,
     WPG, Og, Ho, Wo, use_corr (zero padding); then the epilogue fields (EP_*).
@@ -308,16 +415,34 @@ def bconv(p, w, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     rows = p.shape[0] * ho
     nt = max(1, min(nt, rows))
     krow = kw * wpg
+    nk = kh * krow
+    blocked = contiguous and og % BLOCK_CHANNELS == 0 and wblk.shape[0] * BLOCK_CHANNELS == og
     for ch in prange(nt):
         acc = np.zeros(og, np.int64)
         acc2 = np.zeros(og, np.int64)
         v = np.empty((wo, ng * og), np.float32)
         tmp = np.empty_like(v)
+        xoffs = np.empty(BLOCK_PIXELS, np.int64)  # where a block's pixels start in pf
+        sums = np.empty((wo + BLOCK_PIXELS) * og, np.int64)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
             y0 = oy * sh
             border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + (kh - 1) * dh >= h_in)
-            if contiguous:
+            if blocked:
+                # 4 pixels x 8 channels at a time, sums in registers (_xor_popcount_block);
+                # the last block of a row repeats its last pixel into spare sums
+                rowgap = wp * wpg - krow
+                for ox in range(0, wo, BLOCK_PIXELS):
+                    for px in range(BLOCK_PIXELS):
+                        xoffs[px] = ((n * hp + y0) * wp + min(ox + px, wo - 1) * sw) * wpg
+                    for b in range(og // BLOCK_CHANNELS):
+                        _xor_popcount_block(pf, xoffs, krow, rowgap, wblk,
+                                            b * nk * BLOCK_CHANNELS, BLOCK_CHANNELS, nk, sums,
+                                            ox * og + b * BLOCK_CHANNELS, og)
+                for ox in range(wo):
+                    for o in range(og):
+                        v[ox, o] = kbits - 2 * sums[ox * og + o]
+            elif contiguous:
                 # one group, dilation 1: a kernel row's words are kw * WPG consecutive words
                 # of the input row. Two output pixels at a time, three words at a time:
                 # each weight row loaded serves both, fewer acc loads / stores per word
@@ -347,8 +472,8 @@ def bconv(p, w, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                                                          or x0 - pl + (kw - 1) * dw >= w_in))
                 vr = v[ox]
                 for g in range(ng):
-                    if contiguous and ox < wo - wo % 2:
-                        pass  # done in pairs above
+                    if blocked or (contiguous and ox < wo - wo % 2):
+                        pass  # done in blocks or pairs above
                     elif contiguous:  # the last pixel of an odd row
                         for o in range(og):
                             acc[o] = 0
@@ -945,17 +1070,20 @@ def erf(x):  # pragma: no cover - compiled
 
 # ---------------------------------------------------------------- machine peak
 @njit(cache=True)
-def xor_popcount_peak(a, b, reps):
-    """``reps`` passes of sum(popcount(a xor b)): the engine's inner loop with no loads
-    beyond L1 and no accumulator stores, i.e. what one core can retire at best."""
+def xor_popcount_peak(xs, w, reps):
+    """``reps`` calls of the binary convs' inner block (:func:`_xor_popcount_block`: 4
+    pixels x BLOCK_CHANNELS outputs, sums in registers) on operands that stay in L1,
+    i.e. the best this core retires on the engine's own loop; ``w`` is [K,
+    BLOCK_CHANNELS] words, ``xs`` 4 x K. A bit of ``xs`` flips after each call, so the
+    calls cannot be hoisted."""
+    nk = w.shape[0]
+    out = np.zeros(BLOCK_PIXELS * BLOCK_CHANNELS, np.int64)
+    xoffs = np.arange(BLOCK_PIXELS) * nk
     total = np.int64(0)
-    n = a.shape[0]
     for r in range(reps):
-        s = np.int64(0)
-        for i in range(n):
-            s += popcount64(a[i] ^ b[i])
-        total += s
-        a[r % n] ^= _ONE  # the next pass differs, so it cannot be hoisted
+        _xor_popcount_block(xs, xoffs, nk, 0, w, 0, BLOCK_CHANNELS, nk, out, 0, BLOCK_CHANNELS)
+        total += out[r % out.shape[0]]
+        xs[r % xs.shape[0]] ^= _ONE
     return total
 
 

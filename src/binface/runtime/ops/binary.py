@@ -30,6 +30,8 @@ from binface.runtime.ops.layout import (
     resolve,
 )
 
+_DUMMY_U3 = np.zeros((1, 1, 1), np.uint64)
+
 
 class PackOp(Op):
     """Signs of a float tensor into packed words, with the consumer's halo."""
@@ -174,6 +176,12 @@ class BConvOp(_PackedConv):
             self.w = self.tensor("weight", np.uint64, (kh * nch, nout))
         else:
             self.w = self.tensor("weight", np.uint64, (self.groups, kh * kw * wpg, self.og))
+        self.wblk = _DUMMY_U3
+        if (self.win == 1 and self.groups == 1 and self.dilation == [1, 1]
+                and self.og % K.BLOCK_CHANNELS == 0):  # the kernel's 4 x 8 blocks
+            bc = K.BLOCK_CHANNELS
+            self.wblk = np.ascontiguousarray(
+                self.w[0].reshape(-1, self.og // bc, bc).transpose(1, 0, 2))
         c = self.cfg
         c[0], c[1], c[2], c[3] = self.in_hw[0], self.in_hw[1], self.pads[0], self.pads[2]
         c[4], c[5] = self.kernel
@@ -203,7 +211,8 @@ class BConvOp(_PackedConv):
             ctx.k.bconv_win(pw, self.w, self.masks, self.corr, self.ep, r1, r2, y, acc, q, cfg,
                             ctx.nt)
         else:
-            ctx.k.bconv(p, self.w, self.corr, self.ep, r1, r2, y, acc, q, cfg, ctx.nt)
+            ctx.k.bconv(p, self.w, self.wblk, self.corr, self.ep, r1, r2, y, acc, q, cfg,
+                        ctx.nt)
 
 
 class BDwConvOp(_PackedConv):
