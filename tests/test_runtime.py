@@ -116,6 +116,13 @@ CONV_CASES = [
     (128, 128, 1, 1, 1, 2, "valid", 0.0, "ste", 5, 5),
     (20, 12, (1, 3), (2, 1), 1, 1, "same", 0.0, "dorefa", 7, 9),
     (48, 40, 5, 3, 1, 8, "same", 1.0, "ste", 13, 13),
+    # the register-blocked kernels: blocks of 4 pixels (a partial last one) and of 16
+    # (or 8) outputs, zero padding corrected at the border
+    (64, 32, 3, 1, 1, 1, "same", 0.0, "ste", 7, 10),
+    (128, 48, 3, 2, 1, 1, "same", 1.0, "dorefa", 9, 13),
+    # ... on window words: 16 channels per group, a 5-tap row in two words (the second
+    # masked), two blocks of outputs per group
+    (64, 128, 5, 2, 1, 4, "same", 0.0, "ste", 12, 11),
 ]
 
 

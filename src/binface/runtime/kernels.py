@@ -105,19 +105,16 @@ BLOCK_PIXELS, BLOCK_VECTORS = 4, 2
 BLOCK_CHANNELS = BLOCK_VECTORS * VECTOR_WORDS
 
 
-@intrinsic
-def _xor_popcount_block(typingctx, x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff,
-                        ostride):
-    """out[ooff + p * ostride + c] = sum over k < nk of popcount(x[xoffs[p] + r(k)] xor
-    w[woff + k * wstride + c]) for p < BLOCK_PIXELS, c < BLOCK_CHANNELS (int64 sums,
-    overwritten). r(k) walks kernel rows of ``krow`` consecutive words, ``rowgap``
-    words apart: r(k) = k + (k // krow) * rowgap. So the pixels' words are read where
-    they lie in the packed input, with no copy."""
-    i64_t = types.int64
-    sig = types.void(x, xoffs, i64_t, i64_t, w, i64_t, i64_t, i64_t, out, i64_t, i64_t)
+def _block_codegen(masked: bool):
+    """LLVM IR of :func:`_xor_popcount_block` (or of its ``masked`` twin, whose second
+    argument ``masks`` is and-ed into word k of a pixel as masks[k % krow]: window
+    words hold taps past the kernel)."""
+    sh = int(masked)  # argument positions after ``x`` move by one with masks
 
     def codegen(context, builder, signature, args):
-        x_v, xo_v, krow, rowgap, w_v, woff, wstride, nk, out_v, ooff, ostride = args
+        x_v = args[0]
+        (xo_v, krow, kstep, rowgap, w_v, woff, wstride, nk, out_v, ooff,
+         ostride) = args[1 + sh:]
         i64 = ir.IntType(64)
         nw, nv = VECTOR_WORDS, BLOCK_VECTORS
         vt = ir.VectorType(i64, nw)
@@ -125,11 +122,12 @@ def _xor_popcount_block(typingctx, x, xoffs, krow, rowgap, w, woff, wstride, nk,
         def data(i, v):
             return context.make_array(signature.args[i])(context, builder, v).data
 
-        xptr, xoptr = data(0, x_v), data(1, xo_v)
+        xptr, xoptr = data(0, x_v), data(1 + sh, xo_v)
+        mptr = data(1, args[1]) if masked else None
         bases = [builder.gep(xptr, [builder.load(builder.gep(xoptr, [ir.Constant(i64, p)]))])
                  for p in range(BLOCK_PIXELS)]
-        wptr = builder.gep(data(4, w_v), [woff])
-        optr = builder.gep(data(8, out_v), [ooff])
+        wptr = builder.gep(data(5 + sh, w_v), [woff])
+        optr = builder.gep(data(9 + sh, out_v), [ooff])
         mod = builder.module
         name = f"llvm.ctpop.v{nw}i64"
         ctpop = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt]), name)
@@ -150,8 +148,11 @@ def _xor_popcount_block(typingctx, x, xoffs, krow, rowgap, w, woff, wstride, nk,
         wv = [builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(i64, nw * h)]),
                                            vt.as_pointer()), align=8) for h in range(nv)]
         new = []
+        mk = builder.load(builder.gep(mptr, [kk])) if masked else None
         for px in range(BLOCK_PIXELS):
             xw = builder.load(builder.gep(bases[px], [roff]))
+            if masked:
+                xw = builder.and_(xw, mk)
             xb = builder.insert_element(ir.Constant(vt, ir.Undefined), xw,
                                         ir.Constant(ir.IntType(32), 0))
             xb = builder.shuffle_vector(xb, ir.Constant(vt, ir.Undefined), lanes0)
@@ -161,7 +162,7 @@ def _xor_popcount_block(typingctx, x, xoffs, krow, rowgap, w, woff, wstride, nk,
         k1, kk1 = builder.add(k, one), builder.add(kk, one)
         wrap = builder.icmp_signed("==", kk1, krow)
         kk_next = builder.select(wrap, zero_s, kk1)
-        roff_next = builder.add(builder.add(roff, one), builder.select(wrap, rowgap, zero_s))
+        roff_next = builder.add(builder.add(roff, kstep), builder.select(wrap, rowgap, zero_s))
         for phi, upd in ((k, k1), (kk, kk_next), (roff, roff_next)):
             phi.add_incoming(upd, builder.block)
         for acc, upd in zip(sums, new, strict=True):
@@ -179,7 +180,30 @@ def _xor_popcount_block(typingctx, x, xoffs, krow, rowgap, w, woff, wstride, nk,
                 builder.store(fins[nv * px + h], builder.bitcast(dst, vt.as_pointer()), align=8)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+_I64 = types.int64
+
+
+@intrinsic
+def _xor_popcount_block(typingctx, x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out,
+                        ooff, ostride):
+    """out[ooff + p * ostride + c] = sum over k < nk of popcount(x[xoffs[p] + r(k)] xor
+    w[woff + k * wstride + c]) for p < BLOCK_PIXELS, c < BLOCK_CHANNELS (int64 sums,
+    overwritten). r(k) walks kernel rows of ``krow`` words ``kstep`` apart, each row
+    ``rowgap`` further on: r(k) = (k % krow) * kstep + (k // krow) * (krow * kstep +
+    rowgap). So the pixels' words are read where they lie in the packed input."""
+    sig = types.void(x, xoffs, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
+    return sig, _block_codegen(False)
+
+
+@intrinsic
+def _xor_popcount_block_masked(typingctx, x, masks, xoffs, krow, kstep, rowgap, w, woff,
+                               wstride, nk, out, ooff, ostride):
+    """:func:`_xor_popcount_block` with word k of each pixel and-ed with masks[k % krow]."""
+    sig = types.void(x, masks, xoffs, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
+    return sig, _block_codegen(True)
 
 
 # ---------------------------------------------------------------- epilogue
@@ -416,7 +440,8 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     nt = max(1, min(nt, rows))
     krow = kw * wpg
     nk = kh * krow
-    blocked = contiguous and og % BLOCK_CHANNELS == 0 and wblk.shape[0] * BLOCK_CHANNELS == og
+    blocked = (contiguous and og % BLOCK_CHANNELS == 0 and wblk.shape[0] * BLOCK_CHANNELS == og
+               and wblk.shape[1] == kh * kw * wpg and wblk.shape[2] == BLOCK_CHANNELS)
     for ch in prange(nt):
         acc = np.zeros(og, np.int64)
         acc2 = np.zeros(og, np.int64)
@@ -436,12 +461,10 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                     for px in range(BLOCK_PIXELS):
                         xoffs[px] = ((n * hp + y0) * wp + min(ox + px, wo - 1) * sw) * wpg
                     for b in range(og // BLOCK_CHANNELS):
-                        _xor_popcount_block(pf, xoffs, krow, rowgap, wblk,
+                        _xor_popcount_block(pf, xoffs, krow, 1, rowgap, wblk,
                                             b * nk * BLOCK_CHANNELS, BLOCK_CHANNELS, nk, sums,
                                             ox * og + b * BLOCK_CHANNELS, og)
-                for ox in range(wo):
-                    for o in range(og):
-                        v[ox, o] = kbits - 2 * sums[ox * og + o]
+                _sums_to_row(sums, v, kbits)
             elif contiguous:
                 # one group, dilation 1: a kernel row's words are kw * WPG consecutive words
                 # of the input row. Two output pixels at a time, three words at a time:
@@ -555,14 +578,41 @@ def pack_windows(p, out, t, cg, nt):
                     _or_shifted(dst[:m], src[i * ng:i * ng + m], np.uint64(i * cg))
 
 
+@njit(**_KW_SMALL)
+def _sums_to_row(sums, v, kbits):
+    """v[ox, o] = kbits - 2 * sums[ox * C + o] for a row [Wo, C]: one flat loop (per
+    pixel, a 16-channel loop ran LLVM's scalar remainder)."""
+    vf = v.reshape(-1)
+    for i in range(vf.shape[0]):
+        vf[i] = kbits - 2 * sums[i]
+
+
+@njit(**_KW_SMALL)
+def _win_border(vr, corr, y0, x0, pt, pl, kh, kw, h_in, w_in, ng, og):
+    """Zero padding: take out the taps of output pixel (y0, x0) that fall in the halo."""
+    for ky in range(kh):
+        iy = y0 + ky - pt
+        for kx in range(kw):
+            ix = x0 + kx - pl
+            if iy < 0 or iy >= h_in or ix < 0 or ix >= w_in:
+                tt = ky * kw + kx
+                for g in range(ng):
+                    for o in range(og):
+                        vr[g * og + o] -= corr[g, tt, o]
+
+
 @_rows(**_KW)
-def bconv_win(p, w, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
+def bconv_win(p, w, wblk, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     """Binary conv on window words (``pack_windows``): T taps of a kernel row per word.
 
     w [kh * chunks, G * Og] (every group's outputs side by side, so the inner loop
     runs over all output channels at once; each lane xors its own group's word);
     masks [chunks] keep the valid bits of each chunk. cfg as :func:`bconv` plus
     cfg[17] = T (dilation must be 1).
+
+    With ``wblk`` (the weights as [G, Og / 16, kh * chunks, 16] with their masked-off
+    bits 0; else a dummy) each group runs the register-blocked block of :func:`bconv`,
+    the input words masked in registers as they are loaded.
     """
     h_in, w_in, pt, pl = cfg[0], cfg[1], cfg[2], cfg[3]
     kh, kw, sh, sw = cfg[4], cfg[5], cfg[6], cfg[7]
@@ -574,18 +624,43 @@ def bconv_win(p, w, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     kbits = kh * kw * cg
     rows = p.shape[0] * ho
     nt = max(1, min(nt, rows))
+    nbc = og // BLOCK_CHANNELS
+    blocked = (og % BLOCK_CHANNELS == 0 and wblk.shape[0] == ng and wblk.shape[1] == nbc
+               and wblk.shape[2] == kh * nch and wblk.shape[3] == BLOCK_CHANNELS)
+    hp, wp = p.shape[1], p.shape[2]
+    pf = p.reshape(-1)
+    nk = kh * nch
+    kstep = t * ng
+    rowgap = wp * ng - nch * kstep
     for ch in prange(nt):
         acc = np.zeros(nout, np.int64)
         xsel = np.zeros(nout, np.uint64)
         v = np.empty((wo, nout), np.float32)
         tmp = np.empty_like(v)
+        xoffs = np.empty(BLOCK_PIXELS, np.int64)
+        sums = np.empty((wo + BLOCK_PIXELS) * nout, np.int64)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
             y0 = oy * sh
             border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + kh - 1 >= h_in)
+            if blocked:
+                for ox in range(0, wo, BLOCK_PIXELS):
+                    for g in range(ng):
+                        for px in range(BLOCK_PIXELS):
+                            xoffs[px] = ((n * hp + y0) * wp + min(ox + px, wo - 1) * sw) * ng + g
+                        for b in range(nbc):
+                            _xor_popcount_block_masked(
+                                pf, masks, xoffs, nch, kstep, rowgap, wblk[g, b], 0,
+                                BLOCK_CHANNELS, nk, sums, ox * nout + g * og + b * BLOCK_CHANNELS,
+                                nout)
+                _sums_to_row(sums, v, kbits)
             for ox in range(wo):
                 x0 = ox * sw
                 border = border_y or (use_corr != 0 and (x0 - pl < 0 or x0 - pl + kw - 1 >= w_in))
+                if blocked:
+                    if border:
+                        _win_border(v[ox], corr, y0, x0, pt, pl, kh, kw, h_in, w_in, ng, og)
+                    continue
                 for o in range(nout):
                     acc[o] = 0
                 for ky in range(kh):
@@ -601,15 +676,7 @@ def bconv_win(p, w, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                 for o in range(nout):
                     vr[o] = kbits - 2 * acc[o]
                 if border:
-                    for ky in range(kh):
-                        iy = y0 + ky - pt
-                        for kx in range(kw):
-                            ix = x0 + kx - pl
-                            if iy < 0 or iy >= h_in or ix < 0 or ix >= w_in:
-                                tt = ky * kw + kx
-                                for g in range(ng):
-                                    for o in range(og):
-                                        vr[g * og + o] -= corr[g, tt, o]
+                    _win_border(vr, corr, y0, x0, pt, pl, kh, kw, h_in, w_in, ng, og)
             if out_acc:
                 for ox in range(wo):
                     for o in range(nout):
@@ -1081,7 +1148,8 @@ def xor_popcount_peak(xs, w, reps):
     xoffs = np.arange(BLOCK_PIXELS) * nk
     total = np.int64(0)
     for r in range(reps):
-        _xor_popcount_block(xs, xoffs, nk, 0, w, 0, BLOCK_CHANNELS, nk, out, 0, BLOCK_CHANNELS)
+        _xor_popcount_block(xs, xoffs, nk, 1, 0, w, 0, BLOCK_CHANNELS, nk, out, 0,
+                            BLOCK_CHANNELS)
         total += out[r % out.shape[0]]
         xs[r % xs.shape[0]] ^= _ONE
     return total

@@ -174,9 +174,16 @@ class BConvOp(_PackedConv):
             nch = -(-kw // self.win)
             self.masks = self.tensor("masks", np.uint64, (nch,))
             self.w = self.tensor("weight", np.uint64, (kh * nch, nout))
+            bc = K.BLOCK_CHANNELS
+            if self.og % bc == 0:  # per group, the kernel's register blocks
+                # masked-off weight bits to 0 (the kernel's correction relies on it)
+                wm = self.w & self.masks[np.arange(kh * nch) % nch, None]
+                self.wblk_win = np.ascontiguousarray(wm.reshape(
+                    kh * nch, self.groups, self.og // bc, bc).transpose(1, 2, 0, 3))
         else:
             self.w = self.tensor("weight", np.uint64, (self.groups, kh * kw * wpg, self.og))
         self.wblk = _DUMMY_U3
+        self.wblk_win = getattr(self, "wblk_win", np.zeros((1, 1, 1, 1), np.uint64))
         if (self.win == 1 and self.groups == 1 and self.dilation == [1, 1]
                 and self.og % K.BLOCK_CHANNELS == 0):  # the kernel's 4 x 8 blocks
             bc = K.BLOCK_CHANNELS
@@ -208,8 +215,8 @@ class BConvOp(_PackedConv):
         if self.win > 1:
             pw = self.buffer(ctx, "win", p.shape, np.uint64)
             ctx.k.pack_windows(p, pw, self.win, self.cg, ctx.nt)
-            ctx.k.bconv_win(pw, self.w, self.masks, self.corr, self.ep, r1, r2, y, acc, q, cfg,
-                            ctx.nt)
+            ctx.k.bconv_win(pw, self.w, self.wblk_win, self.masks, self.corr, self.ep, r1, r2,
+                            y, acc, q, cfg, ctx.nt)
         else:
             ctx.k.bconv(p, self.w, self.wblk, self.corr, self.ep, r1, r2, y, acc, q, cfg,
                         ctx.nt)
