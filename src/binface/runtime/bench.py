@@ -194,6 +194,9 @@ class Job:
     input_size: tuple[int, int] = (112, 112)
     threads: int | None = None  # None: time_jobs' own
     batch: int | None = None
+    # a source tree (its ``src`` folder) the worker imports binface from instead: the
+    # engine as an older commit had it, timed beside today's in the same run
+    src: str | None = None
 
 
 class _WorkerDied(BinfaceError):
@@ -203,15 +206,20 @@ class _WorkerDied(BinfaceError):
 class _Worker:
     """One runtime's worker process; it hosts any number of models, each under an id."""
 
-    def __init__(self, runtime: str, threads: int, batch: int) -> None:
+    def __init__(self, runtime: str, threads: int, batch: int, src: str | None = None) -> None:
         self.runtime = runtime
         cmd = [sys.executable, "-m", "binface.runtime.bench", "--worker", runtime,
                str(threads), str(batch)]
+        env = _worker_env(threads, runtime)
+        if src is not None:
+            if not (Path(src) / "binface" / "runtime").is_dir():
+                raise BinfaceError(f"{src}: not a binface source folder (no binface/runtime)")
+            env["PYTHONPATH"] = os.pathsep.join([str(Path(src).resolve())] + [
+                p for p in [env.get("PYTHONPATH")] if p])
         # stderr to a file: a chatty worker must never block on a full pipe
         self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.err, text=True,
-                                     env=_worker_env(threads, runtime))
+                                     stderr=self.err, text=True, env=env)
 
     def send(self, msg: dict) -> None:
         assert self.proc.stdin
@@ -281,8 +289,8 @@ def time_jobs(jobs: list[Job], threads: int = 1, batch: int = 1, repeats: int = 
     ``progress``: the description of a bar over the rounds, or None for no bar.
     """
     keys = [(j.runtime, threads if j.threads is None else j.threads,
-             batch if j.batch is None else j.batch) for j in jobs]
-    if any(t < 1 or b < 1 for _, t, b in keys) or threads < 1 or batch < 1 \
+             batch if j.batch is None else j.batch, j.src) for j in jobs]
+    if any(t < 1 or b < 1 for _, t, b, _ in keys) or threads < 1 or batch < 1 \
             or repeats < 1 or warmup < 0:
         raise BinfaceError("threads, batch and repeats must be positive")
     rounds = max(1, min(rounds, repeats))

@@ -105,10 +105,10 @@ BLOCK_PIXELS, BLOCK_VECTORS = 4, 2
 BLOCK_CHANNELS = BLOCK_VECTORS * VECTOR_WORDS
 
 
-def _block_codegen(masked: bool):
-    """LLVM IR of :func:`_xor_popcount_block` (or of its ``masked`` twin, whose second
-    argument ``masks`` is and-ed into word k of a pixel as masks[k % krow]: window
-    words hold taps past the kernel)."""
+def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS):
+    """LLVM IR of :func:`_xor_popcount_block` for ``npix`` pixels (or of its ``masked``
+    twin, whose second argument ``masks`` is and-ed into word k of a pixel as
+    masks[k % krow]: window words hold taps past the kernel)."""
     sh = int(masked)  # argument positions after ``x`` move by one with masks
 
     def codegen(context, builder, signature, args):
@@ -125,7 +125,7 @@ def _block_codegen(masked: bool):
         xptr, xoptr = data(0, x_v), data(1 + sh, xo_v)
         mptr = data(1, args[1]) if masked else None
         bases = [builder.gep(xptr, [builder.load(builder.gep(xoptr, [ir.Constant(i64, p)]))])
-                 for p in range(BLOCK_PIXELS)]
+                 for p in range(npix)]
         wptr = builder.gep(data(5 + sh, w_v), [woff])
         optr = builder.gep(data(9 + sh, out_v), [ooff])
         mod = builder.module
@@ -141,7 +141,7 @@ def _block_codegen(masked: bool):
         k, kk, roff = builder.phi(i64), builder.phi(i64), builder.phi(i64)
         for phi in (k, kk, roff):
             phi.add_incoming(zero_s, pre)
-        sums = [builder.phi(vt) for _ in range(BLOCK_PIXELS * nv)]
+        sums = [builder.phi(vt) for _ in range(npix * nv)]
         for acc in sums:
             acc.add_incoming(zero, pre)
         wrow = builder.gep(wptr, [builder.mul(k, wstride)])
@@ -149,7 +149,7 @@ def _block_codegen(masked: bool):
                                            vt.as_pointer()), align=8) for h in range(nv)]
         new = []
         mk = builder.load(builder.gep(mptr, [kk])) if masked else None
-        for px in range(BLOCK_PIXELS):
+        for px in range(npix):
             xw = builder.load(builder.gep(bases[px], [roff]))
             if masked:
                 xw = builder.and_(xw, mk)
@@ -169,11 +169,11 @@ def _block_codegen(masked: bool):
             acc.add_incoming(upd, builder.block)
         builder.cbranch(builder.icmp_signed("<", k1, nk), loop, done)
         builder.position_at_end(done)
-        fins = [builder.phi(vt) for _ in range(BLOCK_PIXELS * nv)]  # phis first
+        fins = [builder.phi(vt) for _ in range(npix * nv)]  # phis first
         for fin, upd in zip(fins, new, strict=True):
             fin.add_incoming(zero, pre)
             fin.add_incoming(upd, loop)
-        for px in range(BLOCK_PIXELS):
+        for px in range(npix):
             for h in range(nv):
                 dst = builder.gep(optr, [builder.add(builder.mul(ir.Constant(i64, px), ostride),
                                                      ir.Constant(i64, nw * h))])
@@ -186,24 +186,60 @@ def _block_codegen(masked: bool):
 _I64 = types.int64
 
 
-@intrinsic
-def _xor_popcount_block(typingctx, x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out,
-                        ooff, ostride):
+def _make_block(npix: int, masked: bool):
+    """The block intrinsic for ``npix`` pixels (the last, partial block of a row runs
+    one for the pixels it has: a 3-wide row no longer computes a fourth)."""
+    if masked:
+        def block(typingctx, x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out,
+                  ooff, ostride):
+            sig = types.void(x, masks, xoffs, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64,
+                             _I64)
+            return sig, _block_codegen(True, npix)
+    else:
+        def block(typingctx, x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
+                  ostride):
+            sig = types.void(x, xoffs, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
+            return sig, _block_codegen(False, npix)
+    block.__name__ = block.__qualname__ = f"xor_popcount_block{npix}" + (
+        "_masked" if masked else "")
+    return intrinsic(block)
+
+
+_blk1, _blk2, _blk3, _blk4 = (_make_block(n, False) for n in (1, 2, 3, 4))
+_mblk1, _mblk2, _mblk3, _mblk4 = (_make_block(n, True) for n in (1, 2, 3, 4))
+
+
+@njit(inline="always")
+def _xor_popcount_block(npix, x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
+                        ostride):
     """out[ooff + p * ostride + c] = sum over k < nk of popcount(x[xoffs[p] + r(k)] xor
-    w[woff + k * wstride + c]) for p < BLOCK_PIXELS, c < BLOCK_CHANNELS (int64 sums,
-    overwritten). r(k) walks kernel rows of ``krow`` words ``kstep`` apart, each row
-    ``rowgap`` further on: r(k) = (k % krow) * kstep + (k // krow) * (krow * kstep +
-    rowgap). So the pixels' words are read where they lie in the packed input."""
-    sig = types.void(x, xoffs, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
-    return sig, _block_codegen(False)
+    w[woff + k * wstride + c]) for p < npix (at most BLOCK_PIXELS), c < BLOCK_CHANNELS
+    (int64 sums, overwritten). r(k) walks kernel rows of ``krow`` words ``kstep``
+    apart, each row ``rowgap`` further on: r(k) = (k % krow) * kstep + (k // krow) *
+    (krow * kstep + rowgap). So the pixels' words are read where they lie in the
+    packed input."""
+    if npix >= 4:
+        _blk4(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    elif npix == 3:
+        _blk3(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    elif npix == 2:
+        _blk2(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    else:
+        _blk1(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
 
 
-@intrinsic
-def _xor_popcount_block_masked(typingctx, x, masks, xoffs, krow, kstep, rowgap, w, woff,
-                               wstride, nk, out, ooff, ostride):
+@njit(inline="always")
+def _xor_popcount_block_masked(npix, x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride,
+                               nk, out, ooff, ostride):
     """:func:`_xor_popcount_block` with word k of each pixel and-ed with masks[k % krow]."""
-    sig = types.void(x, masks, xoffs, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
-    return sig, _block_codegen(True)
+    if npix >= 4:
+        _mblk4(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    elif npix == 3:
+        _mblk3(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    elif npix == 2:
+        _mblk2(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    else:
+        _mblk1(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
 
 
 # ---------------------------------------------------------------- epilogue
@@ -454,14 +490,15 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
             y0 = oy * sh
             border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + (kh - 1) * dh >= h_in)
             if blocked:
-                # 4 pixels x 8 channels at a time, sums in registers (_xor_popcount_block);
-                # the last block of a row repeats its last pixel into spare sums
+                # 4 pixels x BLOCK_CHANNELS at a time, sums in registers
+                # (_xor_popcount_block); the last block of a row takes the pixels left
                 rowgap = wp * wpg - krow
                 for ox in range(0, wo, BLOCK_PIXELS):
                     for px in range(BLOCK_PIXELS):
                         xoffs[px] = ((n * hp + y0) * wp + min(ox + px, wo - 1) * sw) * wpg
                     for b in range(og // BLOCK_CHANNELS):
-                        _xor_popcount_block(pf, xoffs, krow, 1, rowgap, wblk,
+                        _xor_popcount_block(min(BLOCK_PIXELS, wo - ox), pf, xoffs, krow, 1,
+                                            rowgap, wblk,
                                             b * nk * BLOCK_CHANNELS, BLOCK_CHANNELS, nk, sums,
                                             ox * og + b * BLOCK_CHANNELS, og)
                 _sums_to_row(sums, v, kbits)
@@ -658,9 +695,9 @@ def bconv_win(p, w, wblk, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg,
                             xoffs[px] = ((n * hp + y0) * wp + min(ox + px, wo - 1) * sw) * ng + g
                         for b in range(nbc):
                             _xor_popcount_block_masked(
-                                pf, masks, xoffs, nch, kstep, rowgap, wblk[g, b], 0,
-                                BLOCK_CHANNELS, nk, sums, ox * nout + g * og + b * BLOCK_CHANNELS,
-                                nout)
+                                min(BLOCK_PIXELS, wo - ox), pf, masks, xoffs, nch, kstep,
+                                rowgap, wblk[g, b], 0, BLOCK_CHANNELS, nk, sums,
+                                ox * nout + g * og + b * BLOCK_CHANNELS, nout)
                 _sums_to_row(sums, v, kbits)
             for ox in range(wo):
                 x0 = ox * sw
@@ -1162,7 +1199,7 @@ def xor_popcount_peak(xs, w, reps):
     xoffs = np.arange(BLOCK_PIXELS) * nk
     total = np.int64(0)
     for r in range(reps):
-        _xor_popcount_block(xs, xoffs, nk, 1, 0, w, 0, BLOCK_CHANNELS, nk, out, 0,
+        _xor_popcount_block(BLOCK_PIXELS, xs, xoffs, nk, 1, 0, w, 0, BLOCK_CHANNELS, nk, out, 0,
                             BLOCK_CHANNELS)
         total += out[r % out.shape[0]]
         xs[r % xs.shape[0]] ^= _ONE
