@@ -619,3 +619,22 @@ def test_time_jobs_of_no_jobs_and_bad_thread_counts():
     for bad in ({"threads": 0}, {"threads": -1}, {"batch": 0}):
         with pytest.raises(BinfaceError, match="must be positive"):
             time_jobs([Job("packed", "x.bfp", **bad)])
+
+
+def test_time_jobs_from_another_source_tree(small_bfp, tmp_path):
+    """Job.src: the worker imports binface from that tree (a before / after comparison
+    in one run); a folder without binface/runtime is refused in one line."""
+    from binface.runtime.bench import Job, time_jobs
+
+    this = str(Path(__file__).resolve().parents[1] / "src")
+    res = time_jobs([Job("packed", str(small_bfp)), Job("packed", str(small_bfp), src=this)],
+                    repeats=2, rounds=1)
+    assert all(r["median_ms"] > 0 for r in res)
+    fake = tmp_path / "fake"  # a tree whose binface cannot import: its worker must fail
+    (fake / "binface" / "runtime").mkdir(parents=True)
+    (fake / "binface" / "__init__.py").write_text("raise ImportError('the other tree')\n")
+    with pytest.raises(BinfaceError, match="the other tree"):
+        time_jobs([Job("packed", str(small_bfp), src=str(fake))], repeats=1)
+    with pytest.raises(BinfaceError, match="not a binface source folder") as err:
+        time_jobs([Job("packed", str(small_bfp), src=str(tmp_path))], repeats=1)
+    _one_line(err.value)

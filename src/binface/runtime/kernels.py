@@ -1180,6 +1180,22 @@ def pool_nhwc(x, y, pre, post, cfg, nt):
                         yr[c] = acc[c]
 
 
+@njit(**_KW_SMALL)
+def mean_hw(x, y):
+    """y[n, c] = mean of x[n, :, :, c] (channels-last): a global average pool."""
+    n_, h_, w_, c_ = x.shape
+    for n in range(n_):
+        acc = y[n]
+        acc[:] = 0
+        for i in range(h_):
+            for j in range(w_):
+                px = x[n, i, j]
+                for c in range(c_):
+                    acc[c] += px[c]
+        for c in range(c_):
+            acc[c] /= h_ * w_
+
+
 @vectorize(["float32(float32)", "float64(float64)"], cache=True)
 def erf(x):  # pragma: no cover - compiled
     """Element-wise erf (numpy has none; exact GELU needs it)."""
