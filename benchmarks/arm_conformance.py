@@ -294,6 +294,16 @@ def _read_phases(path: Path, root: Path) -> dict:
     return phases
 
 
+def _root_method(root: Path) -> str:
+    """How the arm64 root was made, from its stamp (the root phase writes it)."""
+    marker = root / ".binface-root-ok"
+    text = marker.read_text() if marker.is_file() else ""
+    if "unpacked natively" in text:
+        return ("debootstrap's first stage, every package unpacked natively with "
+                "dpkg-deb, no maintainer scripts run")
+    return "debootstrap, second stage under qemu"
+
+
 def report(args) -> None:
     data = Path(args.data)
     repo = Path(__file__).resolve().parent.parent
@@ -330,6 +340,7 @@ def report(args) -> None:
                                        default=None),
         "wheels_installed_on_arm": installed, "wheels": wheels,
         "phases_s": _read_phases(Path(args.phases), Path(args.root)),
+        "root_method": _root_method(Path(args.root)),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
@@ -357,6 +368,7 @@ def _markdown(d: dict) -> str:
              f"the venv in {ph.pop('venv_build')} s" if "venv_build" in ph else ""]
     phases = (", ".join(f"{k} {v} s" for k, v in ph.items()) + "; "
               + ", ".join(b for b in built if b))
+    method = d.get("root_method", "debootstrap, second stage under qemu")
     missing = (f"\nNot checked (time): {', '.join(d['models_not_checked'])}.\n"
                if d["models_not_checked"] else "")
     return f"""# The packed engine on arm64 (issue 17)
@@ -364,7 +376,7 @@ def _markdown(d: dict) -> str:
 Run by `{d['command']}`
 at commit `{d['commit'][:10]}`{' (with local changes)' if d['dirty'] else ''}, {d['date']}.
 
-An arm64 Debian bookworm root (debootstrap, second stage under qemu), the aarch64
+An arm64 Debian bookworm root ({method}), the aarch64
 wheels of numpy and numba from PyPI installed inside it by pip, and a copy of binface's
 source: its packed engine ran there in qemu-aarch64 user mode
 (`{d['qemu']}`), with no torch installed (`import binface.runtime.engine`
