@@ -638,3 +638,44 @@ def test_time_jobs_from_another_source_tree(small_bfp, tmp_path):
     with pytest.raises(BinfaceError, match="not a binface source folder") as err:
         time_jobs([Job("packed", str(small_bfp), src=str(tmp_path))], repeats=1)
     _one_line(err.value)
+
+
+@pytest.mark.parametrize("name", ["binaryfacenet", "quicknet_small", "binaryfaceformer_add"])
+def test_repeated_runs_match_fresh_engines(name, tmp_path):
+    """Binary ops replay their last calls when their inputs are the same objects as last
+    run (kept buffers): new images, a new batch size and a trace run in between must
+    all give what a fresh engine gives."""
+    torch.manual_seed(0)
+    export_packed(randomize_bn(create_model(name)), tmp_path / "m.bfp")
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((n, 3, 112, 112), dtype=np.float32) for n in (1, 1, 3, 1)]
+    eng = load_packed(tmp_path / "m.bfp")
+    for i, x in enumerate(xs):
+        if i == 3:
+            eng.run(x, trace=True)  # fresh buffers, no replay, then back to the kept ones
+        want = load_packed(tmp_path / "m.bfp").run(x)
+        assert np.array_equal(eng.run(x), want)
+        x *= -1  # the same array object with new values: replayed calls read them
+        assert np.array_equal(eng.run(x), load_packed(tmp_path / "m.bfp").run(x))
+
+
+def test_replay_does_not_reuse_a_copied_residual(tmp_path):
+    """A residual that had to be copied to channels-last (here the NCHW model input
+    itself) is not replayed: the copy would hold last run's values."""
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = BinaryConv2d(8, 8, 3, padding="same")
+
+        def forward(self, x):
+            return self.conv(x) + x
+
+    torch.manual_seed(0)
+    export_packed(Res().eval(), tmp_path / "r.bfp", input_size=(6, 6), channels=8)
+    eng = load_packed(tmp_path / "r.bfp")
+    assert any(getattr(op, "nres", 0) for op in eng.ops)  # the add is fused: a residual
+    x = np.random.default_rng(0).standard_normal((1, 8, 6, 6), dtype=np.float32)
+    for _ in range(3):
+        assert np.array_equal(eng.run(x), load_packed(tmp_path / "r.bfp").run(x))
+        x *= -1.5  # same object, new values
