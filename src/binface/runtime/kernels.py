@@ -8,11 +8,13 @@ loops never test bounds; zero padding ("same" with pad value 0) is corrected per
 output position by subtracting, for each tap that falls in the halo, the sum of
 that tap's +-1 weights.
 
-A binary conv's dot product over ``K`` bits is ``K - 2 popcount(x xor w)``. The
-kernels keep the output channels innermost (weights stored ``[G, taps * WPG, Og]``)
-so each loaded input word is xor-ed with a contiguous row of weight words: LLVM
-vectorises that loop to VPOPCNTQ on AVX-512 (VPOPCNTDQ), to a shuffle-based
-popcount on AVX2, and to CNT on NEON. Every conv ends in one fused epilogue per
+A binary conv's dot product over ``K`` bits is ``K - 2 popcount(x xor w)``. Where the
+outputs per group are a multiple of BLOCK_CHANNELS, the sums come from a block written
+in LLVM IR (``_xor_popcount_block``: 4 pixels x 2 vectors of outputs held in registers
+over all K words; VPOPCNTQ with AVX-512 VPOPCNTDQ, a shuffle-based popcount on AVX2,
+CNT on NEON). Elsewhere the kernels keep the output channels innermost (weights
+stored ``[G, taps * WPG, Og]``) so each loaded input word is xor-ed with a contiguous
+row of weight words, a loop LLVM vectorises itself. Every conv ends in one fused epilogue per
 output pixel: ``y = act2(act1(v * a1 + b1) * a2 + b2 + res1 + res2)`` with per-channel
 PReLU slopes (1 = identity, 0 = ReLU), writing the float output and/or the packed
 signs for the next binary layer.
