@@ -58,15 +58,20 @@ _KW_FMA = {"cache": True, "nogil": True, "boundscheck": False, "fastmath": {"con
 _PARALLEL: dict = {}
 
 
+def _twins(fn, **kw):
+    """(serial, ``parallel=True``) numba compilations of one row-kernel source."""
+    twin = FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel",
+                        fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_parallel"  # its own cache entry
+    twin.__doc__ = fn.__doc__
+    return njit(**kw)(fn), njit(parallel=True, **kw)(twin)
+
+
 def _rows(**kw):
     """njit ``fn`` (serial) and register its ``parallel=True`` twin in ``PARALLEL``."""
     def deco(fn):
-        twin = FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel",
-                            fn.__defaults__, fn.__closure__)
-        twin.__qualname__ = fn.__qualname__ + "_parallel"  # its own cache entry
-        twin.__doc__ = fn.__doc__
-        _PARALLEL[fn.__name__] = njit(parallel=True, **kw)(twin)
-        return njit(**kw)(fn)
+        serial, _PARALLEL[fn.__name__] = _twins(fn, **kw)
+        return serial
     return deco
 
 
@@ -456,9 +461,10 @@ def _acc1x2(a0, a1, x0, y0, w0):
 def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     """Binary conv of packed ``p`` with packed weights ``w`` [G, taps * WPG, Og] + epilogue.
 
-    ``wblk`` holds the same weights as [Og / 8, taps * WPG, 8] (one group, dilation 1, Og
-    a multiple of 8; else a dummy): the 4 x 8 blocks read their weights contiguously
-    (strided by Og words, every word of a 512-channel layer fell on its own page).
+    ``wblk`` holds the same weights as [Og / BC, taps * WPG, BC], BC = BLOCK_CHANNELS
+    (one group, dilation 1, Og a multiple of BC; else a dummy): the register blocks read
+    their weights contiguously (strided by Og words, every word of a 512-channel layer
+    fell on its own page).
 
     cfg: H, W (unpadded input), pt, pl (halo of ``p``), kh, kw, sh, sw, dh, dw, G, Cg,
     WPG, Og, Ho, Wo, use_corr (zero padding); then the epilogue fields (EP_*).
@@ -486,7 +492,7 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
         v = np.empty((wo, ng * og), np.float32)
         tmp = np.empty_like(v)
         xoffs = np.empty(BLOCK_PIXELS, np.int64)  # where a block's pixels start in pf
-        sums = np.empty((wo + BLOCK_PIXELS) * og, np.int64)
+        sums = np.empty(wo * og, np.int64)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
             y0 = oy * sh
@@ -496,11 +502,11 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                 # (_xor_popcount_block); the last block of a row takes the pixels left
                 rowgap = wp * wpg - krow
                 for ox in range(0, wo, BLOCK_PIXELS):
-                    for px in range(BLOCK_PIXELS):
-                        xoffs[px] = ((n * hp + y0) * wp + min(ox + px, wo - 1) * sw) * wpg
+                    npix = min(BLOCK_PIXELS, wo - ox)
+                    for px in range(npix):
+                        xoffs[px] = ((n * hp + y0) * wp + (ox + px) * sw) * wpg
                     for b in range(og // BLOCK_CHANNELS):
-                        _xor_popcount_block(min(BLOCK_PIXELS, wo - ox), pf, xoffs, krow, 1,
-                                            rowgap, wblk,
+                        _xor_popcount_block(npix, pf, xoffs, krow, 1, rowgap, wblk,
                                             b * nk * BLOCK_CHANNELS, BLOCK_CHANNELS, nk, sums,
                                             ox * og + b * BLOCK_CHANNELS, og)
                 _sums_to_row(sums, v, kbits)
@@ -685,19 +691,20 @@ def bconv_win(p, w, wblk, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg,
         v = np.empty((wo, nout), np.float32)
         tmp = np.empty_like(v)
         xoffs = np.empty(BLOCK_PIXELS, np.int64)
-        sums = np.empty((wo + BLOCK_PIXELS) * nout, np.int64)
+        sums = np.empty(wo * nout, np.int64)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
             y0 = oy * sh
             border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + kh - 1 >= h_in)
             if blocked:
                 for ox in range(0, wo, BLOCK_PIXELS):
+                    npix = min(BLOCK_PIXELS, wo - ox)
                     for g in range(ng):
-                        for px in range(BLOCK_PIXELS):
-                            xoffs[px] = ((n * hp + y0) * wp + min(ox + px, wo - 1) * sw) * ng + g
+                        for px in range(npix):
+                            xoffs[px] = ((n * hp + y0) * wp + (ox + px) * sw) * ng + g
                         for b in range(nbc):
                             _xor_popcount_block_masked(
-                                min(BLOCK_PIXELS, wo - ox), pf, masks, xoffs, nch, kstep,
+                                npix, pf, masks, xoffs, nch, kstep,
                                 rowgap, wblk[g, b], 0, BLOCK_CHANNELS, nk, sums,
                                 ox * nout + g * og + b * BLOCK_CHANNELS, nout)
                 _sums_to_row(sums, v, kbits)
@@ -1001,11 +1008,8 @@ def _make_conv_small(lanes: int, krow_c: int):
                 _epilogue_row(v[:wo], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
 
     conv_small.__qualname__ = f"conv_small_{lanes}_{krow_c}"
-    twin = FunctionType(conv_small.__code__, conv_small.__globals__, conv_small.__name__,
-                        None, conv_small.__closure__)
-    twin.__qualname__ = f"conv_small_{lanes}_{krow_c}_parallel"
-    return SimpleNamespace(serial=njit(**_KW_FMA)(conv_small),
-                           parallel=njit(parallel=True, **_KW_FMA)(twin))
+    serial, parallel = _twins(conv_small, **_KW_FMA)
+    return SimpleNamespace(serial=serial, parallel=parallel)
 
 
 _CONV_SMALL: dict = {}

@@ -31,7 +31,8 @@ from binface.runtime.ops.layout import (
     resolve,
 )
 
-_DUMMY_U3 = np.zeros((1, 1, 1), np.uint64)
+_DUMMY_U3 = np.zeros((1, 1, 1), np.uint64)  # no re-laid weights: the kernels' other loops
+_DUMMY_U4W = np.zeros((1, 1, 1, 1), np.uint64)
 
 
 class PackOp(Op):
@@ -190,6 +191,7 @@ class BConvOp(_PackedConv):
                                 required=False)
         wpg = (self.cg + 63) // 64
         self.win = self.int_attr("win", 1, 64, default=1)
+        self.wblk_win = _DUMMY_U4W  # window weights re-laid for the blocks (below)
         if self.win > 1:  # T taps per word: weights [kh * chunks, G * Og]
             if self.cg * self.win > 64 or self.dilation != [1, 1]:
                 raise self.bad(f"win {self.win} needs cg * win <= 64 and dilation 1")
@@ -198,16 +200,15 @@ class BConvOp(_PackedConv):
             self.w = self.tensor("weight", np.uint64, (kh * nch, nout))
             bc = K.BLOCK_CHANNELS
             if self.og % bc == 0:  # per group, the kernel's register blocks
-                # masked-off weight bits to 0 (the kernel's correction relies on it)
+                # masked-off weight bits to 0: the blocks mask only the input words
                 wm = self.w & self.masks[np.arange(kh * nch) % nch, None]
                 self.wblk_win = np.ascontiguousarray(wm.reshape(
                     kh * nch, self.groups, self.og // bc, bc).transpose(1, 2, 0, 3))
         else:
             self.w = self.tensor("weight", np.uint64, (self.groups, kh * kw * wpg, self.og))
         self.wblk = _DUMMY_U3
-        self.wblk_win = getattr(self, "wblk_win", np.zeros((1, 1, 1, 1), np.uint64))
         if (self.win == 1 and self.groups == 1 and self.dilation == [1, 1]
-                and self.og % K.BLOCK_CHANNELS == 0):  # the kernel's 4 x 8 blocks
+                and self.og % K.BLOCK_CHANNELS == 0):  # the kernel's register blocks
             bc = K.BLOCK_CHANNELS
             self.wblk = np.ascontiguousarray(
                 self.w[0].reshape(-1, self.og // bc, bc).transpose(1, 0, 2))

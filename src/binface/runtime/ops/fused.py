@@ -153,10 +153,9 @@ class ConvOp(_ConvLike):
             ctx.k.epilogue_nhwc(raw.reshape(m, ho, wo, nout), self.ep, r1, r2, y, q, cfg, ctx.nt)
         self.store(env, ctx, y, q)
 
-
     def padded(self, ctx, x: np.ndarray) -> np.ndarray:
-        """``x`` (NHWC) with the conv's padding (pad value) around it, in a kept buffer;
-        the rows and columns a stride never reaches are left out."""
+        """``x`` (NHWC) with the conv's padding (pad value) around it, in a kept buffer
+        as large as what the windows read (and at least the input)."""
         m, h, w, c = x.shape
         t, b, l, r = self.pads
         kh, kw = self.kernel
