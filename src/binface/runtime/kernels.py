@@ -249,6 +249,126 @@ def _xor_popcount_block_masked(npix, x, masks, xoffs, krow, kstep, rowgap, w, wo
         _mblk1(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
 
 
+# ---------------------------------------------------------------- float block
+# The same register blocking for float convs on few input channels (an RGB stem):
+# ``npix`` output pixels x ``nv`` vectors of FMA_LANES output channels, summed with fma
+# over all K taps as phi values; each input float is broadcast once, each weight vector
+# loaded once for the pixels. Written as numba loops over output rows in memory, the
+# stem ran at 7-12 G MAC/s, load- and store-bound.
+FMA_LANES = 16  # float32 lanes: one 512-bit register, two AVX2 or four NEON registers
+
+
+def _fma_codegen(npix: int, nv: int):
+    """LLVM IR of the float block (see :func:`_fma_block`)."""
+
+    def codegen(context, builder, signature, args):
+        x_v, xo_v, krow, rowgap, w_v, woff, wstride, nk, out_v, ooff, ostride = args
+        i64, f32 = ir.IntType(64), ir.FloatType()
+        vt = ir.VectorType(f32, FMA_LANES)
+
+        def data(i, v):
+            return context.make_array(signature.args[i])(context, builder, v).data
+
+        xptr, xoptr = data(0, x_v), data(1, xo_v)
+        bases = [builder.gep(xptr, [builder.load(builder.gep(xoptr, [ir.Constant(i64, p)]))])
+                 for p in range(npix)]
+        wptr = builder.gep(data(4, w_v), [woff])
+        optr = builder.gep(data(8, out_v), [ooff])
+        mod = builder.module
+        name = f"llvm.fma.v{FMA_LANES}f32"
+        fma = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt] * 3), name)
+        zero, one, zero_s = ir.Constant(vt, [0.0] * FMA_LANES), ir.Constant(i64, 1), \
+            ir.Constant(i64, 0)
+        lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), FMA_LANES), [0] * FMA_LANES)
+        pre = builder.block
+        loop = builder.append_basic_block("fb.loop")
+        done = builder.append_basic_block("fb.done")
+        builder.cbranch(builder.icmp_signed(">", nk, zero_s), loop, done)
+        builder.position_at_end(loop)
+        k, kk, roff = builder.phi(i64), builder.phi(i64), builder.phi(i64)
+        for phi in (k, kk, roff):
+            phi.add_incoming(zero_s, pre)
+        sums = [builder.phi(vt) for _ in range(npix * nv)]
+        for acc in sums:
+            acc.add_incoming(zero, pre)
+        wrow = builder.gep(wptr, [builder.mul(k, wstride)])
+        wv = [builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(i64, FMA_LANES * h)]),
+                                           vt.as_pointer()), align=4) for h in range(nv)]
+        new = []
+        for px in range(npix):
+            xs = builder.load(builder.gep(bases[px], [roff]))
+            xb = builder.insert_element(ir.Constant(vt, ir.Undefined), xs,
+                                        ir.Constant(ir.IntType(32), 0))
+            xb = builder.shuffle_vector(xb, ir.Constant(vt, ir.Undefined), lanes0)
+            for h in range(nv):
+                new.append(builder.call(fma, [xb, wv[h], sums[nv * px + h]]))
+        k1, kk1 = builder.add(k, one), builder.add(kk, one)
+        wrap = builder.icmp_signed("==", kk1, krow)
+        kk_next = builder.select(wrap, zero_s, kk1)
+        roff_next = builder.add(builder.add(roff, one), builder.select(wrap, rowgap, zero_s))
+        for phi, upd in ((k, k1), (kk, kk_next), (roff, roff_next)):
+            phi.add_incoming(upd, builder.block)
+        for acc, upd in zip(sums, new, strict=True):
+            acc.add_incoming(upd, builder.block)
+        builder.cbranch(builder.icmp_signed("<", k1, nk), loop, done)
+        builder.position_at_end(done)
+        fins = [builder.phi(vt) for _ in range(npix * nv)]
+        for fin, upd in zip(fins, new, strict=True):
+            fin.add_incoming(zero, pre)
+            fin.add_incoming(upd, loop)
+        for px in range(npix):
+            for h in range(nv):
+                dst = builder.gep(optr, [builder.add(builder.mul(ir.Constant(i64, px), ostride),
+                                                     ir.Constant(i64, FMA_LANES * h))])
+                builder.store(fins[nv * px + h], builder.bitcast(dst, vt.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _make_fblock(npix: int, nv: int):
+    def block(typingctx, x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride):
+        sig = types.void(x, xoffs, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
+        return sig, _fma_codegen(npix, nv)
+    block.__name__ = block.__qualname__ = f"fma_block{npix}x{nv}"
+    return intrinsic(block)
+
+
+# pixels of a block by its vectors (index): 8 to 16 sums in registers, enough to
+# hide the fma latency
+FMA_BLOCK_PIXELS = (0, 8, 4, 4, 4)
+_f8x1, _f4x2, _f4x3, _f4x4 = (_make_fblock(FMA_BLOCK_PIXELS[v], v) for v in (1, 2, 3, 4))
+_f1x1, _f1x2, _f1x3, _f1x4 = (_make_fblock(1, v) for v in (1, 2, 3, 4))
+
+
+@njit(inline="always")
+def _fma_block(nv, full, x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride):
+    """out[ooff + p * ostride + c] = sum over k < nk of x[xoffs[p] + r(k)] *
+    w[woff + k * wstride + c] (float32, fma in k order; overwritten) for the
+    FMA_BLOCK_PIXELS[nv] pixels of a full block (one pixel if not ``full``) and
+    c < nv * FMA_LANES. r(k) walks kernel rows of ``krow`` consecutive floats, each
+    ``rowgap`` after the last one's end."""
+    if nv == 1:
+        if full:
+            _f8x1(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        else:
+            _f1x1(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    elif nv == 2:
+        if full:
+            _f4x2(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        else:
+            _f1x2(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    elif nv == 3:
+        if full:
+            _f4x3(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        else:
+            _f1x3(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    elif full:
+        _f4x4(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    else:
+        _f1x4(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+
+
 # ---------------------------------------------------------------- epilogue
 # The epilogue runs on one output row of pixels at a time, as separate small
 # functions: fused into the conv loops, LLVM stopped vectorising them.
@@ -291,20 +411,51 @@ def _word_le(v):
     return bits
 
 
+def _make_sign_word(le: bool):
+    """64 sign bits of v[off:off + 64] (unit stride) as one compare of a <64 x float>
+    vector, bitcast to an i64: VCMPPS into mask registers with AVX-512, compares and
+    narrowing elsewhere. The bit loops above (what LLVM made of them) took 3-4x longer.
+    ``le``: bit = not v > 0 (an unordered-or-<= compare); else bit = v < 0."""
+    def sign_word(typingctx, v, off):
+        def codegen(context, builder, signature, args):
+            arr = context.make_array(signature.args[0])(context, builder, args[0])
+            vt = ir.VectorType(ir.FloatType(), 64)
+            x = builder.load(builder.bitcast(builder.gep(arr.data, [args[1]]),
+                                             vt.as_pointer()), align=4)
+            zero = ir.Constant(vt, [0.0] * 64)
+            m = (builder.fcmp_unordered("<=", x, zero) if le
+                 else builder.fcmp_ordered("<", x, zero))
+            return builder.bitcast(m, ir.IntType(64))
+        return types.uint64(v, types.int64), codegen
+    sign_word.__name__ = sign_word.__qualname__ = "sign_word_le" if le else "sign_word_lt"
+    return intrinsic(sign_word)
+
+
+_sign_word_lt, _sign_word_le = _make_sign_word(False), _make_sign_word(True)
+
+
 @njit(**_KW_SMALL)
 def _pack_full_lt(src, dst):
     for i in range(src.shape[0]):
         v = src[i]
-        for k in range(dst.shape[1]):
-            dst[i, k] = _word_lt(v[k * 64:k * 64 + 64])
+        if v.strides[0] == 4:
+            for k in range(dst.shape[1]):
+                dst[i, k] = _sign_word_lt(v, k * 64)
+        else:
+            for k in range(dst.shape[1]):
+                dst[i, k] = _word_lt(v[k * 64:k * 64 + 64])
 
 
 @njit(**_KW_SMALL)
 def _pack_full_le(src, dst):
     for i in range(src.shape[0]):
         v = src[i]
-        for k in range(dst.shape[1]):
-            dst[i, k] = _word_le(v[k * 64:k * 64 + 64])
+        if v.strides[0] == 4:
+            for k in range(dst.shape[1]):
+                dst[i, k] = _sign_word_le(v, k * 64)
+        else:
+            for k in range(dst.shape[1]):
+                dst[i, k] = _word_le(v[k * 64:k * 64 + 64])
 
 
 @njit(**_KW_SMALL)
@@ -389,6 +540,16 @@ CFG_SIZE = 32
 
 
 # ---------------------------------------------------------------- packing
+@njit(**_KW_SMALL)
+def _mul_rows(src, g, dst):
+    """dst[i, c] = src[i, c] * g[c] for the first dst.shape[1] channels."""
+    for i in range(dst.shape[0]):
+        s = src[i]
+        d = dst[i]
+        for c in range(d.shape[0]):
+            d[c] = s[c] * g[c]
+
+
 @_rows(**_KW_FMA)
 def pack_nhwc(x, gate, ep, out, cfg, nt):
     """Signs of ``x`` (N, H, W, C) into ``out`` (N, Hp, Wp, G * WPG) at offset (pt, pl).
@@ -411,7 +572,10 @@ def pack_nhwc(x, gate, ep, out, cfg, nt):
             n, yy = qq // h_, qq % h_
             row = x[n, yy]
             dst = out[n, yy + pt, pl:pl + w_]
-            if use_aff or use_gate or c_ < x.shape[3]:
+            if use_gate and not use_aff:  # one loop per case: LLVM vectorises each
+                _mul_rows(row, gate[n], buf)
+                _pack_rows(buf, dst, mode, ng, cg, wpg)
+            elif use_aff or use_gate or c_ < x.shape[3]:
                 for xx in range(w_):
                     src = row[xx]
                     b = buf[xx]
@@ -848,6 +1012,62 @@ def epilogue_nhwc(raw, ep, res1, res2, yout, pout, cfg, nt):
             _epilogue_row(raw[n, oy], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
 
 
+@_rows(**_KW_FMA)
+def conv1x1(x, w, ep, res1, res2, yout, pout, cfg, nt):
+    """Pointwise float conv of C-contiguous NHWC ``x``, w [Cin, O] (O a multiple of
+    FMA_LANES), + epilogue: the register block (:func:`_fma_block`) in place of
+    BLAS, so the conv splits across threads by rows like the others and its sums go
+    to the epilogue from cache.
+
+    Image rows go in groups of at least 16 pixels (a 3x3 map's rows are 3 long);
+    in a group, stripes of up to 64 output channels go outer and blocks of pixels
+    inner, so a stripe of weights is read once from memory for the whole group.
+    """
+    n_, ho, wo, cin = x.shape
+    nout = w.shape[1]
+    rows = n_ * ho
+    grp = max(1, min(-(-16 // wo), 16384 // max(1, wo * nout)))  # rows per group
+    nt = max(1, min(nt, rows))
+    xf, wf = x.reshape(-1), w.reshape(-1)
+    for ch in prange(nt):
+        v = np.empty(grp * wo * nout, np.float32)
+        tmp = np.empty((wo, nout), np.float32)
+        xoffs = np.empty(8, np.int64)
+        r0, r1_ = ch * rows // nt, (ch + 1) * rows // nt
+        for g0 in range(r0, r1_, grp):
+            g1 = min(g0 + grp, r1_)
+            p0, npx = g0 * wo, (g1 - g0) * wo  # pixels of the group (rows are n * Ho + oy)
+            o0 = 0
+            while o0 < nout:
+                nvb = min(4, (nout - o0) // FMA_LANES)
+                bp = FMA_BLOCK_PIXELS[nvb]
+                p = 0
+                while p + bp <= npx:
+                    for j in range(bp):
+                        xoffs[j] = (p0 + p + j) * cin
+                    _fma_block(nvb, True, xf, xoffs, cin, 0, wf, o0, nout, cin, v,
+                               p * nout + o0, nout)
+                    p += bp
+                while p < npx:
+                    xoffs[0] = (p0 + p) * cin
+                    _fma_block(nvb, False, xf, xoffs, cin, 0, wf, o0, nout, cin, v,
+                               p * nout + o0, nout)
+                    p += 1
+                o0 += nvb * FMA_LANES
+            for q in range(g0, g1):
+                rv = v[(q - g0) * wo * nout:(q - g0 + 1) * wo * nout].reshape(wo, nout)
+                _epilogue_row(rv, tmp, q // ho, q % ho, ep, res1, res2, yout, pout, cfg)
+
+
+@njit(inline="always")
+def _madd16(v, a, b):
+    """v += a * b, in chunks of 16: a loop of unknown length as short as 16 (a
+    depthwise conv on 16 channels) ran LLVM's scalar remainder."""
+    for o0 in range(0, v.shape[0], 16):
+        for j in range(16):
+            v[o0 + j] += a[o0 + j] * b[o0 + j]
+
+
 @_rows(**_KW)
 def dwconv(x, w, padval, ep, res1, res2, yout, pout, cfg, nt):
     """Float depthwise conv (channel multiplier M) of NHWC ``x``, w [kh, kw, O], + epilogue.
@@ -938,6 +1158,11 @@ def _make_conv_small(lanes: int, krow_c: int):
     all vector and the runtime alias checks go away; a known kernel row (9 floats for
     3x3 on RGB) unrolls the taps. numba caches one kernel per pair of constants."""
 
+    # outputs a multiple of FMA_LANES (<= 4 vectors): the register block
+    nv = lanes // FMA_LANES if lanes and lanes % FMA_LANES == 0 and lanes <= 4 * FMA_LANES \
+        else 0
+    bp = FMA_BLOCK_PIXELS[nv] if nv else 1
+
     @njit(inline="always")
     def _fma3x4(v0, v1, v2, v3, a, b, c, d, k, w0, w1, w2):
         # four pixels, three taps: each weight row is loaded once for the four pixels
@@ -983,6 +1208,28 @@ def _make_conv_small(lanes: int, krow_c: int):
         for ch in prange(nt):
             v = np.empty((wo + 3, nout), np.float32)  # 3 spare rows: the last block of 4
             tmp = np.empty((wo, nout), np.float32)
+            if nv:  # the register block (_fma_block)
+                xf, wf, vf = xp.reshape(-1), w.reshape(-1), v.reshape(-1)
+                xoffs = np.empty(bp, np.int64)
+                hp, wp = xp.shape[1], xp.shape[2]
+                rowgap = wp * cin - krow
+                for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+                    n, oy = qq // ho, qq % ho
+                    rowbase = (n * hp + oy * sh) * wp * cin
+                    ox = 0
+                    while ox + bp <= wo:
+                        for p in range(bp):
+                            xoffs[p] = rowbase + (ox + p) * sw * cin
+                        _fma_block(nv, True, xf, xoffs, krow, rowgap, wf, 0, nout, kh * krow,
+                                   vf, ox * nout, nout)
+                        ox += bp
+                    while ox < wo:
+                        xoffs[0] = rowbase + ox * sw * cin
+                        _fma_block(nv, False, xf, xoffs, krow, rowgap, wf, 0, nout, kh * krow,
+                                   vf, ox * nout, nout)
+                        ox += 1
+                    _epilogue_row(v[:wo], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+                continue
             for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
                 n, oy = qq // ho, qq % ho
                 v[:] = 0
@@ -1114,6 +1361,15 @@ def _ep1(t, ep, c):
     t = t if t >= 0 else t * ep[2, c]
     t = t * ep[3, c] + ep[4, c]
     return t if t >= 0 else t * ep[5, c]
+
+
+@njit(inline="always")
+def _max_into(acc, x):
+    """acc = max(acc, x) keeping NaN from either side, as a select LLVM vectorises
+    (Python's max() on floats did not vectorise)."""
+    for c in range(acc.shape[0]):
+        a, b = acc[c], x[c]
+        acc[c] = a if (a >= b or a != a) else b
 
 
 @_rows(**_KW_FMA)

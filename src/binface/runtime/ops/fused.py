@@ -130,6 +130,12 @@ class ConvOp(_ConvLike):
             ng, kk, og = self.w.shape
             nout = ng * og
             rows = m * ho * wo
+            if self.pointwise and nout % K.FMA_LANES == 0 and x.flags.c_contiguous:
+                y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
+                r1, r2 = self.residuals(env, res)
+                ctx.k.conv1x1(x, self.w[0], self.ep, r1, r2, y, q, cfg, ctx.nt)
+                self.store(env, ctx, y, q)
+                return
             if self.pointwise:
                 raw = self.buffer(ctx, "raw", (rows, nout))
                 np.matmul(x.reshape(rows, -1), self.w[0], out=raw)
