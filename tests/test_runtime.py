@@ -643,11 +643,13 @@ def test_time_jobs_from_another_source_tree(small_bfp, tmp_path):
     _one_line(err.value)
 
 
-@pytest.mark.parametrize("name", ["binaryfacenet", "quicknet_small", "binaryfaceformer_add"])
+@pytest.mark.parametrize("name", ["binaryfacenet", "quicknet_small", "binaryfaceformer_add",
+                                  "mobilefacenet"])
 def test_repeated_runs_match_fresh_engines(name, tmp_path):
-    """Binary ops replay their last calls when their inputs are the same objects as last
-    run (kept buffers): new images, a new batch size and a trace run in between must
-    all give what a fresh engine gives."""
+    """Convs, binary ops, element-wise chains and pools replay their last calls when
+    their inputs are the same objects as last run (kept buffers, views of the input):
+    new images, a new batch size and a trace run in between must all give what a
+    fresh engine gives."""
     torch.manual_seed(0)
     export_packed(randomize_bn(create_model(name)), tmp_path / "m.bfp")
     rng = np.random.default_rng(7)

@@ -66,6 +66,8 @@ class Op:
 
     n_inputs: tuple[int, int] = (1, 1)  # how many inputs the op takes (least, most)
     n_outputs: tuple[int, int] = (1, 1)
+    n_main_inputs = 1  # inputs before the residuals; replays check all of them
+    nres = 0
     macs_per_sample = 0
 
     def __init__(self, node: dict, tensors: dict[str, np.ndarray], graph: dict) -> None:
@@ -84,6 +86,39 @@ class Op:
         lo, hi = self.n_outputs
         if not lo <= len(self.outputs) <= hi:
             raise self.bad(f"makes {lo}..{hi} outputs, has {len(self.outputs)}")
+
+    def replayed(self, env: dict, ctx: RunContext) -> bool:
+        """Re-issue the last run's kernel calls if this run is like it: the same input
+        objects (kept buffers and their views), so the same arguments. Skips the checks
+        and lookups, 5-8 us an op."""
+        fast = self.__dict__.get("_fast")
+        if fast is None or ctx.trace or fast[0] is not ctx.k:
+            return False
+        _, ins, calls, outs = fast
+        for name, obj in ins:
+            if env[name] is not obj:
+                return False
+        for fn, args in calls:
+            fn(*args)
+        env.update(outs)
+        return True
+
+    def remember(self, env: dict, ctx: RunContext, calls: list, views: tuple | None) -> None:
+        """Keep this run's kernel calls for :meth:`replayed`, when every array they read
+        is a kept buffer or a view of one or of an input (``views``: the arrays the op
+        derived from its inputs; None: not replayable). A copy made here (a residual or
+        input turned channels-last) would be stale next time."""
+        self._fast = None
+        if ctx.trace or ctx.fresh or views is None:
+            return
+        ins = self.inputs[:self.n_main_inputs + self.nres]
+        for name, v in zip(ins, views, strict=False):
+            src = env[name]
+            if v is not _DUMMY_F4 and v is not src and (v.base is None or (
+                    v.base is not src and v.base is not src.base)):
+                return
+        self._fast = (ctx.k, [(n, env[n]) for n in ins], calls,
+                      {o: env[o] for o in self.outputs})
 
     # -- checks of the file (at load) and of the arrays a kernel is given (at run)
     def bad(self, problem: str) -> PackedFormatError:

@@ -102,6 +102,8 @@ class ConvOp(_ConvLike):
             raise self.bad(f"{macs} MACs per sample exceed the limit")
 
     def __call__(self, env, ctx) -> None:
+        if self.replayed(env, ctx):
+            return
         x = env[self.inputs[0]]
         # the small conv pads a copy, reading any strides: no channels-last copy first
         x = x.transpose(0, 2, 3, 1) if self.small and x.dtype == _F32 else nhwc(x)
@@ -110,67 +112,68 @@ class ConvOp(_ConvLike):
         m = x.shape[0]
         ho, wo = self.out_hw
         res = (m, ho, wo, self.nout)
+        y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, self.nout)
+        r1, r2 = self.residuals(env, res)
+        ep = (self.ep, r1, r2, y, q, cfg, ctx.nt)
         if self.depthwise:
-            nout = self.w.shape[2]
-            y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
-            r1, r2 = self.residuals(env, res)
-            ctx.k.dwconv(x, self.w, self.pad_value, self.ep, r1, r2, y, q, cfg, ctx.nt)
+            calls = [(ctx.k.dwconv, (x, self.w, self.pad_value) + ep)]
         elif self.direct:
-            nout = self.w.shape[0] * self.w.shape[2]
-            y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
-            r1, r2 = self.residuals(env, res)
-            ctx.k.conv1x1_small(x, self.w[0], self.ep, r1, r2, y, q, cfg, ctx.nt)
+            calls = [(ctx.k.conv1x1_small, (x, self.w[0]) + ep)]
         elif self.small:
             xp = self.padded(ctx, x)
-            y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, self.nout)
-            r1, r2 = self.residuals(env, res)
             kern = K.conv_small(self.nout, self.kernel[1] * self.cin, ctx.k is K.PARALLEL)
-            kern(xp, self.w[0], self.ep, r1, r2, y, q, cfg, ctx.nt)
+            # the pad buffer's border stays as filled: a replay refills the inside only
+            calls = [(ctx.k.pad_nhwc, (x, xp, self.pads[0], self.pads[2], ctx.nt)),
+                     (kern, (xp, self.w[0]) + ep)]
+        elif self.pointwise and self.nout % K.FMA_LANES == 0 and x.flags.c_contiguous:
+            calls = [(ctx.k.conv1x1, (x, self.w[0]) + ep)]
         else:
-            ng, kk, og = self.w.shape
-            nout = ng * og
-            rows = m * ho * wo
-            if self.pointwise and nout % K.FMA_LANES == 0 and x.flags.c_contiguous:
-                y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
-                r1, r2 = self.residuals(env, res)
-                ctx.k.conv1x1(x, self.w[0], self.ep, r1, r2, y, q, cfg, ctx.nt)
-                self.store(env, ctx, y, q)
-                return
-            if self.pointwise:
-                raw = self.buffer(ctx, "raw", (rows, nout))
-                np.matmul(x.reshape(rows, -1), self.w[0], out=raw)
-            else:
-                raw = self.buffer(ctx, "raw", (rows, nout))
-                qn = m * ho  # output image rows
-                step = min(self.block_rows, qn)
-                cols = self.buffer(ctx, "cols", (step * wo, kk))
-                for g in range(ng):
-                    cfg_g = self.cols_cfg.copy()
-                    cfg_g[10] = g * cfg_g[11]
-                    for q0 in range(0, qn, step):
-                        q1 = min(q0 + step, qn)
-                        cfg_g[12], cfg_g[13] = q0, q1
-                        nr = (q1 - q0) * wo
-                        ctx.k.im2col(x, cols, self.pad_value, cfg_g, ctx.nt)
-                        np.matmul(cols[:nr], self.w[g],
-                                  out=raw[q0 * wo:q1 * wo, g * og:(g + 1) * og])
-            y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, nout)
-            r1, r2 = self.residuals(env, res)
-            ctx.k.epilogue_nhwc(raw.reshape(m, ho, wo, nout), self.ep, r1, r2, y, q, cfg, ctx.nt)
+            raw = self.gemm(ctx, x)
+            calls = [(ctx.k.epilogue_nhwc, (raw.reshape(m, ho, wo, self.nout),) + ep)]
+        for fn, args in calls:
+            fn(*args)
         self.store(env, ctx, y, q)
+        # the GEMM path's BLAS calls are not in ``calls``: it is not replayed
+        self.remember(env, ctx, calls, (x, r1, r2) if calls[0][0] is not
+                      ctx.k.epilogue_nhwc else None)
+
+    def gemm(self, ctx, x: np.ndarray) -> np.ndarray:
+        """The raw conv sums [M * Ho * Wo, O]: im2col + BLAS GEMM per group."""
+        m = x.shape[0]
+        ho, wo = self.out_hw
+        ng, kk, og = self.w.shape
+        rows = m * ho * wo
+        raw = self.buffer(ctx, "raw", (rows, ng * og))
+        if self.pointwise:
+            np.matmul(x.reshape(rows, -1), self.w[0], out=raw)
+            return raw
+        qn = m * ho  # output image rows
+        step = min(self.block_rows, qn)
+        cols = self.buffer(ctx, "cols", (step * wo, kk))
+        for g in range(ng):
+            cfg_g = self.cols_cfg.copy()
+            cfg_g[10] = g * cfg_g[11]
+            for q0 in range(0, qn, step):
+                q1 = min(q0 + step, qn)
+                cfg_g[12], cfg_g[13] = q0, q1
+                nr = (q1 - q0) * wo
+                ctx.k.im2col(x, cols, self.pad_value, cfg_g, ctx.nt)
+                np.matmul(cols[:nr], self.w[g], out=raw[q0 * wo:q1 * wo, g * og:(g + 1) * og])
+        return raw
 
     def padded(self, ctx, x: np.ndarray) -> np.ndarray:
-        """``x`` (NHWC) with the conv's padding (pad value) around it, in a kept buffer
-        as large as what the windows read (and at least the input)."""
+        """A kept buffer for ``x`` (NHWC) with the conv's padding (pad value) around it,
+        as large as what the windows read (and at least the input); the caller copies
+        ``x`` inside with ``pad_nhwc``."""
         m, h, w, c = x.shape
         t, b, l, r = self.pads
         kh, kw = self.kernel
         (ho, wo), (sh, sw) = self.out_hw, self.stride
         hp, wp = (ho - 1) * sh + kh, (wo - 1) * sw + kw  # what the windows read
         xp = self.buffer(ctx, "xpad", (m, max(hp, t + h), max(wp, l + w), c))
-        if t or b or l or r:
-            xp.fill(self.pad_value)
-        ctx.k.pad_nhwc(x, xp, t, l, ctx.nt)
+        if (t or b or l or r) and self.__dict__.get("_filled") is not xp:
+            xp.fill(self.pad_value)  # once per buffer: pad_nhwc writes only the inside
+            self._filled = xp
         return xp
 
 
@@ -183,14 +186,18 @@ class EwiseOp(_ConvLike):
         self.check_epilogue(ep.shape[1])
 
     def __call__(self, env, ctx) -> None:
+        if self.replayed(env, ctx):
+            return
         x = nhwc(env[self.inputs[0]])
         m, h, w, c = x.shape
         if c != self.nout:
             raise self.mismatch(x, f"{self.nout} channels")
         y, q, cfg = self.alloc_outputs(ctx, m, h, w, c)
         r1, r2 = self.residuals(env, (m, h, w, c))
-        ctx.k.epilogue_nhwc(x, self.ep, r1, r2, y, q, cfg, ctx.nt)
+        calls = [(ctx.k.epilogue_nhwc, (x, self.ep, r1, r2, y, q, cfg, ctx.nt))]
+        calls[0][0](*calls[0][1])
         self.store(env, ctx, y, q)
+        self.remember(env, ctx, calls, (x, r1, r2))
 
 
 class PoolOp(Op):
@@ -217,9 +224,16 @@ class PoolOp(Op):
         self.post = _DUMMY_EP if self.post is None else self.post
 
     def __call__(self, env, ctx) -> None:
+        if self.replayed(env, ctx):
+            return
         x = nhwc(env[self.inputs[0]])
         if x.shape[1:] != self.in_shape:
             raise self.mismatch(x, f"[M, {', '.join(map(str, self.in_shape))}] (NHWC)")
         y = self.buffer(ctx, "y", (x.shape[0], self.out_hw[0], self.out_hw[1], x.shape[3]))
-        ctx.k.pool_nhwc(x, y, self.pre, self.post, self.cfg, ctx.nt)
-        env[self.outputs[0]] = as_nchw(y)
+        calls = [(ctx.k.pool_nhwc, (x, y, self.pre, self.post, self.cfg, ctx.nt))]
+        calls[0][0](*calls[0][1])
+        last = self.__dict__.get("_yl")  # the same view while the buffer is the same
+        if last is None or last[0] is not y:
+            self._yl = (y, as_nchw(y))
+        env[self.outputs[0]] = self._yl[1]
+        self.remember(env, ctx, calls, (x,))
