@@ -212,7 +212,10 @@ def _make_block(npix: int, masked: bool):
     return intrinsic(block)
 
 
-_blk1, _blk2, _blk3, _blk4 = (_make_block(n, False) for n in (1, 2, 3, 4))
+_blk1, _blk2, _blk3, _blk4, _blk8 = (_make_block(n, False) for n in (1, 2, 3, 4, 8))
+# With 32 vector registers (AVX-512) a row's blocks take 8 pixels: 16 sums held, each
+# weight vector loaded once for 8 pixels, half the blocks' set-up and stores per word.
+WIDE_PIXELS = 8 if VECTOR_WORDS == 8 else BLOCK_PIXELS
 _mblk1, _mblk2, _mblk3, _mblk4 = (_make_block(n, True) for n in (1, 2, 3, 4))
 
 
@@ -655,7 +658,7 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
         acc2 = np.zeros(og, np.int64)
         v = np.empty((wo, ng * og), np.float32)
         tmp = np.empty_like(v)
-        xoffs = np.empty(BLOCK_PIXELS, np.int64)  # where a block's pixels start in pf
+        xoffs = np.empty(WIDE_PIXELS, np.int64)  # where a block's pixels start in pf
         sums = np.empty(wo * og, np.int64)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
@@ -665,14 +668,20 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                 # 4 pixels x BLOCK_CHANNELS at a time, sums in registers
                 # (_xor_popcount_block); the last block of a row takes the pixels left
                 rowgap = wp * wpg - krow
-                for ox in range(0, wo, BLOCK_PIXELS):
-                    npix = min(BLOCK_PIXELS, wo - ox)
+                ox = 0
+                while ox < wo:
+                    npix = WIDE_PIXELS if ox + WIDE_PIXELS <= wo else min(BLOCK_PIXELS, wo - ox)
                     for px in range(npix):
                         xoffs[px] = ((n * hp + y0) * wp + (ox + px) * sw) * wpg
                     for b in range(og // BLOCK_CHANNELS):
-                        _xor_popcount_block(npix, pf, xoffs, krow, 1, rowgap, wblk,
-                                            b * nk * BLOCK_CHANNELS, BLOCK_CHANNELS, nk, sums,
-                                            ox * og + b * BLOCK_CHANNELS, og)
+                        if npix == 8:
+                            _blk8(pf, xoffs, krow, 1, rowgap, wblk, b * nk * BLOCK_CHANNELS,
+                                  BLOCK_CHANNELS, nk, sums, ox * og + b * BLOCK_CHANNELS, og)
+                        else:
+                            _xor_popcount_block(npix, pf, xoffs, krow, 1, rowgap, wblk,
+                                                b * nk * BLOCK_CHANNELS, BLOCK_CHANNELS, nk,
+                                                sums, ox * og + b * BLOCK_CHANNELS, og)
+                    ox += npix
                 _sums_to_row(sums, v, kbits)
             elif contiguous:
                 # one group, dilation 1: a kernel row's words are kw * WPG consecutive words
