@@ -624,6 +624,27 @@ def _acc1x2(a0, a1, x0, y0, w0):
         a1[o] += popcount64(y0 ^ u0)
 
 
+@njit(inline="always")
+def _block_row(pf, xoffs, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, sums):
+    """Sums of output row (n, y0 / sh) for channel block ``b`` into sums [Wo * Og]:
+    WIDE_PIXELS pixels at a time (:func:`_xor_popcount_block`, sums in registers),
+    the last pixels of the row 1-4 at a time."""
+    rowgap = wp * wpg - krow
+    woff = b * nk * BLOCK_CHANNELS
+    ox = 0
+    while ox < wo:
+        npix = WIDE_PIXELS if ox + WIDE_PIXELS <= wo else min(BLOCK_PIXELS, wo - ox)
+        for px in range(npix):
+            xoffs[px] = ((n * hp + y0) * wp + (ox + px) * sw) * wpg
+        if npix == 8:
+            _blk8(pf, xoffs, krow, 1, rowgap, wblk, woff, BLOCK_CHANNELS, nk, sums,
+                  ox * og + b * BLOCK_CHANNELS, og)
+        else:
+            _xor_popcount_block(npix, pf, xoffs, krow, 1, rowgap, wblk, woff, BLOCK_CHANNELS,
+                                nk, sums, ox * og + b * BLOCK_CHANNELS, og)
+        ox += npix
+
+
 @_rows(**_KW)
 def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     """Binary conv of packed ``p`` with packed weights ``w`` [G, taps * WPG, Og] + epilogue.
@@ -665,23 +686,11 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
             y0 = oy * sh
             border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + (kh - 1) * dh >= h_in)
             if blocked:
-                # 4 pixels x BLOCK_CHANNELS at a time, sums in registers
-                # (_xor_popcount_block); the last block of a row takes the pixels left
-                rowgap = wp * wpg - krow
-                ox = 0
-                while ox < wo:
-                    npix = WIDE_PIXELS if ox + WIDE_PIXELS <= wo else min(BLOCK_PIXELS, wo - ox)
-                    for px in range(npix):
-                        xoffs[px] = ((n * hp + y0) * wp + (ox + px) * sw) * wpg
-                    for b in range(og // BLOCK_CHANNELS):
-                        if npix == 8:
-                            _blk8(pf, xoffs, krow, 1, rowgap, wblk, b * nk * BLOCK_CHANNELS,
-                                  BLOCK_CHANNELS, nk, sums, ox * og + b * BLOCK_CHANNELS, og)
-                        else:
-                            _xor_popcount_block(npix, pf, xoffs, krow, 1, rowgap, wblk,
-                                                b * nk * BLOCK_CHANNELS, BLOCK_CHANNELS, nk,
-                                                sums, ox * og + b * BLOCK_CHANNELS, og)
-                    ox += npix
+                # blocks of pixels x BLOCK_CHANNELS, sums in registers; channel blocks
+                # outer, so a block's weights stay in L1 along the row
+                for b in range(og // BLOCK_CHANNELS):
+                    _block_row(pf, xoffs, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b,
+                               sums)
                 _sums_to_row(sums, v, kbits)
             elif contiguous:
                 # one group, dilation 1: a kernel row's words are kw * WPG consecutive words
@@ -1021,12 +1030,31 @@ def epilogue_nhwc(raw, ep, res1, res2, yout, pout, cfg, nt):
             _epilogue_row(raw[n, oy], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
 
 
+@njit(inline="always")
+def _fma_stripe(xf, xoffs, cin, wf, o0, nvb, nout, p0, npx, v):
+    """Output channels o0 .. o0 + nvb * FMA_LANES of pixels p0 .. p0 + npx (rows of
+    ``xf`` [P, Cin]) into v[p * nout + o], in register blocks."""
+    bp = FMA_BLOCK_PIXELS[nvb]
+    p = 0
+    while p + bp <= npx:
+        for j in range(bp):
+            xoffs[j] = (p0 + p + j) * cin
+        _fma_block(nvb, True, xf, xoffs, cin, 0, wf, o0, nout, cin, v, p * nout + o0,
+                   nout)
+        p += bp
+    while p < npx:
+        xoffs[0] = (p0 + p) * cin
+        _fma_block(nvb, False, xf, xoffs, cin, 0, wf, o0, nout, cin, v, p * nout + o0,
+                   nout)
+        p += 1
+
+
 @_rows(**_KW_FMA)
 def conv1x1(x, w, ep, res1, res2, yout, pout, cfg, nt):
     """Pointwise float conv of C-contiguous NHWC ``x``, w [Cin, O] (O a multiple of
     FMA_LANES), + epilogue: the register block (:func:`_fma_block`) in place of
-    BLAS, so the conv splits across threads by rows like the others and its sums go
-    to the epilogue from cache.
+    BLAS, so the conv splits across threads like the others and its sums go to the
+    epilogue from cache.
 
     Image rows go in groups of at least 16 pixels (a 3x3 map's rows are 3 long);
     in a group, stripes of up to 64 output channels go outer and blocks of pixels
@@ -1049,32 +1077,12 @@ def conv1x1(x, w, ep, res1, res2, yout, pout, cfg, nt):
             o0 = 0
             while o0 < nout:
                 nvb = min(4, (nout - o0) // FMA_LANES)
-                bp = FMA_BLOCK_PIXELS[nvb]
-                p = 0
-                while p + bp <= npx:
-                    for j in range(bp):
-                        xoffs[j] = (p0 + p + j) * cin
-                    _fma_block(nvb, True, xf, xoffs, cin, 0, wf, o0, nout, cin, v,
-                               p * nout + o0, nout)
-                    p += bp
-                while p < npx:
-                    xoffs[0] = (p0 + p) * cin
-                    _fma_block(nvb, False, xf, xoffs, cin, 0, wf, o0, nout, cin, v,
-                               p * nout + o0, nout)
-                    p += 1
+                _fma_stripe(xf, xoffs, cin, wf, o0, nvb, nout, p0, npx, v)
                 o0 += nvb * FMA_LANES
             for q in range(g0, g1):
-                rv = v[(q - g0) * wo * nout:(q - g0 + 1) * wo * nout].reshape(wo, nout)
+                at = (q - g0) * wo * nout
+                rv = v[at:at + wo * nout].reshape(wo, nout)
                 _epilogue_row(rv, tmp, q // ho, q % ho, ep, res1, res2, yout, pout, cfg)
-
-
-@njit(inline="always")
-def _madd16(v, a, b):
-    """v += a * b, in chunks of 16: a loop of unknown length as short as 16 (a
-    depthwise conv on 16 channels) ran LLVM's scalar remainder."""
-    for o0 in range(0, v.shape[0], 16):
-        for j in range(16):
-            v[o0 + j] += a[o0 + j] * b[o0 + j]
 
 
 @_rows(**_KW)
@@ -1370,15 +1378,6 @@ def _ep1(t, ep, c):
     t = t if t >= 0 else t * ep[2, c]
     t = t * ep[3, c] + ep[4, c]
     return t if t >= 0 else t * ep[5, c]
-
-
-@njit(inline="always")
-def _max_into(acc, x):
-    """acc = max(acc, x) keeping NaN from either side, as a select LLVM vectorises
-    (Python's max() on floats did not vectorise)."""
-    for c in range(acc.shape[0]):
-        a, b = acc[c], x[c]
-        acc[c] = a if (a >= b or a != a) else b
 
 
 @_rows(**_KW_FMA)
