@@ -1050,6 +1050,29 @@ def _fma_stripe(xf, xoffs, cin, wf, o0, nvb, nout, p0, npx, v):
 
 
 @_rows(**_KW_FMA)
+def dense(x, w, b, y, nt):
+    """y = x @ w + b for C-contiguous x [M, K], w [K, O] (O a multiple of FMA_LANES):
+    the register block, threads splitting the output channels in stripes of 64, so a
+    one-row product (a face's embedding head) splits too and each thread reads only
+    its share of the weights. ``b`` empty: no bias."""
+    m, k = x.shape
+    nout = w.shape[1]
+    xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
+    nstripe = -(-nout // (4 * FMA_LANES))
+    nt = max(1, min(nt, nstripe))
+    for ch in prange(nt):
+        xoffs = np.empty(8, np.int64)
+        for st in range(ch * nstripe // nt, (ch + 1) * nstripe // nt):
+            o0 = st * 4 * FMA_LANES
+            _fma_stripe(xf, xoffs, k, wf, o0, min(4, (nout - o0) // FMA_LANES), nout, 0, m,
+                        yf)
+            if b.shape[0]:
+                for r in range(m):
+                    for o in range(o0, min(o0 + 4 * FMA_LANES, nout)):
+                        y[r, o] += b[o]
+
+
+@_rows(**_KW_FMA)
 def conv1x1(x, w, ep, res1, res2, yout, pout, cfg, nt):
     """Pointwise float conv of C-contiguous NHWC ``x``, w [Cin, O] (O a multiple of
     FMA_LANES), + epilogue: the register block (:func:`_fma_block`) in place of

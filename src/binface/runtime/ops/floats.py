@@ -29,6 +29,9 @@ def _check_matmul(op: Op, ctx, a_shape: tuple, b_shape: tuple) -> None:
                      f"{MAX_MACS} MACs per sample")
 
 
+_NO_BIAS = np.zeros(0, _F32)
+
+
 class LinearOp(Op):
     def __init__(self, node, tensors, graph) -> None:
         super().__init__(node, tensors, graph)
@@ -38,6 +41,14 @@ class LinearOp(Op):
     def __call__(self, env, ctx) -> None:
         x = env[self.inputs[0]]
         _check_matmul(self, ctx, x.shape, self.w.shape)
+        if (x.ndim == 2 and x.dtype == _F32 and x.flags.c_contiguous and x.shape[1] ==
+                self.w.shape[0] and self.w.shape[1] % K.FMA_LANES == 0 and
+                (self.b is None or self.b.size == self.w.shape[1])):
+            y = np.empty((x.shape[0], self.w.shape[1]), _F32)  # returned: a fresh array
+            b = _NO_BIAS if self.b is None else self.b.reshape(-1).astype(_F32, copy=False)
+            ctx.k.dense(x, self.w, b, y, ctx.nt)
+            env[self.outputs[0]] = y
+            return
         y = np.matmul(x, self.w)
         if self.b is not None:
             y += self.b
