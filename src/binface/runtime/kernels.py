@@ -112,6 +112,75 @@ BLOCK_PIXELS, BLOCK_VECTORS = 4, 2
 BLOCK_CHANNELS = BLOCK_VECTORS * VECTOR_WORDS
 
 
+def _array_data(context, builder, signature):
+    """data(i, value): the data pointer of the intrinsic's array argument i."""
+    def data(i, v):
+        return context.make_array(signature.args[i])(context, builder, v).data
+    return data
+
+
+def _block_pointers(builder, npix, xptr, xoptr, wdata, woff, odata, ooff):
+    """The pixels' input pointers (x + xoffs[p]), the weights' and the output's."""
+    i64 = ir.IntType(64)
+    bases = [builder.gep(xptr, [builder.load(builder.gep(xoptr, [ir.Constant(i64, p)]))])
+             for p in range(npix)]
+    return bases, builder.gep(wdata, [woff]), builder.gep(odata, [ooff])
+
+
+def _emit_block(builder, vt, npix: int, nv: int, bases, wptr, optr, krow, kstep, rowgap,
+                wstride, nk, ostride, align: int, load_x, step) -> None:
+    """The loop both register blocks share, emitted at ``builder``: npix x nv vector sums
+    carried as phi values over k < nk, starting at zero. Per k: nv weight vectors
+    loaded at wptr + k * wstride (+ lanes x h), and per pixel ``load_x(base, roff, kk)``
+    (a scalar at its kernel-row offset) broadcast and folded in by ``step(sum, x, w)``.
+    Row offsets walk kernel rows of ``krow`` elements ``kstep`` apart, each row
+    ``rowgap`` after the last. The sums are stored at optr + p * ostride + lanes x h."""
+    i64 = ir.IntType(64)
+    lanes = vt.count
+    zero, one, zero_s = ir.Constant(vt, None), ir.Constant(i64, 1), ir.Constant(i64, 0)
+    lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+    pre = builder.block
+    loop = builder.append_basic_block("blk.loop")
+    done = builder.append_basic_block("blk.done")
+    builder.cbranch(builder.icmp_signed(">", nk, zero_s), loop, done)
+    builder.position_at_end(loop)
+    k, kk, roff = builder.phi(i64), builder.phi(i64), builder.phi(i64)
+    for phi in (k, kk, roff):
+        phi.add_incoming(zero_s, pre)
+    sums = [builder.phi(vt) for _ in range(npix * nv)]
+    for acc in sums:
+        acc.add_incoming(zero, pre)
+    wrow = builder.gep(wptr, [builder.mul(k, wstride)])
+    wv = [builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(i64, lanes * h)]),
+                                       vt.as_pointer()), align=align) for h in range(nv)]
+    new = []
+    for px in range(npix):
+        xb = builder.insert_element(ir.Constant(vt, ir.Undefined), load_x(bases[px], roff, kk),
+                                    ir.Constant(ir.IntType(32), 0))
+        xb = builder.shuffle_vector(xb, ir.Constant(vt, ir.Undefined), lanes0)
+        for h in range(nv):
+            new.append(step(sums[nv * px + h], xb, wv[h]))
+    k1, kk1 = builder.add(k, one), builder.add(kk, one)
+    wrap = builder.icmp_signed("==", kk1, krow)
+    kk_next = builder.select(wrap, zero_s, kk1)
+    roff_next = builder.add(builder.add(roff, kstep), builder.select(wrap, rowgap, zero_s))
+    for phi, upd in ((k, k1), (kk, kk_next), (roff, roff_next)):
+        phi.add_incoming(upd, builder.block)
+    for acc, upd in zip(sums, new, strict=True):
+        acc.add_incoming(upd, builder.block)
+    builder.cbranch(builder.icmp_signed("<", k1, nk), loop, done)
+    builder.position_at_end(done)
+    fins = [builder.phi(vt) for _ in range(npix * nv)]  # phis first
+    for fin, upd in zip(fins, new, strict=True):
+        fin.add_incoming(zero, pre)
+        fin.add_incoming(upd, loop)
+    for px in range(npix):
+        for h in range(nv):
+            dst = builder.gep(optr, [builder.add(builder.mul(ir.Constant(i64, px), ostride),
+                                                 ir.Constant(i64, lanes * h))])
+            builder.store(fins[nv * px + h], builder.bitcast(dst, vt.as_pointer()), align=align)
+
+
 def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS):
     """LLVM IR of :func:`_xor_popcount_block` for ``npix`` pixels (or of its ``masked``
     twin, whose second argument ``masks`` is and-ed into word k of a pixel as
@@ -126,65 +195,21 @@ def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS):
         nw, nv = VECTOR_WORDS, BLOCK_VECTORS
         vt = ir.VectorType(i64, nw)
 
-        def data(i, v):
-            return context.make_array(signature.args[i])(context, builder, v).data
-
-        xptr, xoptr = data(0, x_v), data(1 + sh, xo_v)
-        mptr = data(1, args[1]) if masked else None
-        bases = [builder.gep(xptr, [builder.load(builder.gep(xoptr, [ir.Constant(i64, p)]))])
-                 for p in range(npix)]
-        wptr = builder.gep(data(5 + sh, w_v), [woff])
-        optr = builder.gep(data(9 + sh, out_v), [ooff])
+        data = _array_data(context, builder, signature)
+        bases, wptr, optr = _block_pointers(builder, npix, data(0, x_v), data(1 + sh, xo_v),
+                                            data(5 + sh, w_v), woff, data(9 + sh, out_v), ooff)
         mod = builder.module
         name = f"llvm.ctpop.v{nw}i64"
         ctpop = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt]), name)
-        zero, one, zero_s = ir.Constant(vt, [0] * nw), ir.Constant(i64, 1), ir.Constant(i64, 0)
-        lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), nw), [0] * nw)
-        pre = builder.block
-        loop = builder.append_basic_block("xpb.loop")
-        done = builder.append_basic_block("xpb.done")
-        builder.cbranch(builder.icmp_signed(">", nk, zero_s), loop, done)
-        builder.position_at_end(loop)
-        k, kk, roff = builder.phi(i64), builder.phi(i64), builder.phi(i64)
-        for phi in (k, kk, roff):
-            phi.add_incoming(zero_s, pre)
-        sums = [builder.phi(vt) for _ in range(npix * nv)]
-        for acc in sums:
-            acc.add_incoming(zero, pre)
-        wrow = builder.gep(wptr, [builder.mul(k, wstride)])
-        wv = [builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(i64, nw * h)]),
-                                           vt.as_pointer()), align=8) for h in range(nv)]
-        new = []
-        mk = builder.load(builder.gep(mptr, [kk])) if masked else None
-        for px in range(npix):
-            xw = builder.load(builder.gep(bases[px], [roff]))
-            if masked:
-                xw = builder.and_(xw, mk)
-            xb = builder.insert_element(ir.Constant(vt, ir.Undefined), xw,
-                                        ir.Constant(ir.IntType(32), 0))
-            xb = builder.shuffle_vector(xb, ir.Constant(vt, ir.Undefined), lanes0)
-            for h in range(nv):
-                new.append(builder.add(sums[nv * px + h], builder.call(ctpop, [
-                    builder.xor(xb, wv[h])])))
-        k1, kk1 = builder.add(k, one), builder.add(kk, one)
-        wrap = builder.icmp_signed("==", kk1, krow)
-        kk_next = builder.select(wrap, zero_s, kk1)
-        roff_next = builder.add(builder.add(roff, kstep), builder.select(wrap, rowgap, zero_s))
-        for phi, upd in ((k, k1), (kk, kk_next), (roff, roff_next)):
-            phi.add_incoming(upd, builder.block)
-        for acc, upd in zip(sums, new, strict=True):
-            acc.add_incoming(upd, builder.block)
-        builder.cbranch(builder.icmp_signed("<", k1, nk), loop, done)
-        builder.position_at_end(done)
-        fins = [builder.phi(vt) for _ in range(npix * nv)]  # phis first
-        for fin, upd in zip(fins, new, strict=True):
-            fin.add_incoming(zero, pre)
-            fin.add_incoming(upd, loop)
-        for px in range(npix):
-            for h in range(nv):
-                dst = builder.gep(optr, [builder.add(builder.mul(ir.Constant(i64, px), ostride),
-                                                     ir.Constant(i64, nw * h))])
-                builder.store(fins[nv * px + h], builder.bitcast(dst, vt.as_pointer()), align=8)
+        mptr = data(1, args[1]) if masked else None
+
+        def load_x(base, roff, kk):
+            xw = builder.load(builder.gep(base, [roff]))
+            return builder.and_(xw, builder.load(builder.gep(mptr, [kk]))) if masked else xw
+
+        _emit_block(builder, vt, npix, nv, bases, wptr, optr, krow, kstep, rowgap, wstride, nk,
+                    ostride, 8, load_x,
+                    lambda acc, xb, w: builder.add(acc, builder.call(ctpop, [builder.xor(xb, w)])))
         return context.get_dummy_value()
 
     return codegen
@@ -269,61 +294,16 @@ def _fma_codegen(npix: int, nv: int):
         i64, f32 = ir.IntType(64), ir.FloatType()
         vt = ir.VectorType(f32, FMA_LANES)
 
-        def data(i, v):
-            return context.make_array(signature.args[i])(context, builder, v).data
-
-        xptr, xoptr = data(0, x_v), data(1, xo_v)
-        bases = [builder.gep(xptr, [builder.load(builder.gep(xoptr, [ir.Constant(i64, p)]))])
-                 for p in range(npix)]
-        wptr = builder.gep(data(4, w_v), [woff])
-        optr = builder.gep(data(8, out_v), [ooff])
+        data = _array_data(context, builder, signature)
+        bases, wptr, optr = _block_pointers(builder, npix, data(0, x_v), data(1, xo_v),
+                                            data(4, w_v), woff, data(8, out_v), ooff)
         mod = builder.module
         name = f"llvm.fma.v{FMA_LANES}f32"
         fma = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt] * 3), name)
-        zero, one, zero_s = ir.Constant(vt, [0.0] * FMA_LANES), ir.Constant(i64, 1), \
-            ir.Constant(i64, 0)
-        lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), FMA_LANES), [0] * FMA_LANES)
-        pre = builder.block
-        loop = builder.append_basic_block("fb.loop")
-        done = builder.append_basic_block("fb.done")
-        builder.cbranch(builder.icmp_signed(">", nk, zero_s), loop, done)
-        builder.position_at_end(loop)
-        k, kk, roff = builder.phi(i64), builder.phi(i64), builder.phi(i64)
-        for phi in (k, kk, roff):
-            phi.add_incoming(zero_s, pre)
-        sums = [builder.phi(vt) for _ in range(npix * nv)]
-        for acc in sums:
-            acc.add_incoming(zero, pre)
-        wrow = builder.gep(wptr, [builder.mul(k, wstride)])
-        wv = [builder.load(builder.bitcast(builder.gep(wrow, [ir.Constant(i64, FMA_LANES * h)]),
-                                           vt.as_pointer()), align=4) for h in range(nv)]
-        new = []
-        for px in range(npix):
-            xs = builder.load(builder.gep(bases[px], [roff]))
-            xb = builder.insert_element(ir.Constant(vt, ir.Undefined), xs,
-                                        ir.Constant(ir.IntType(32), 0))
-            xb = builder.shuffle_vector(xb, ir.Constant(vt, ir.Undefined), lanes0)
-            for h in range(nv):
-                new.append(builder.call(fma, [xb, wv[h], sums[nv * px + h]]))
-        k1, kk1 = builder.add(k, one), builder.add(kk, one)
-        wrap = builder.icmp_signed("==", kk1, krow)
-        kk_next = builder.select(wrap, zero_s, kk1)
-        roff_next = builder.add(builder.add(roff, one), builder.select(wrap, rowgap, zero_s))
-        for phi, upd in ((k, k1), (kk, kk_next), (roff, roff_next)):
-            phi.add_incoming(upd, builder.block)
-        for acc, upd in zip(sums, new, strict=True):
-            acc.add_incoming(upd, builder.block)
-        builder.cbranch(builder.icmp_signed("<", k1, nk), loop, done)
-        builder.position_at_end(done)
-        fins = [builder.phi(vt) for _ in range(npix * nv)]
-        for fin, upd in zip(fins, new, strict=True):
-            fin.add_incoming(zero, pre)
-            fin.add_incoming(upd, loop)
-        for px in range(npix):
-            for h in range(nv):
-                dst = builder.gep(optr, [builder.add(builder.mul(ir.Constant(i64, px), ostride),
-                                                     ir.Constant(i64, FMA_LANES * h))])
-                builder.store(fins[nv * px + h], builder.bitcast(dst, vt.as_pointer()), align=4)
+        _emit_block(builder, vt, npix, nv, bases, wptr, optr, krow, ir.Constant(i64, 1),
+                    rowgap, wstride, nk, ostride, 4,
+                    lambda base, roff, kk: builder.load(builder.gep(base, [roff])),
+                    lambda acc, xb, w: builder.call(fma, [xb, w, acc]))
         return context.get_dummy_value()
 
     return codegen
@@ -438,27 +418,17 @@ _sign_word_lt, _sign_word_le = _make_sign_word(False), _make_sign_word(True)
 
 
 @njit(**_KW_SMALL)
-def _pack_full_lt(src, dst):
+def _pack_full(src, dst, mode):
+    """Whole words of sign bits of each [W, C] row (mode as in :func:`_pack_rows`)."""
     for i in range(src.shape[0]):
         v = src[i]
-        if v.strides[0] == 4:
-            for k in range(dst.shape[1]):
-                dst[i, k] = _sign_word_lt(v, k * 64)
-        else:
-            for k in range(dst.shape[1]):
-                dst[i, k] = _word_lt(v[k * 64:k * 64 + 64])
-
-
-@njit(**_KW_SMALL)
-def _pack_full_le(src, dst):
-    for i in range(src.shape[0]):
-        v = src[i]
-        if v.strides[0] == 4:
-            for k in range(dst.shape[1]):
-                dst[i, k] = _sign_word_le(v, k * 64)
-        else:
-            for k in range(dst.shape[1]):
-                dst[i, k] = _word_le(v[k * 64:k * 64 + 64])
+        unit = v.strides[0] == 4
+        for k in range(dst.shape[1]):
+            if unit:
+                dst[i, k] = _sign_word_lt(v, k * 64) if mode == 0 else _sign_word_le(v, k * 64)
+            else:
+                dst[i, k] = (_word_lt(v[k * 64:k * 64 + 64]) if mode == 0
+                             else _word_le(v[k * 64:k * 64 + 64]))
 
 
 @njit(**_KW_SMALL)
@@ -471,18 +441,12 @@ def _pack_rows(src, dst, mode, ng, cg, wpg):
     bit; groups that do not fill words are cut out of the contiguous mask.
     """
     if cg % 64 == 0:
-        if mode == 0:
-            _pack_full_lt(src, dst)
-        else:
-            _pack_full_le(src, dst)
+        _pack_full(src, dst, mode)
         return
     c_all = src.shape[1]
     nfull = c_all // 64
     fullw = np.empty((src.shape[0], nfull), np.uint64)
-    if mode == 0:
-        _pack_full_lt(src, fullw)
-    else:
-        _pack_full_le(src, fullw)
+    _pack_full(src, fullw, mode)
     if c_all % 64 == 0 and 64 % cg == 0:  # groups are aligned sub-words: split each word
         per = 64 // cg
         low = (_ONE << np.uint64(cg)) - _ONE
