@@ -241,7 +241,7 @@ _blk1, _blk2, _blk3, _blk4, _blk8 = (_make_block(n, False) for n in (1, 2, 3, 4,
 # With 32 vector registers (AVX-512) a row's blocks take 8 pixels: 16 sums held, each
 # weight vector loaded once for 8 pixels, half the blocks' set-up and stores per word.
 WIDE_PIXELS = 8 if VECTOR_WORDS == 8 else BLOCK_PIXELS
-_mblk1, _mblk2, _mblk3, _mblk4 = (_make_block(n, True) for n in (1, 2, 3, 4))
+_mblk1, _mblk2, _mblk3, _mblk4, _mblk8 = (_make_block(n, True) for n in (1, 2, 3, 4, 8))
 
 
 @njit(inline="always")
@@ -836,23 +836,30 @@ def bconv_win(p, w, wblk, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg,
         xsel = np.zeros(nout, np.uint64)
         v = np.empty((wo, nout), np.float32)
         tmp = np.empty_like(v)
-        xoffs = np.empty(BLOCK_PIXELS, np.int64)
+        xoffs = np.empty(WIDE_PIXELS, np.int64)
         sums = np.empty(wo * nout, np.int64)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
             y0 = oy * sh
             border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + kh - 1 >= h_in)
             if blocked:
-                for ox in range(0, wo, BLOCK_PIXELS):
-                    npix = min(BLOCK_PIXELS, wo - ox)
+                ox = 0
+                while ox < wo:
+                    npix = WIDE_PIXELS if ox + WIDE_PIXELS <= wo else min(BLOCK_PIXELS, wo - ox)
                     for g in range(ng):
                         for px in range(npix):
                             xoffs[px] = ((n * hp + y0) * wp + (ox + px) * sw) * ng + g
                         for b in range(nbc):
-                            _xor_popcount_block_masked(
-                                npix, pf, masks, xoffs, nch, kstep,
-                                rowgap, wblk[g, b], 0, BLOCK_CHANNELS, nk, sums,
-                                ox * nout + g * og + b * BLOCK_CHANNELS, nout)
+                            if npix == 8:
+                                _mblk8(pf, masks, xoffs, nch, kstep, rowgap, wblk[g, b], 0,
+                                       BLOCK_CHANNELS, nk, sums,
+                                       ox * nout + g * og + b * BLOCK_CHANNELS, nout)
+                            else:
+                                _xor_popcount_block_masked(
+                                    npix, pf, masks, xoffs, nch, kstep,
+                                    rowgap, wblk[g, b], 0, BLOCK_CHANNELS, nk, sums,
+                                    ox * nout + g * og + b * BLOCK_CHANNELS, nout)
+                    ox += npix
                 _sums_to_row(sums, v, kbits)
             for ox in range(wo):
                 x0 = ox * sw
