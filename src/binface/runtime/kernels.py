@@ -10,8 +10,8 @@ that tap's +-1 weights.
 
 A binary conv's dot product over ``K`` bits is ``K - 2 popcount(x xor w)``. Where the
 outputs per group are a multiple of BLOCK_CHANNELS, the sums come from a block written
-in LLVM IR (``_xor_popcount_block``: 4 pixels x 2 vectors of outputs held in registers
-over all K words; VPOPCNTQ with AVX-512 VPOPCNTDQ, a shuffle-based popcount on AVX2,
+in LLVM IR (``_xor_popcount_block``: 8 or 4 pixels x 2 vectors of outputs held in
+registers over all K words; VPOPCNTQ with AVX-512 VPOPCNTDQ, a shuffle-based popcount on AVX2,
 CNT on NEON). Elsewhere the kernels keep the output channels innermost (weights
 stored ``[G, taps * WPG, Og]``) so each loaded input word is xor-ed with a contiguous
 row of weight words, a loop LLVM vectorises itself. Every conv ends in one fused epilogue per
@@ -245,15 +245,24 @@ _mblk1, _mblk2, _mblk3, _mblk4, _mblk8 = (_make_block(n, True) for n in (1, 2, 3
 
 
 @njit(inline="always")
+def _block_npix(ox, wo):
+    """Pixels of a row's block starting at ``ox``: WIDE_PIXELS while they fit, then
+    blocks of the 1-4 pixels left."""
+    return WIDE_PIXELS if ox + WIDE_PIXELS <= wo else min(BLOCK_PIXELS, wo - ox)
+
+
+@njit(inline="always")
 def _xor_popcount_block(npix, x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
                         ostride):
     """out[ooff + p * ostride + c] = sum over k < nk of popcount(x[xoffs[p] + r(k)] xor
-    w[woff + k * wstride + c]) for p < npix (at most BLOCK_PIXELS), c < BLOCK_CHANNELS
+    w[woff + k * wstride + c]) for p < npix (1-4, or 8), c < BLOCK_CHANNELS
     (int64 sums, overwritten). r(k) walks kernel rows of ``krow`` words ``kstep``
     apart, each row ``rowgap`` further on: r(k) = (k % krow) * kstep + (k // krow) *
     (krow * kstep + rowgap). So the pixels' words are read where they lie in the
     packed input."""
-    if npix >= 4:
+    if npix == 8:
+        _blk8(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    elif npix >= 4:
         _blk4(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
     elif npix == 3:
         _blk3(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
@@ -267,7 +276,9 @@ def _xor_popcount_block(npix, x, xoffs, krow, kstep, rowgap, w, woff, wstride, n
 def _xor_popcount_block_masked(npix, x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride,
                                nk, out, ooff, ostride):
     """:func:`_xor_popcount_block` with word k of each pixel and-ed with masks[k % krow]."""
-    if npix >= 4:
+    if npix == 8:
+        _mblk8(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    elif npix >= 4:
         _mblk4(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
     elif npix == 3:
         _mblk3(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
@@ -320,6 +331,7 @@ def _make_fblock(npix: int, nv: int):
 # pixels of a block by its vectors (index): 8 to 16 sums in registers, enough to
 # hide the fma latency
 FMA_BLOCK_PIXELS = (0, 8, 4, 4, 4)
+FMA_MAX_PIXELS = max(FMA_BLOCK_PIXELS)
 _f8x1, _f4x2, _f4x3, _f4x4 = (_make_fblock(FMA_BLOCK_PIXELS[v], v) for v in (1, 2, 3, 4))
 _f1x1, _f1x2, _f1x3, _f1x4 = (_make_fblock(1, v) for v in (1, 2, 3, 4))
 
@@ -507,16 +519,6 @@ CFG_SIZE = 32
 
 
 # ---------------------------------------------------------------- packing
-@njit(**_KW_SMALL)
-def _mul_rows(src, g, dst):
-    """dst[i, c] = src[i, c] * g[c] for the first dst.shape[1] channels."""
-    for i in range(dst.shape[0]):
-        s = src[i]
-        d = dst[i]
-        for c in range(d.shape[0]):
-            d[c] = s[c] * g[c]
-
-
 @_rows(**_KW_FMA)
 def pack_nhwc(x, gate, ep, out, cfg, nt):
     """Signs of ``x`` (N, H, W, C) into ``out`` (N, Hp, Wp, G * WPG) at offset (pt, pl).
@@ -539,10 +541,7 @@ def pack_nhwc(x, gate, ep, out, cfg, nt):
             n, yy = qq // h_, qq % h_
             row = x[n, yy]
             dst = out[n, yy + pt, pl:pl + w_]
-            if use_gate and not use_aff:  # one loop per case: LLVM vectorises each
-                _mul_rows(row, gate[n], buf)
-                _pack_rows(buf, dst, mode, ng, cg, wpg)
-            elif use_aff or use_gate or c_ < x.shape[3]:
+            if use_aff or use_gate or c_ < x.shape[3]:
                 for xx in range(w_):
                     src = row[xx]
                     b = buf[xx]
@@ -590,22 +589,17 @@ def _acc1x2(a0, a1, x0, y0, w0):
 
 @njit(inline="always")
 def _block_row(pf, xoffs, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, sums):
-    """Sums of output row (n, y0 / sh) for channel block ``b`` into sums [Wo * Og]:
-    WIDE_PIXELS pixels at a time (:func:`_xor_popcount_block`, sums in registers),
-    the last pixels of the row 1-4 at a time."""
+    """Sums of output row (n, y0 / sh) for channel block ``b`` into sums [Wo * Og], in
+    blocks of :func:`_block_npix` pixels (:func:`_xor_popcount_block`)."""
     rowgap = wp * wpg - krow
     woff = b * nk * BLOCK_CHANNELS
     ox = 0
     while ox < wo:
-        npix = WIDE_PIXELS if ox + WIDE_PIXELS <= wo else min(BLOCK_PIXELS, wo - ox)
+        npix = _block_npix(ox, wo)
         for px in range(npix):
             xoffs[px] = ((n * hp + y0) * wp + (ox + px) * sw) * wpg
-        if npix == 8:
-            _blk8(pf, xoffs, krow, 1, rowgap, wblk, woff, BLOCK_CHANNELS, nk, sums,
-                  ox * og + b * BLOCK_CHANNELS, og)
-        else:
-            _xor_popcount_block(npix, pf, xoffs, krow, 1, rowgap, wblk, woff, BLOCK_CHANNELS,
-                                nk, sums, ox * og + b * BLOCK_CHANNELS, og)
+        _xor_popcount_block(npix, pf, xoffs, krow, 1, rowgap, wblk, woff, BLOCK_CHANNELS, nk,
+                            sums, ox * og + b * BLOCK_CHANNELS, og)
         ox += npix
 
 
@@ -845,20 +839,15 @@ def bconv_win(p, w, wblk, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg,
             if blocked:
                 ox = 0
                 while ox < wo:
-                    npix = WIDE_PIXELS if ox + WIDE_PIXELS <= wo else min(BLOCK_PIXELS, wo - ox)
+                    npix = _block_npix(ox, wo)
                     for g in range(ng):
                         for px in range(npix):
                             xoffs[px] = ((n * hp + y0) * wp + (ox + px) * sw) * ng + g
                         for b in range(nbc):
-                            if npix == 8:
-                                _mblk8(pf, masks, xoffs, nch, kstep, rowgap, wblk[g, b], 0,
-                                       BLOCK_CHANNELS, nk, sums,
-                                       ox * nout + g * og + b * BLOCK_CHANNELS, nout)
-                            else:
-                                _xor_popcount_block_masked(
-                                    npix, pf, masks, xoffs, nch, kstep,
-                                    rowgap, wblk[g, b], 0, BLOCK_CHANNELS, nk, sums,
-                                    ox * nout + g * og + b * BLOCK_CHANNELS, nout)
+                            _xor_popcount_block_masked(
+                                npix, pf, masks, xoffs, nch, kstep,
+                                rowgap, wblk[g, b], 0, BLOCK_CHANNELS, nk, sums,
+                                ox * nout + g * og + b * BLOCK_CHANNELS, nout)
                     ox += npix
                 _sums_to_row(sums, v, kbits)
             for ox in range(wo):
@@ -1002,20 +991,21 @@ def epilogue_nhwc(raw, ep, res1, res2, yout, pout, cfg, nt):
 
 
 @njit(inline="always")
-def _fma_stripe(xf, xoffs, cin, wf, o0, nvb, nout, p0, npx, v):
-    """Output channels o0 .. o0 + nvb * FMA_LANES of pixels p0 .. p0 + npx (rows of
-    ``xf`` [P, Cin]) into v[p * nout + o], in register blocks."""
+def _fma_pixels(xf, xoffs, base, pstep, krow, rowgap, nk, wf, o0, nvb, nout, npx, v):
+    """Output channels o0 .. o0 + nvb * FMA_LANES of ``npx`` pixels into v[p * nout + o],
+    in register blocks (:func:`_fma_block`): pixel p's window starts at xf[base + p *
+    pstep] and walks ``nk`` taps in kernel rows of ``krow`` floats, ``rowgap`` apart."""
     bp = FMA_BLOCK_PIXELS[nvb]
     p = 0
     while p + bp <= npx:
         for j in range(bp):
-            xoffs[j] = (p0 + p + j) * cin
-        _fma_block(nvb, True, xf, xoffs, cin, 0, wf, o0, nout, cin, v, p * nout + o0,
+            xoffs[j] = base + (p + j) * pstep
+        _fma_block(nvb, True, xf, xoffs, krow, rowgap, wf, o0, nout, nk, v, p * nout + o0,
                    nout)
         p += bp
     while p < npx:
-        xoffs[0] = (p0 + p) * cin
-        _fma_block(nvb, False, xf, xoffs, cin, 0, wf, o0, nout, cin, v, p * nout + o0,
+        xoffs[0] = base + p * pstep
+        _fma_block(nvb, False, xf, xoffs, krow, rowgap, wf, o0, nout, nk, v, p * nout + o0,
                    nout)
         p += 1
 
@@ -1032,11 +1022,11 @@ def dense(x, w, b, y, nt):
     nstripe = -(-nout // (4 * FMA_LANES))
     nt = max(1, min(nt, nstripe))
     for ch in prange(nt):
-        xoffs = np.empty(8, np.int64)
+        xoffs = np.empty(FMA_MAX_PIXELS, np.int64)
         for st in range(ch * nstripe // nt, (ch + 1) * nstripe // nt):
             o0 = st * 4 * FMA_LANES
-            _fma_stripe(xf, xoffs, k, wf, o0, min(4, (nout - o0) // FMA_LANES), nout, 0, m,
-                        yf)
+            _fma_pixels(xf, xoffs, 0, k, k, 0, k, wf, o0, min(4, (nout - o0) // FMA_LANES),
+                        nout, m, yf)
             if b.shape[0]:
                 for r in range(m):
                     for o in range(o0, min(o0 + 4 * FMA_LANES, nout)):
@@ -1063,7 +1053,7 @@ def conv1x1(x, w, ep, res1, res2, yout, pout, cfg, nt):
     for ch in prange(nt):
         v = np.empty(grp * wo * nout, np.float32)
         tmp = np.empty((wo, nout), np.float32)
-        xoffs = np.empty(8, np.int64)
+        xoffs = np.empty(FMA_MAX_PIXELS, np.int64)
         r0, r1_ = ch * rows // nt, (ch + 1) * rows // nt
         for g0 in range(r0, r1_, grp):
             g1 = min(g0 + grp, r1_)
@@ -1071,7 +1061,7 @@ def conv1x1(x, w, ep, res1, res2, yout, pout, cfg, nt):
             o0 = 0
             while o0 < nout:
                 nvb = min(4, (nout - o0) // FMA_LANES)
-                _fma_stripe(xf, xoffs, cin, wf, o0, nvb, nout, p0, npx, v)
+                _fma_pixels(xf, xoffs, p0 * cin, cin, cin, 0, cin, wf, o0, nvb, nout, npx, v)
                 o0 += nvb * FMA_LANES
             for q in range(g0, g1):
                 at = (q - g0) * wo * nout
@@ -1172,7 +1162,6 @@ def _make_conv_small(lanes: int, krow_c: int):
     # outputs a multiple of FMA_LANES (<= 4 vectors): the register block
     nv = lanes // FMA_LANES if lanes and lanes % FMA_LANES == 0 and lanes <= 4 * FMA_LANES \
         else 0
-    bp = FMA_BLOCK_PIXELS[nv] if nv else 1
 
     @njit(inline="always")
     def _fma3x4(v0, v1, v2, v3, a, b, c, d, k, w0, w1, w2):
@@ -1221,24 +1210,12 @@ def _make_conv_small(lanes: int, krow_c: int):
             tmp = np.empty((wo, nout), np.float32)
             if nv:  # the register block (_fma_block)
                 xf, wf, vf = xp.reshape(-1), w.reshape(-1), v.reshape(-1)
-                xoffs = np.empty(bp, np.int64)
+                xoffs = np.empty(FMA_MAX_PIXELS, np.int64)
                 hp, wp = xp.shape[1], xp.shape[2]
-                rowgap = wp * cin - krow
                 for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
                     n, oy = qq // ho, qq % ho
-                    rowbase = (n * hp + oy * sh) * wp * cin
-                    ox = 0
-                    while ox + bp <= wo:
-                        for p in range(bp):
-                            xoffs[p] = rowbase + (ox + p) * sw * cin
-                        _fma_block(nv, True, xf, xoffs, krow, rowgap, wf, 0, nout, kh * krow,
-                                   vf, ox * nout, nout)
-                        ox += bp
-                    while ox < wo:
-                        xoffs[0] = rowbase + ox * sw * cin
-                        _fma_block(nv, False, xf, xoffs, krow, rowgap, wf, 0, nout, kh * krow,
-                                   vf, ox * nout, nout)
-                        ox += 1
+                    _fma_pixels(xf, xoffs, (n * hp + oy * sh) * wp * cin, sw * cin, krow,
+                                wp * cin - krow, kh * krow, wf, 0, nv, nout, wo, vf)
                     _epilogue_row(v[:wo], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
                 continue
             for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
