@@ -98,10 +98,23 @@ class Op:
         for name, obj in ins:
             if env[name] is not obj:
                 return False
-        for fn, args in calls:
-            fn(*args)
+        self.issue(calls)
         env.update(outs)
         return True
+
+    @staticmethod
+    def issue(calls: list) -> None:
+        """Run kernel calls given as (function, arguments) pairs."""
+        for fn, args in calls:
+            fn(*args)
+
+    def kept_view(self, y: np.ndarray, n: int, make) -> np.ndarray:
+        """``make(y)``, the same object while the buffer ``y`` and the batch are the same:
+        the next op's inputs are then the very objects it saw last run, so it replays."""
+        last = self.__dict__.get("_yl")
+        if last is None or last[0] is not y or last[1] != n:
+            self._yl = last = (y, n, make(y))
+        return last[2]
 
     def remember(self, env: dict, ctx: RunContext, calls: list, views: tuple | None) -> None:
         """Keep this run's kernel calls for :meth:`replayed`, when every array they read
@@ -340,14 +353,7 @@ class _ConvLike(Op):
         outs = list(self.outputs)
         yl = None
         if self.out_float or ctx.trace:
-            # the same view object while the buffer is the same: the next op's inputs are
-            # then the very objects it saw last run (``_PackedConv``'s fast path)
-            last = self.__dict__.get("_yl")
-            if last is not None and last[0] is y and last[1] == ctx.n:
-                yl = last[2]
-            else:
-                yl = self.logical(y, ctx.n)
-                self._yl = (y, ctx.n, yl)
+            yl = self.kept_view(y, ctx.n, lambda a: self.logical(a, ctx.n))
         if self.out_float:
             env[outs.pop(0)] = yl
         if self.pack is not None:

@@ -146,8 +146,7 @@ class _PackedConv(_ConvLike):
             cfg = cfg.copy()
             cfg[K.EP_OUT_ACC] = 1
         calls = self.kernel_calls(ctx, p, y, acc, q, cfg, r1, r2)
-        for fn, args in calls:
-            fn(*args)
+        self.issue(calls)
         self.store(env, ctx, y, q)
         self.remember(env, ctx, calls, (p, r1, r2))
         if ctx.trace:

@@ -115,6 +115,7 @@ class ConvOp(_ConvLike):
         y, q, cfg = self.alloc_outputs(ctx, m, ho, wo, self.nout)
         r1, r2 = self.residuals(env, res)
         ep = (self.ep, r1, r2, y, q, cfg, ctx.nt)
+        views = (x, r1, r2)  # what the calls read of the inputs
         if self.depthwise:
             calls = [(ctx.k.dwconv, (x, self.w, self.pad_value) + ep)]
         elif self.direct:
@@ -130,12 +131,10 @@ class ConvOp(_ConvLike):
         else:
             raw = self.gemm(ctx, x)
             calls = [(ctx.k.epilogue_nhwc, (raw.reshape(m, ho, wo, self.nout),) + ep)]
-        for fn, args in calls:
-            fn(*args)
+            views = None  # the GEMM's BLAS calls are not in ``calls``: no replay
+        self.issue(calls)
         self.store(env, ctx, y, q)
-        # the GEMM path's BLAS calls are not in ``calls``: it is not replayed
-        self.remember(env, ctx, calls, (x, r1, r2) if calls[0][0] is not
-                      ctx.k.epilogue_nhwc else None)
+        self.remember(env, ctx, calls, views)
 
     def gemm(self, ctx, x: np.ndarray) -> np.ndarray:
         """The raw conv sums [M * Ho * Wo, O]: im2col + BLAS GEMM per group."""
@@ -195,7 +194,7 @@ class EwiseOp(_ConvLike):
         y, q, cfg = self.alloc_outputs(ctx, m, h, w, c)
         r1, r2 = self.residuals(env, (m, h, w, c))
         calls = [(ctx.k.epilogue_nhwc, (x, self.ep, r1, r2, y, q, cfg, ctx.nt))]
-        calls[0][0](*calls[0][1])
+        self.issue(calls)
         self.store(env, ctx, y, q)
         self.remember(env, ctx, calls, (x, r1, r2))
 
@@ -231,9 +230,6 @@ class PoolOp(Op):
             raise self.mismatch(x, f"[M, {', '.join(map(str, self.in_shape))}] (NHWC)")
         y = self.buffer(ctx, "y", (x.shape[0], self.out_hw[0], self.out_hw[1], x.shape[3]))
         calls = [(ctx.k.pool_nhwc, (x, y, self.pre, self.post, self.cfg, ctx.nt))]
-        calls[0][0](*calls[0][1])
-        last = self.__dict__.get("_yl")  # the same view while the buffer is the same
-        if last is None or last[0] is not y:
-            self._yl = (y, as_nchw(y))
-        env[self.outputs[0]] = self._yl[1]
+        self.issue(calls)
+        env[self.outputs[0]] = self.kept_view(y, ctx.n, as_nchw)
         self.remember(env, ctx, calls, (x,))
