@@ -312,6 +312,33 @@ def test_small_input_conv_matches_pytorch(cin, nout, k, stride, pad, tmp_path):
         assert np.array_equal(load_packed(tmp_path / "c.bfp", threads=threads).run(x), y)
 
 
+@pytest.mark.parametrize("channels", [64, 48])
+def test_gated_stem_is_recomputed_not_stored(channels, tmp_path):
+    """BinaryFaceNet's squeeze-excite on its RGB stem: the pack of stem x gate becomes
+    the stem recomputed with the gate in its epilogue (the IR loop at 64 channels in
+    groups of 16; the numba loops at 48 in groups of 12), so the float stem output is
+    never stored. Exact sums, and the same outputs as the file's own nodes."""
+    from binface.models.binaryfacenet import BinarySqueezeExcite, ConvBNPReLU, QConv
+    from binface.runtime.ops.fused import GatedConvOp
+
+    torch.manual_seed(0)
+    model = randomize_bn(nn.Sequential(
+        ConvBNPReLU(3, channels, 1), BinarySqueezeExcite(channels),
+        QConv(channels, channels, 3, stride=2, padding="same", groups=4)))
+    eng, y, recs, ref = run_both(model, (3, 112, 112), tmp_path)
+    assert sum(isinstance(op, GatedConvOp) for op in eng.ops) == 1
+    assert "prelu" not in {o for op in eng.ops for o in op.outputs}  # no float stem map
+    assert check_layers_exact(model, recs) == 5
+    assert rel_err(y, ref) < 1e-5
+    plain = load_packed(tmp_path / "m.bfp", fuse=False)
+    assert not any(isinstance(op, GatedConvOp) for op in plain.ops)
+    x = np.random.default_rng(1).standard_normal((3, 3, 112, 112), dtype=np.float32)
+    want = plain.run(x)
+    for threads in (1, 2):
+        eng = load_packed(tmp_path / "m.bfp", threads=threads)
+        assert np.array_equal(eng.run(x), want) and np.array_equal(eng.run(x[:1]), want[:1])
+
+
 @pytest.mark.parametrize("name", ["mobilefacenet", "edgeface_xs"])
 def test_packed_engine_runs_float_models(name, tmp_path):
     """The engine's float ops (grouped / depthwise convs, attention, softmax, norms)."""
@@ -490,8 +517,8 @@ def test_cli_bench_json(capsys, tmp_path):
 
 
 def test_xor_popcount_peak_counts_bits():
-    """The register-blocked block of the binary convs (4 pixels x BLOCK_CHANNELS sums),
-    through the peak kernel that calls it, against popcounts done here."""
+    """The register-blocked block of the binary convs (4 pixels x BLOCK_CHANNELS dot
+    products), through the peak kernel that calls it, against popcounts done here."""
     from binface.runtime.bench import popcount_peak
     from binface.runtime.kernels import BLOCK_CHANNELS, BLOCK_PIXELS, xor_popcount_peak
 
@@ -503,7 +530,7 @@ def test_xor_popcount_peak_counts_bits():
     for r in range(5):  # after each call the kernel flips bit 0 of one input word
         sums = [sum(bin(int(x2[p * nk + k] ^ w[k, c])).count("1") for k in range(nk))
                 for p in range(BLOCK_PIXELS) for c in range(BLOCK_CHANNELS)]
-        want += sums[r % len(sums)]
+        want += 64 * nk - 2 * sums[r % len(sums)]  # the dot product, as the block stores it
         x2[r % x2.size] ^= np.uint64(1)
     assert xor_popcount_peak(xs, w, 5) == want and np.array_equal(xs, x2)
     assert popcount_peak(64, seconds=0.01) > 1e8  # at least 0.1 G binary MAC/s

@@ -24,7 +24,8 @@ from binface.errors import InputShapeError
 from binface.runtime.bfp import read_bfp
 from binface.runtime.errors import PackedFormatError, UnsupportedOpError
 from binface.runtime.ops.base import MAX_MACS, MAX_VALUE_BYTES, Op, RunContext, check_dims
-from binface.runtime.ops.binary import BConvOp, BDwConvOp
+from binface.runtime.ops.binary import BConvOp, BDwConvOp, PackOp
+from binface.runtime.ops.fused import ConvOp, gated_conv
 from binface.runtime.ops.layout import _F32, as_nchw, nhwc, pack_bits, resolve
 from binface.runtime.ops.table import ENGINE_OPS as OPS
 
@@ -103,11 +104,43 @@ def check_graph(graph, tensors: dict[str, np.ndarray]) -> None:
             raise PackedFormatError(f"the graph's output {o!r} is made by no node")
 
 
+def fuse_gated_packs(ops: list[Op], graph: dict, tensors: dict) -> list[Op]:
+    """Replace each ``pack`` of a few-channel conv's float output times a gate (the
+    squeeze-excite on BinaryFaceNet's RGB stem) by the conv recomputed with the gate
+    in its epilogue (:class:`~binface.runtime.ops.fused.GatedConvOp`), when nothing
+    else reads that float output; the conv itself then stores only its packed signs."""
+    producer = {o: op for op in ops for o in op.outputs}
+    readers: dict[str, int] = {}
+    for op in ops:
+        for name in op.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    swap: dict[int, Op | None] = {}
+    for op in ops:
+        if type(op) is not PackOp or not op.gate or op.affine or op.linear:
+            continue
+        src = op.inputs[0]
+        conv = producer.get(src)
+        if (type(conv) is not ConvOp or not conv.small or not conv.out_float or conv.nres > 1
+                or conv.outputs[0] != src or readers.get(src) != 1 or src in graph["outputs"]
+                or op.channels != conv.nout or id(conv) in swap):
+            continue
+        swap[id(op)] = gated_conv(conv, op, op.inputs[1], tensors, graph)
+        keep = None
+        if conv.pack is not None:  # the conv's own signs (the gate's squeeze reads them)
+            node = {**conv.node, "out": conv.outputs[1:],
+                    "attrs": {**conv.attrs, "out_float": False}}
+            keep = ConvOp(node, tensors, graph)
+        swap[id(conv)] = keep
+    if not swap:
+        return ops
+    return [o for o in (swap.get(id(op), op) for op in ops) if o is not None]
+
+
 class PackedEngine:
     """A loaded packed model. ``run(x)`` takes (N, 3, H, W) float32 and returns numpy."""
 
     def __init__(self, graph: dict, tensors: dict[str, np.ndarray], source: str = "",
-                 threads: int = 1) -> None:
+                 threads: int = 1, fuse: bool = True) -> None:
         where = source or "graph"
         try:
             check_graph(graph, tensors)
@@ -145,6 +178,8 @@ class PackedEngine:
                 raise PackedFormatError(f"{at}: the graph's MACs per sample exceed the limit of "
                                         f"{MAX_MACS}")
             self.ops.append(op)
+        if fuse:
+            self.ops = fuse_gated_packs(self.ops, graph, tensors)
 
     @property
     def binary_ops(self) -> list[Op]:
@@ -276,20 +311,21 @@ def _openblas_threads(threads: int) -> bool:
 
 
 def load_packed(path: str | os.PathLike, threads: int | None = None,
-                limit_blas: bool = True) -> PackedEngine:
+                limit_blas: bool = True, fuse: bool = True) -> PackedEngine:
     """Load a ``.bfp`` file into a :class:`PackedEngine` (numpy + numba only).
 
     ``threads``: the row-parallel kernels, each layer's output rows (over the whole
     batch) cut across that many of numba's threads. With
     ``limit_blas``, numpy's BLAS is kept on one thread (process-wide; see
-    :func:`set_blas_threads`).
+    :func:`set_blas_threads`). ``fuse``: rewrite the graph at load where that saves
+    work (:func:`fuse_gated_packs`); False runs the file's nodes as they are.
     """
     if threads and limit_blas:
         # the engine parallelises itself: BLAS threads would only oversubscribe the cores
         set_blas_threads(1)
     graph, tensors = read_bfp(path)
     try:
-        return PackedEngine(graph, tensors, str(path), threads=threads or 1)
+        return PackedEngine(graph, tensors, str(path), threads=threads or 1, fuse=fuse)
     except (PackedFormatError, UnsupportedOpError):
         raise
     except _CRAFTED as exc:  # the engine names the node; this is the last resort

@@ -128,13 +128,14 @@ def _block_pointers(builder, npix, xptr, xoptr, wdata, woff, odata, ooff):
 
 
 def _emit_block(builder, vt, npix: int, nv: int, bases, wptr, optr, krow, kstep, rowgap,
-                wstride, nk, ostride, align: int, load_x, step) -> None:
+                wstride, nk, ostride, align: int, load_x, step, finish=None) -> None:
     """The loop both register blocks share, emitted at ``builder``: npix x nv vector sums
     carried as phi values over k < nk, starting at zero. Per k: nv weight vectors
     loaded at wptr + k * wstride (+ lanes x h), and per pixel ``load_x(base, roff, kk)``
     (a scalar at its kernel-row offset) broadcast and folded in by ``step(sum, x, w)``.
     Row offsets walk kernel rows of ``krow`` elements ``kstep`` apart, each row
-    ``rowgap`` after the last. The sums are stored at optr + p * ostride + lanes x h."""
+    ``rowgap`` after the last. The sums (through ``finish`` if given: a vector of the
+    output's type) are stored at optr + p * ostride + lanes x h."""
     i64 = ir.IntType(64)
     lanes = vt.count
     zero, one, zero_s = ir.Constant(vt, None), ir.Constant(i64, 1), ir.Constant(i64, 0)
@@ -178,7 +179,8 @@ def _emit_block(builder, vt, npix: int, nv: int, bases, wptr, optr, krow, kstep,
         for h in range(nv):
             dst = builder.gep(optr, [builder.add(builder.mul(ir.Constant(i64, px), ostride),
                                                  ir.Constant(i64, lanes * h))])
-            builder.store(fins[nv * px + h], builder.bitcast(dst, vt.as_pointer()), align=align)
+            val = fins[nv * px + h] if finish is None else finish(fins[nv * px + h])
+            builder.store(val, builder.bitcast(dst, val.type.as_pointer()), align=4)
 
 
 def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS):
@@ -190,7 +192,7 @@ def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS):
     def codegen(context, builder, signature, args):
         x_v = args[0]
         (xo_v, krow, kstep, rowgap, w_v, woff, wstride, nk, out_v, ooff,
-         ostride) = args[1 + sh:]
+         ostride, kbits) = args[1 + sh:]
         i64 = ir.IntType(64)
         nw, nv = VECTOR_WORDS, BLOCK_VECTORS
         vt = ir.VectorType(i64, nw)
@@ -207,9 +209,20 @@ def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS):
             xw = builder.load(builder.gep(base, [roff]))
             return builder.and_(xw, builder.load(builder.gep(mptr, [kk]))) if masked else xw
 
+        kb = builder.insert_element(ir.Constant(vt, ir.Undefined), kbits,
+                                    ir.Constant(ir.IntType(32), 0))
+        kb = builder.shuffle_vector(kb, ir.Constant(vt, ir.Undefined),
+                                    ir.Constant(ir.VectorType(ir.IntType(32), nw), [0] * nw))
+        ft = ir.VectorType(ir.FloatType(), nw)
+
+        def finish(s):  # the dot product kbits - 2 popcount, as float32 (exact below 2**24)
+            return builder.sitofp(builder.sub(kb, builder.shl(s, ir.Constant(vt, [1] * nw))),
+                                  ft)
+
         _emit_block(builder, vt, npix, nv, bases, wptr, optr, krow, kstep, rowgap, wstride, nk,
                     ostride, 8, load_x,
-                    lambda acc, xb, w: builder.add(acc, builder.call(ctpop, [builder.xor(xb, w)])))
+                    lambda acc, xb, w: builder.add(acc, builder.call(ctpop, [builder.xor(xb, w)])),
+                    finish)
         return context.get_dummy_value()
 
     return codegen
@@ -223,14 +236,15 @@ def _make_block(npix: int, masked: bool):
     one for the pixels it has: a 3-wide row no longer computes a fourth)."""
     if masked:
         def block(typingctx, x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out,
-                  ooff, ostride):
+                  ooff, ostride, kbits):
             sig = types.void(x, masks, xoffs, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64,
-                             _I64)
+                             _I64, _I64)
             return sig, _block_codegen(True, npix)
     else:
         def block(typingctx, x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
-                  ostride):
-            sig = types.void(x, xoffs, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
+                  ostride, kbits):
+            sig = types.void(x, xoffs, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64,
+                             _I64)
             return sig, _block_codegen(False, npix)
     block.__name__ = block.__qualname__ = f"xor_popcount_block{npix}" + (
         "_masked" if masked else "")
@@ -253,39 +267,45 @@ def _block_npix(ox, wo):
 
 @njit(inline="always")
 def _xor_popcount_block(npix, x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
-                        ostride):
-    """out[ooff + p * ostride + c] = sum over k < nk of popcount(x[xoffs[p] + r(k)] xor
-    w[woff + k * wstride + c]) for p < npix (1-4, or 8), c < BLOCK_CHANNELS
-    (int64 sums, overwritten). r(k) walks kernel rows of ``krow`` words ``kstep``
-    apart, each row ``rowgap`` further on: r(k) = (k % krow) * kstep + (k // krow) *
+                        ostride, kbits):
+    """out[ooff + p * ostride + c] = kbits - 2 * (sum over k < nk of popcount(x[xoffs[p] +
+    r(k)] xor w[woff + k * wstride + c])) for p < npix (1-4, or 8), c < BLOCK_CHANNELS:
+    the dot products, as float32 (overwritten; a separate pass turning int64 sums into
+    floats cost as much as a 1 x 1 conv's popcounts). r(k) walks kernel rows of ``krow``
+    words ``kstep`` apart, each row ``rowgap`` further on: r(k) = (k % krow) * kstep + (k // krow) *
     (krow * kstep + rowgap). So the pixels' words are read where they lie in the
     packed input."""
     if npix == 8:
-        _blk8(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _blk8(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
     elif npix >= 4:
-        _blk4(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _blk4(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
     elif npix == 3:
-        _blk3(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _blk3(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
     elif npix == 2:
-        _blk2(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _blk2(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
     else:
-        _blk1(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _blk1(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
 
 
 @njit(inline="always")
 def _xor_popcount_block_masked(npix, x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride,
-                               nk, out, ooff, ostride):
+                               nk, out, ooff, ostride, kbits):
     """:func:`_xor_popcount_block` with word k of each pixel and-ed with masks[k % krow]."""
     if npix == 8:
-        _mblk8(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _mblk8(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
+                kbits)
     elif npix >= 4:
-        _mblk4(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _mblk4(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
+                kbits)
     elif npix == 3:
-        _mblk3(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _mblk3(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
+                kbits)
     elif npix == 2:
-        _mblk2(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _mblk2(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
+                kbits)
     else:
-        _mblk1(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _mblk1(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
+                kbits)
 
 
 # ---------------------------------------------------------------- float block
@@ -384,6 +404,132 @@ def _act_rows(src, dst, ep, r1, r2, nres):
             if nres > 1:
                 t += rb[o]
             d[o] = t if t >= 0 else t * ep[5, o]
+
+
+def _act_codegen(nres: int):
+    """LLVM IR of the epilogue (:func:`_act_rows`, then the signs :func:`_pack_rows`
+    takes) for C-contiguous [W, C] rows, C a multiple of FMA_LANES. Per vector of
+    channels its six ``ep`` vectors stay in registers while the pixels stream past:
+    fma, compare-select, fma, residual adds, compare-select, times the gate (flags &
+    8: a squeeze-excite product, r2 then a gate row [C]); the result is stored
+    (flags & 1) and/or its sign mask (flags & 2; compare per flags & 4 as in
+    _pack_rows' mode) or-ed into the packed word at p * pstride + g * wpg + j, bit
+    offset (c % cg) % 64 (cg a multiple of FMA_LANES, so a vector never straddles
+    words). LLVM's own loops ran one 64-channel pixel at a time, their set-up and alias
+    checks costing more than the arithmetic, and packing re-read every value."""
+
+    def codegen(context, builder, signature, args):
+        src_v, dst_v, ep_v, r1_v, r2_v, npix, nch, q_v, pstride, cg, wpg, flags = args
+        i64, f32 = ir.IntType(64), ir.FloatType()
+        vt = ir.VectorType(f32, FMA_LANES)
+        data = _array_data(context, builder, signature)
+        src, dst, ep, qp = data(0, src_v), data(1, dst_v), data(2, ep_v), data(7, q_v)
+        res = [data(3, r1_v), data(4, r2_v)][:nres]
+        mod = builder.module
+        name = f"llvm.fma.v{FMA_LANES}f32"
+        fma = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt] * 3), name)
+        zero_v, zero = ir.Constant(vt, None), ir.Constant(i64, 0)
+
+        def const(v):
+            return ir.Constant(i64, v)
+
+        def vload(ptr, off):
+            return builder.load(builder.bitcast(builder.gep(ptr, [off]), vt.as_pointer()),
+                                align=4)
+
+        def prelu(t, slope):
+            return builder.select(builder.fcmp_ordered(">=", t, zero_v), t,
+                                  builder.fmul(t, slope))
+
+        def flag(bit):
+            return builder.icmp_signed("!=", builder.and_(flags, const(bit)), zero)
+
+        store_f, pack, le, gated = flag(1), flag(2), flag(4), flag(8)
+        pre = builder.block
+        outer = builder.append_basic_block("act.chunk")
+        load_gate = builder.append_basic_block("act.gate")
+        chunk_body = builder.append_basic_block("act.chunk_body")
+        inner = builder.append_basic_block("act.pix")
+        do_store = builder.append_basic_block("act.store")
+        after_store = builder.append_basic_block("act.stored")
+        do_pack = builder.append_basic_block("act.pack")
+        next_pix = builder.append_basic_block("act.next_pix")
+        next_chunk = builder.append_basic_block("act.next")
+        done = builder.append_basic_block("act.done")
+        builder.cbranch(builder.and_(builder.icmp_signed(">", nch, zero),
+                                     builder.icmp_signed(">", npix, zero)), outer, done)
+        builder.position_at_end(outer)
+        c = builder.phi(i64)
+        c.add_incoming(zero, pre)
+        evs = [vload(ep, builder.add(builder.mul(const(j), nch), c)) for j in range(6)]
+        builder.cbranch(gated, load_gate, chunk_body)
+        builder.position_at_end(load_gate)
+        gv_loaded = vload(data(4, r2_v), c)  # flags & 8: r2 holds a gate row [C]
+        builder.branch(chunk_body)
+        builder.position_at_end(chunk_body)
+        gv = builder.phi(vt)
+        gv.add_incoming(ir.Constant(vt, [1.0] * FMA_LANES), outer)
+        gv.add_incoming(gv_loaded, load_gate)
+        # the chunk's packed word (g * wpg + j) and bit offset in it
+        cgs = builder.select(builder.icmp_signed(">", cg, zero), cg, const(1))
+        g = builder.sdiv(c, cgs)
+        within = builder.sub(c, builder.mul(g, cgs))
+        word = builder.add(builder.mul(g, wpg), builder.sdiv(within, const(64)))
+        shift = builder.srem(within, const(64))
+        first = builder.icmp_signed("==", shift, zero)
+        builder.branch(inner)
+        builder.position_at_end(inner)
+        p = builder.phi(i64)
+        p.add_incoming(zero, chunk_body)
+        off = builder.add(builder.mul(p, nch), c)
+        t = builder.call(fma, [vload(src, off), evs[0], evs[1]])
+        t = builder.call(fma, [prelu(t, evs[2]), evs[3], evs[4]])
+        for r in res:
+            t = builder.fadd(t, vload(r, off))
+        out = builder.fmul(prelu(t, evs[5]), gv)  # x 1.0 (exact) without a gate
+        builder.cbranch(store_f, do_store, after_store)
+        builder.position_at_end(do_store)
+        builder.store(out, builder.bitcast(builder.gep(dst, [off]), vt.as_pointer()), align=4)
+        builder.branch(after_store)
+        builder.position_at_end(after_store)
+        builder.cbranch(pack, do_pack, next_pix)
+        builder.position_at_end(do_pack)
+        m = builder.select(le, builder.fcmp_unordered("<=", out, zero_v),
+                           builder.fcmp_ordered("<", out, zero_v))
+        bits = builder.zext(builder.bitcast(m, ir.IntType(FMA_LANES)), i64)
+        wptr = builder.gep(qp, [builder.add(builder.mul(p, pstride), word)])
+        old = builder.select(first, zero, builder.load(wptr))
+        builder.store(builder.or_(old, builder.shl(bits, shift)), wptr)
+        builder.branch(next_pix)
+        builder.position_at_end(next_pix)
+        p1 = builder.add(p, const(1))
+        p.add_incoming(p1, next_pix)
+        builder.cbranch(builder.icmp_signed("<", p1, npix), inner, next_chunk)
+        builder.position_at_end(next_chunk)
+        c1 = builder.add(c, const(FMA_LANES))
+        c.add_incoming(c1, next_chunk)
+        builder.cbranch(builder.icmp_signed("<", c1, nch), outer, done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _make_act(nres: int):
+    def act(typingctx, src, dst, ep, r1, r2, npix, nch, q, pstride, cg, wpg, flags):
+        sig = types.void(src, dst, ep, r1, r2, _I64, _I64, q, _I64, _I64, _I64, _I64)
+        return sig, _act_codegen(nres)
+    act.__name__ = act.__qualname__ = f"act_block{nres}"
+    return intrinsic(act)
+
+
+_act0, _act1, _act2 = (_make_act(r) for r in range(3))
+
+
+@njit(inline="always")
+def _rows_ok(a, c):
+    """Whether a 2-D array is C-contiguous rows of ``c`` floats (what _act0-2 read)."""
+    return a.strides[1] == 4 and a.strides[0] == 4 * c
 
 
 @njit(**_KW_SMALL)
@@ -501,20 +647,39 @@ def _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg):
     in-place update defeats LLVM's alias check and runs scalar, 10x slower.
     """
     nres, out_float, out_pack = cfg[EP_NRES], cfg[EP_OUT_FLOAT], cfg[EP_OUT_PACK]
+    gate = cfg[EP_GATE]  # res2 is then a gate [N, 1, 1, C] (nres <= 1)
     r1 = res1[n, oy] if nres > 0 else res1[0, 0]
-    r2 = res2[n, oy] if nres > 1 else res2[0, 0]
-    wo = v.shape[0]
+    r2 = res2[n, oy] if nres > 1 else res2[n, 0] if gate else res2[0, 0]
+    wo, c = v.shape
     dst = yout[n, oy] if out_float else tmp
+    ppl = cfg[EP_PPL]
+    q = pout[n, oy + cfg[EP_PPT], ppl:ppl + wo] if out_pack else pout[0, 0]
+    if (c % FMA_LANES == 0 and _rows_ok(v, c) and _rows_ok(dst, c) and _rows_ok(ep, c)
+            and (nres < 1 or _rows_ok(r1, c)) and (nres < 2 or _rows_ok(r2, c))
+            and (not out_pack or (cfg[EP_PCG] % FMA_LANES == 0 and q.strides[1] == 8))
+            and (not gate or r2.strides[1] == 4)):
+        flags = out_float + 2 * out_pack + 4 * (cfg[EP_PMODE] != 0) + 8 * (gate != 0)
+        ps = q.strides[0] // 8
+        if nres == 0:
+            _act0(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags)
+        elif nres == 1:
+            _act1(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags)
+        else:
+            _act2(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags)
+        return
     _act_rows(v, dst, ep, r1, r2, nres)
+    if gate:
+        g = r2[0]
+        for i in range(wo):
+            for o in range(c):
+                dst[i, o] *= g[o]
     if out_pack:
-        ppl = cfg[EP_PPL]
-        _pack_rows(dst, pout[n, oy + cfg[EP_PPT], ppl:ppl + wo], cfg[EP_PMODE], cfg[EP_PG],
-                   cfg[EP_PCG], cfg[EP_PWPG])
+        _pack_rows(dst, q, cfg[EP_PMODE], cfg[EP_PG], cfg[EP_PCG], cfg[EP_PWPG])
 
 
 # cfg layout of the epilogue part, shared by every conv kernel
 EP_NRES, EP_OUT_FLOAT, EP_OUT_PACK, EP_PMODE, EP_PG, EP_PCG, EP_PWPG, EP_PPT, EP_PPL, \
-    EP_OUT_ACC = range(20, 30)
+    EP_OUT_ACC, EP_GATE = range(20, 31)
 CFG_SIZE = 32
 
 
@@ -588,9 +753,9 @@ def _acc1x2(a0, a1, x0, y0, w0):
 
 
 @njit(inline="always")
-def _block_row(pf, xoffs, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, sums):
-    """Sums of output row (n, y0 / sh) for channel block ``b`` into sums [Wo * Og], in
-    blocks of :func:`_block_npix` pixels (:func:`_xor_popcount_block`)."""
+def _block_row(pf, xoffs, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf, kbits):
+    """Dot products of output row (n, y0 / sh) for channel block ``b`` into vf [Wo * Og]
+    (float32), in blocks of :func:`_block_npix` pixels (:func:`_xor_popcount_block`)."""
     rowgap = wp * wpg - krow
     woff = b * nk * BLOCK_CHANNELS
     ox = 0
@@ -599,7 +764,7 @@ def _block_row(pf, xoffs, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, sum
         for px in range(npix):
             xoffs[px] = ((n * hp + y0) * wp + (ox + px) * sw) * wpg
         _xor_popcount_block(npix, pf, xoffs, krow, 1, rowgap, wblk, woff, BLOCK_CHANNELS, nk,
-                            sums, ox * og + b * BLOCK_CHANNELS, og)
+                            vf, ox * og + b * BLOCK_CHANNELS, og, kbits)
         ox += npix
 
 
@@ -638,7 +803,7 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
         v = np.empty((wo, ng * og), np.float32)
         tmp = np.empty_like(v)
         xoffs = np.empty(WIDE_PIXELS, np.int64)  # where a block's pixels start in pf
-        sums = np.empty(wo * og, np.int64)
+        vf = v.reshape(-1)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
             y0 = oy * sh
@@ -648,8 +813,7 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                 # outer, so a block's weights stay in L1 along the row
                 for b in range(og // BLOCK_CHANNELS):
                     _block_row(pf, xoffs, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b,
-                               sums)
-                _sums_to_row(sums, v, kbits)
+                               vf, kbits)
             elif contiguous:
                 # one group, dilation 1: a kernel row's words are kw * WPG consecutive words
                 # of the input row. Two output pixels at a time, three words at a time:
@@ -772,15 +936,6 @@ def pack_windows(p, out, t, cg, nt):
 
 
 @njit(**_KW_SMALL)
-def _sums_to_row(sums, v, kbits):
-    """v[ox, o] = kbits - 2 * sums[ox * C + o] for a row [Wo, C]: one flat loop (per
-    pixel, a 16-channel loop ran LLVM's scalar remainder)."""
-    vf = v.reshape(-1)
-    for i in range(vf.shape[0]):
-        vf[i] = kbits - 2 * sums[i]
-
-
-@njit(**_KW_SMALL)
 def _win_border(vr, corr, y0, x0, pt, pl, kh, kw, h_in, w_in, ng, og):
     """Zero padding: take out the taps of output pixel (y0, x0) that fall in the halo."""
     for ky in range(kh):
@@ -831,7 +986,7 @@ def bconv_win(p, w, wblk, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg,
         v = np.empty((wo, nout), np.float32)
         tmp = np.empty_like(v)
         xoffs = np.empty(WIDE_PIXELS, np.int64)
-        sums = np.empty(wo * nout, np.int64)
+        vf = v.reshape(-1)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
             y0 = oy * sh
@@ -846,10 +1001,9 @@ def bconv_win(p, w, wblk, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg,
                         for b in range(nbc):
                             _xor_popcount_block_masked(
                                 npix, pf, masks, xoffs, nch, kstep,
-                                rowgap, wblk[g, b], 0, BLOCK_CHANNELS, nk, sums,
-                                ox * nout + g * og + b * BLOCK_CHANNELS, nout)
+                                rowgap, wblk[g, b], 0, BLOCK_CHANNELS, nk, vf,
+                                ox * nout + g * og + b * BLOCK_CHANNELS, nout, kbits)
                     ox += npix
-                _sums_to_row(sums, v, kbits)
             for ox in range(wo):
                 x0 = ox * sw
                 border = border_y or (use_corr != 0 and (x0 - pl < 0 or x0 - pl + kw - 1 >= w_in))
@@ -1452,12 +1606,12 @@ def xor_popcount_peak(xs, w, reps):
     BLOCK_CHANNELS] words, ``xs`` 4 x K. A bit of ``xs`` flips after each call, so the
     calls cannot be hoisted."""
     nk = w.shape[0]
-    out = np.zeros(BLOCK_PIXELS * BLOCK_CHANNELS, np.int64)
+    out = np.zeros(BLOCK_PIXELS * BLOCK_CHANNELS, np.float32)
     xoffs = np.arange(BLOCK_PIXELS) * nk
-    total = np.int64(0)
+    total = 0.0
     for r in range(reps):
         _xor_popcount_block(BLOCK_PIXELS, xs, xoffs, nk, 1, 0, w, 0, BLOCK_CHANNELS, nk, out, 0,
-                            BLOCK_CHANNELS)
+                            BLOCK_CHANNELS, 64 * nk)
         total += out[r % out.shape[0]]
         xs[r % xs.shape[0]] ^= _ONE
     return total
