@@ -406,17 +406,37 @@ def _act_rows(src, dst, ep, r1, r2, nres):
             d[o] = t if t >= 0 else t * ep[5, o]
 
 
+# Epilogue stages an op really has (``ep_kind``): bit 0 the first affine, 1 the first
+# PReLU, 2 the second affine, 3 the second PReLU, 4 the gate. The IR epilogue has a
+# loop of its own for each kind below (what the zoo's layers use) and a general one
+# for the rest: on AVX-512's two vector ports the general chain (two fma, two
+# compare-selects, two multiplies, the gate's) was the bound, twice a BN + PReLU's.
+EP_KINDS = (0b00011, 0b10011, 0b00001, 0b01001, 0b00110, 0b01110, 0b00000)
+EP_KIND_ALL = 0b11111
+
+
+def ep_kind(ep: np.ndarray) -> int:
+    """The stages of an epilogue [6, C] that are not the identity (bits as EP_KINDS).
+    Skipping one changes at most the sign of a zero (x * 1 + 0 turns -0 into +0),
+    which no sign or sum downstream sees."""
+    a1 = not (np.all(ep[0] == 1) and np.all(ep[1] == 0))
+    a2 = not (np.all(ep[3] == 1) and np.all(ep[4] == 0))
+    return int(a1) | int(not np.all(ep[2] == 1)) << 1 | int(a2) << 2 | \
+        int(not np.all(ep[5] == 1)) << 3
+
+
 def _act_codegen(nres: int):
     """LLVM IR of the epilogue (:func:`_act_rows`, then the signs :func:`_pack_rows`
     takes) for C-contiguous [W, C] rows, C a multiple of FMA_LANES. Per vector of
     channels its six ``ep`` vectors stay in registers while the pixels stream past:
     fma, compare-select, fma, residual adds, compare-select, times the gate (flags &
-    8: a squeeze-excite product, r2 then a gate row [C]); the result is stored
-    (flags & 1) and/or its sign mask (flags & 2; compare per flags & 4 as in
-    _pack_rows' mode) or-ed into the packed word at p * pstride + g * wpg + j, bit
-    offset (c % cg) % 64 (cg a multiple of FMA_LANES, so a vector never straddles
-    words). LLVM's own loops ran one 64-channel pixel at a time, their set-up and alias
-    checks costing more than the arithmetic, and packing re-read every value."""
+    8: a squeeze-excite product, r2 then a gate row [C]), each stage only where
+    ``flags >> 4`` (:func:`ep_kind`) has it; the result is stored (flags & 1) and/or
+    its sign mask (flags & 2; compare per flags & 4 as in _pack_rows' mode) or-ed into
+    the packed word at p * pstride + g * wpg + j, bit offset (c % cg) % 64 (cg a
+    multiple of FMA_LANES, so a vector never straddles words). LLVM's own loops ran
+    one 64-channel pixel at a time, their set-up and alias checks costing more than
+    the arithmetic, and packing re-read every value."""
 
     def codegen(context, builder, signature, args):
         src_v, dst_v, ep_v, r1_v, r2_v, npix, nch, q_v, pstride, cg, wpg, flags = args
@@ -445,22 +465,21 @@ def _act_codegen(nres: int):
             return builder.icmp_signed("!=", builder.and_(flags, const(bit)), zero)
 
         store_f, pack, le, gated = flag(1), flag(2), flag(4), flag(8)
+        kind = builder.or_(builder.and_(builder.ashr(flags, const(4)), const(15)),
+                           builder.shl(builder.and_(builder.ashr(flags, const(3)), const(1)),
+                                       const(4)))
         pre = builder.block
         outer = builder.append_basic_block("act.chunk")
         load_gate = builder.append_basic_block("act.gate")
         chunk_body = builder.append_basic_block("act.chunk_body")
-        inner = builder.append_basic_block("act.pix")
-        do_store = builder.append_basic_block("act.store")
-        after_store = builder.append_basic_block("act.stored")
-        do_pack = builder.append_basic_block("act.pack")
-        next_pix = builder.append_basic_block("act.next_pix")
         next_chunk = builder.append_basic_block("act.next")
         done = builder.append_basic_block("act.done")
         builder.cbranch(builder.and_(builder.icmp_signed(">", nch, zero),
                                      builder.icmp_signed(">", npix, zero)), outer, done)
         builder.position_at_end(outer)
-        c = builder.phi(i64)
-        c.add_incoming(zero, pre)
+        c, g, within = builder.phi(i64), builder.phi(i64), builder.phi(i64)
+        for phi in (c, g, within):
+            phi.add_incoming(zero, pre)
         evs = [vload(ep, builder.add(builder.mul(const(j), nch), c)) for j in range(6)]
         builder.cbranch(gated, load_gate, chunk_body)
         builder.position_at_end(load_gate)
@@ -470,44 +489,68 @@ def _act_codegen(nres: int):
         gv = builder.phi(vt)
         gv.add_incoming(ir.Constant(vt, [1.0] * FMA_LANES), outer)
         gv.add_incoming(gv_loaded, load_gate)
-        # the chunk's packed word (g * wpg + j) and bit offset in it
-        cgs = builder.select(builder.icmp_signed(">", cg, zero), cg, const(1))
-        g = builder.sdiv(c, cgs)
-        within = builder.sub(c, builder.mul(g, cgs))
-        word = builder.add(builder.mul(g, wpg), builder.sdiv(within, const(64)))
-        shift = builder.srem(within, const(64))
+        # the chunk's packed word (g * wpg + j) and bit offset in it: group g and the
+        # offset ``within`` it are carried from chunk to chunk (no division)
+        word = builder.add(builder.mul(g, wpg), builder.ashr(within, const(6)))
+        shift = builder.and_(within, const(63))
         first = builder.icmp_signed("==", shift, zero)
-        builder.branch(inner)
-        builder.position_at_end(inner)
-        p = builder.phi(i64)
-        p.add_incoming(zero, chunk_body)
-        off = builder.add(builder.mul(p, nch), c)
-        t = builder.call(fma, [vload(src, off), evs[0], evs[1]])
-        t = builder.call(fma, [prelu(t, evs[2]), evs[3], evs[4]])
-        for r in res:
-            t = builder.fadd(t, vload(r, off))
-        out = builder.fmul(prelu(t, evs[5]), gv)  # x 1.0 (exact) without a gate
-        builder.cbranch(store_f, do_store, after_store)
-        builder.position_at_end(do_store)
-        builder.store(out, builder.bitcast(builder.gep(dst, [off]), vt.as_pointer()), align=4)
-        builder.branch(after_store)
-        builder.position_at_end(after_store)
-        builder.cbranch(pack, do_pack, next_pix)
-        builder.position_at_end(do_pack)
-        m = builder.select(le, builder.fcmp_unordered("<=", out, zero_v),
-                           builder.fcmp_ordered("<", out, zero_v))
-        bits = builder.zext(builder.bitcast(m, ir.IntType(FMA_LANES)), i64)
-        wptr = builder.gep(qp, [builder.add(builder.mul(p, pstride), word)])
-        old = builder.select(first, zero, builder.load(wptr))
-        builder.store(builder.or_(old, builder.shl(bits, shift)), wptr)
-        builder.branch(next_pix)
-        builder.position_at_end(next_pix)
-        p1 = builder.add(p, const(1))
-        p.add_incoming(p1, next_pix)
-        builder.cbranch(builder.icmp_signed("<", p1, npix), inner, next_chunk)
+
+        def pixel_loop(stages: int):
+            """The pixel loop for one kind; returns its first block."""
+            inner = builder.append_basic_block(f"act.pix{stages}")
+            do_store = builder.append_basic_block("act.store")
+            after_store = builder.append_basic_block("act.stored")
+            do_pack = builder.append_basic_block("act.pack")
+            next_pix = builder.append_basic_block("act.next_pix")
+            builder.position_at_end(inner)
+            p = builder.phi(i64)
+            p.add_incoming(zero, chunk_body)
+            off = builder.add(builder.mul(p, nch), c)
+            t = vload(src, off)
+            if stages & 1:
+                t = builder.call(fma, [t, evs[0], evs[1]])
+            if stages & 2:
+                t = prelu(t, evs[2])
+            if stages & 4:
+                t = builder.call(fma, [t, evs[3], evs[4]])
+            for r in res:
+                t = builder.fadd(t, vload(r, off))
+            if stages & 8:
+                t = prelu(t, evs[5])
+            out = builder.fmul(t, gv) if stages & 16 else t
+            builder.cbranch(store_f, do_store, after_store)
+            builder.position_at_end(do_store)
+            builder.store(out, builder.bitcast(builder.gep(dst, [off]), vt.as_pointer()),
+                          align=4)
+            builder.branch(after_store)
+            builder.position_at_end(after_store)
+            builder.cbranch(pack, do_pack, next_pix)
+            builder.position_at_end(do_pack)
+            m = builder.select(le, builder.fcmp_unordered("<=", out, zero_v),
+                               builder.fcmp_ordered("<", out, zero_v))
+            bits = builder.zext(builder.bitcast(m, ir.IntType(FMA_LANES)), i64)
+            wptr = builder.gep(qp, [builder.add(builder.mul(p, pstride), word)])
+            old = builder.select(first, zero, builder.load(wptr))
+            builder.store(builder.or_(old, builder.shl(bits, shift)), wptr)
+            builder.branch(next_pix)
+            builder.position_at_end(next_pix)
+            p1 = builder.add(p, const(1))
+            p.add_incoming(p1, next_pix)
+            builder.cbranch(builder.icmp_signed("<", p1, npix), inner, next_chunk)
+            return inner
+
+        loops = {k: pixel_loop(k) for k in (EP_KIND_ALL, *EP_KINDS)}
+        builder.position_at_end(chunk_body)
+        sw = builder.switch(kind, loops[EP_KIND_ALL])
+        for k in EP_KINDS:
+            sw.add_case(ir.Constant(i64, k), loops[k])
         builder.position_at_end(next_chunk)
         c1 = builder.add(c, const(FMA_LANES))
+        w1 = builder.add(within, const(FMA_LANES))
+        wrap = builder.icmp_signed(">=", w1, cg)
         c.add_incoming(c1, next_chunk)
+        g.add_incoming(builder.select(wrap, builder.add(g, const(1)), g), next_chunk)
+        within.add_incoming(builder.select(wrap, zero, w1), next_chunk)
         builder.cbranch(builder.icmp_signed("<", c1, nch), outer, done)
         builder.position_at_end(done)
         return context.get_dummy_value()
@@ -658,7 +701,8 @@ def _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg):
             and (nres < 1 or _rows_ok(r1, c)) and (nres < 2 or _rows_ok(r2, c))
             and (not out_pack or (cfg[EP_PCG] % FMA_LANES == 0 and q.strides[1] == 8))
             and (not gate or r2.strides[1] == 4)):
-        flags = out_float + 2 * out_pack + 4 * (cfg[EP_PMODE] != 0) + 8 * (gate != 0)
+        flags = (out_float + 2 * out_pack + 4 * (cfg[EP_PMODE] != 0) + 8 * (gate != 0)
+                 + 16 * cfg[EP_KIND])
         ps = q.strides[0] // 8
         if nres == 0:
             _act0(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags)
@@ -679,7 +723,7 @@ def _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg):
 
 # cfg layout of the epilogue part, shared by every conv kernel
 EP_NRES, EP_OUT_FLOAT, EP_OUT_PACK, EP_PMODE, EP_PG, EP_PCG, EP_PWPG, EP_PPT, EP_PPL, \
-    EP_OUT_ACC, EP_GATE = range(20, 31)
+    EP_OUT_ACC, EP_GATE, EP_KIND = range(20, 32)
 CFG_SIZE = 32
 
 
@@ -1166,10 +1210,11 @@ def _fma_pixels(xf, xoffs, base, pstep, krow, rowgap, nk, wf, o0, nvb, nout, npx
 
 @_rows(**_KW_FMA)
 def dense(x, w, b, y, nt):
-    """y = x @ w + b for C-contiguous x [M, K], w [K, O] (O a multiple of FMA_LANES):
-    the register block, threads splitting the output channels in stripes of 64, so a
-    one-row product (a face's embedding head) splits too and each thread reads only
-    its share of the weights. ``b`` empty: no bias."""
+    """y = x @ w + b for C-contiguous x [M, K], w [K, O], y [M, O]: the register block,
+    threads splitting the output channels in stripes of 64, so a one-row product (a
+    face's embedding head) splits too and each thread reads only its share of the
+    weights; outputs past the last whole vector summed one by one, in the same order.
+    ``b`` empty: no bias."""
     m, k = x.shape
     nout = w.shape[1]
     xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
@@ -1179,8 +1224,15 @@ def dense(x, w, b, y, nt):
         xoffs = np.empty(FMA_MAX_PIXELS, np.int64)
         for st in range(ch * nstripe // nt, (ch + 1) * nstripe // nt):
             o0 = st * 4 * FMA_LANES
-            _fma_pixels(xf, xoffs, 0, k, k, 0, k, wf, o0, min(4, (nout - o0) // FMA_LANES),
-                        nout, m, yf)
+            nvb = min(4, (nout - o0) // FMA_LANES)
+            if nvb:
+                _fma_pixels(xf, xoffs, 0, k, k, 0, k, wf, o0, nvb, nout, m, yf)
+            for o in range(o0 + nvb * FMA_LANES, min(o0 + 4 * FMA_LANES, nout)):
+                for r in range(m):
+                    acc = np.float32(0)
+                    for j in range(k):
+                        acc += x[r, j] * w[j, o]
+                    y[r, o] = acc
             if b.shape[0]:
                 for r in range(m):
                     for o in range(o0, min(o0 + 4 * FMA_LANES, nout)):

@@ -315,6 +315,7 @@ class _ConvLike(Op):
     def check_epilogue(self, nout: int) -> None:
         """The ``ep`` tensor and a fused ``pack`` for ``nout`` output channels."""
         self.ep = self.tensor("ep", _F32, (6, nout))
+        self.cfg[K.EP_KIND] = K.ep_kind(self.ep)  # the IR epilogue skips identity stages
         if self.pack is not None:
             groups, cg = int(self.cfg[K.EP_PG]), int(self.cfg[K.EP_PCG])
             if groups * cg != nout:

@@ -14,7 +14,7 @@ from binface.runtime import kernels as K
 from binface.runtime.errors import UnsupportedOpError
 from binface.runtime.ops.base import MAX_MACS, Op
 from binface.runtime.ops.functions import BINARY, REDUCE, UNARY
-from binface.runtime.ops.layout import _F32, as_nchw, nhwc, resolve
+from binface.runtime.ops.layout import _F32, _NO_BIAS, as_nchw, nhwc, resolve
 
 
 def _check_matmul(op: Op, ctx, a_shape: tuple, b_shape: tuple) -> None:
@@ -29,9 +29,6 @@ def _check_matmul(op: Op, ctx, a_shape: tuple, b_shape: tuple) -> None:
                      f"{MAX_MACS} MACs per sample")
 
 
-_NO_BIAS = np.zeros(0, _F32)
-
-
 class LinearOp(Op):
     def __init__(self, node, tensors, graph) -> None:
         super().__init__(node, tensors, graph)
@@ -42,8 +39,7 @@ class LinearOp(Op):
         x = env[self.inputs[0]]
         _check_matmul(self, ctx, x.shape, self.w.shape)
         if (x.ndim == 2 and x.dtype == _F32 and x.flags.c_contiguous and x.shape[1] ==
-                self.w.shape[0] and self.w.shape[1] % K.FMA_LANES == 0 and
-                (self.b is None or self.b.size == self.w.shape[1])):
+                self.w.shape[0] and (self.b is None or self.b.size == self.w.shape[1])):
             y = np.empty((x.shape[0], self.w.shape[1]), _F32)  # returned: a fresh array
             b = _NO_BIAS if self.b is None else self.b.reshape(-1).astype(_F32, copy=False)
             ctx.k.dense(x, self.w, b, y, ctx.nt)

@@ -10,7 +10,7 @@ import numpy as np
 
 from binface.runtime import kernels as K
 from binface.runtime.ops.base import MAX_INT, MAX_MACS, Op, _ConvLike, conv_out
-from binface.runtime.ops.layout import _DUMMY_EP, _F32, as_nchw, nhwc
+from binface.runtime.ops.layout import _DUMMY_EP, _F32, _NO_BIAS, as_nchw, nhwc
 
 
 def _float_window(op: Op, ceil_mode: bool = False, dilation: bool = True):
@@ -131,36 +131,47 @@ class ConvOp(_ConvLike):
         elif self.pointwise and self.nout % K.FMA_LANES == 0 and x.flags.c_contiguous:
             calls = [(ctx.k.conv1x1, (x, self.w[0]) + ep)]
         else:
-            raw = self.gemm(ctx, x)
-            calls = [(ctx.k.epilogue_nhwc, (raw.reshape(m, ho, wo, self.nout),) + ep)]
-            views = None  # the GEMM's BLAS calls are not in ``calls``: no replay
+            raw, calls = self.gemm(ctx, x)
+            calls.append((ctx.k.epilogue_nhwc, (raw.reshape(m, ho, wo, self.nout),) + ep))
+            if self.pointwise and not x.flags.c_contiguous:
+                views = None  # the product reads a channels-last copy: stale next run
         self.issue(calls)
         self.store(env, ctx, y, q)
         self.remember(env, ctx, calls, views)
 
-    def gemm(self, ctx, x: np.ndarray) -> np.ndarray:
-        """The raw conv sums [M * Ho * Wo, O]: im2col + BLAS GEMM per group."""
+    def gemm(self, ctx, x: np.ndarray) -> tuple[np.ndarray, list]:
+        """The raw conv sums [M * Ho * Wo, O] (a kept buffer) and the calls that make them:
+        im2col, then per group the register-blocked ``dense`` (one group) or a BLAS
+        GEMM (several: their output columns are strided). Blocks of output rows keep
+        the patches in cache. BLAS ran these small products (BinaryFaceNet's heads:
+        16 x 576 x 128, 1 x 2048 x 128) at 2-3x the time, worse on a cold first call."""
         m = x.shape[0]
         ho, wo = self.out_hw
         ng, kk, og = self.w.shape
         rows = m * ho * wo
         raw = self.buffer(ctx, "raw", (rows, ng * og))
+
+        def product(a, g, out):
+            if ng == 1 and a.flags.c_contiguous:
+                return ctx.k.dense, (a, self.w[0], _NO_BIAS, out, ctx.nt)
+            return _matmul_into, (a, self.w[g], out)
+
         if self.pointwise:
-            np.matmul(x.reshape(rows, -1), self.w[0], out=raw)
-            return raw
+            return raw, [product(x.reshape(rows, -1), 0, raw)]
         qn = m * ho  # output image rows
         step = min(self.block_rows, qn)
         cols = self.buffer(ctx, "cols", (step * wo, kk))
+        calls = []
         for g in range(ng):
-            cfg_g = self.cols_cfg.copy()
-            cfg_g[10] = g * cfg_g[11]
             for q0 in range(0, qn, step):
                 q1 = min(q0 + step, qn)
+                cfg_g = self.cols_cfg.copy()
+                cfg_g[10] = g * cfg_g[11]
                 cfg_g[12], cfg_g[13] = q0, q1
                 nr = (q1 - q0) * wo
-                ctx.k.im2col(x, cols, self.pad_value, cfg_g, ctx.nt)
-                np.matmul(cols[:nr], self.w[g], out=raw[q0 * wo:q1 * wo, g * og:(g + 1) * og])
-        return raw
+                calls += [(ctx.k.im2col, (x, cols, self.pad_value, cfg_g, ctx.nt)),
+                          product(cols[:nr], g, raw[q0 * wo:q1 * wo, g * og:(g + 1) * og])]
+        return raw, calls
 
     def padded(self, ctx, x: np.ndarray) -> np.ndarray:
         """A kept buffer for ``x`` (NHWC) with the conv's padding (pad value) around it,
@@ -220,6 +231,10 @@ def gated_conv(conv: ConvOp, pack: Op, gate: str, tensors, graph) -> GatedConvOp
             "in": [conv.inputs[0], gate, *conv.inputs[1:]], "out": list(pack.outputs),
             "attrs": attrs}
     return GatedConvOp(node, tensors, graph)
+
+
+def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    np.matmul(a, b, out=out)
 
 
 class EwiseOp(_ConvLike):

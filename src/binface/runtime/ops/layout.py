@@ -17,6 +17,7 @@ _DUMMY_U4 = np.zeros((1, 1, 1, 1), np.uint64)
 _DUMMY_I4 = np.zeros((1, 1, 1, 1), np.int32)
 _DUMMY_F2 = np.zeros((1, 1), _F32)
 _DUMMY_EP = np.zeros((6, 1), _F32)
+_NO_BIAS = np.zeros(0, _F32)  # a dense product without bias
 
 
 def pack_bits(neg: np.ndarray) -> np.ndarray:
