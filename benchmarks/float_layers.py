@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-FLOAT_OPS = ("conv", "linear")
+FLOAT_OPS = ("conv", "linear", "head")
 
 
 def _act(nodes, inits, x: str, slope: np.ndarray, tag: str) -> str:
@@ -119,6 +119,33 @@ def linear_as_onnx(op, x_shape: tuple) -> bytes:
         helper.make_opsetid("", 17)]).SerializeToString()
 
 
+def head_as_onnx(op, x_shape: tuple) -> bytes:
+    """A packed ``head`` (global pool, flatten, dense, optional affine) on NCHW input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.ascontiguousarray(op.w, np.float32), "w")]
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "w"], ["y0"])]
+    y = "y0"
+    if op.b.size:
+        inits.append(numpy_helper.from_array(op.b.astype(np.float32), "b"))
+        nodes.append(helper.make_node("Add", [y, "b"], ["y1"]))
+        y = "y1"
+    if op.affine is not None:
+        inits += [numpy_helper.from_array(op.affine.scale.reshape(-1), "s"),
+                  numpy_helper.from_array(op.affine.shift.reshape(-1), "t")]
+        nodes += [helper.make_node("Mul", [y, "s"], ["y2"]),
+                  helper.make_node("Add", ["y2", "t"], ["y3"])]
+        y = "y3"
+    n, h, w, c = x_shape
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [n, c, h, w])], [helper.make_tensor_value_info(
+            y, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("", 17)]).SerializeToString()
+
+
 def compare_model(name: str, rounds: int, per_round: int) -> list[dict]:
     """Every float conv / dense op of ``name``'s packed graph, packed vs ORT, in ms."""
     import onnxruntime as ort
@@ -155,6 +182,12 @@ def compare_model(name: str, rounds: int, per_round: int) -> list[dict]:
                           for i, r in enumerate(res)})
             what = ("depthwise " if op.depthwise else "") + "x".join(map(str, op.kernel)) + \
                 f"/{op.stride[0]} {op.cin}->{op.nout}"
+        elif kind == "head":
+            xin = nhwc(env_in[op.inputs[0]])
+            proto = head_as_onnx(op, xin.shape)
+            feeds = {"x": np.ascontiguousarray(xin.transpose(0, 3, 1, 2))}
+            what = f"pool, dense {op.w.shape[0]}->{op.w.shape[1]}" + (
+                ", BN" if op.affine is not None else "")
         else:
             xin = env_in[op.inputs[0]]
             proto = linear_as_onnx(op, xin.shape)
@@ -164,10 +197,10 @@ def compare_model(name: str, rounds: int, per_round: int) -> list[dict]:
         got = sess.run(None, feeds)[0]
         env2 = dict(env_in)
         op(env2, ctx)
-        ref = env2[op.outputs[0]] if op.node["op"] == "linear" or op.out_float else None
+        ref = env2[op.outputs[0]] if kind in ("linear", "head") or op.out_float else None
         agree = None
         if ref is not None:
-            ref = ref if kind == "linear" else np.asarray(ref)
+            ref = np.asarray(ref)
             ref = ref.reshape(got.shape) if ref.size == got.size else None
             if ref is not None:
                 agree = float(np.abs(ref - got).max() / max(np.abs(ref).max(), 1e-12))

@@ -339,6 +339,27 @@ def test_gated_stem_is_recomputed_not_stored(channels, tmp_path):
         assert np.array_equal(eng.run(x), want) and np.array_equal(eng.run(x[:1]), want[:1])
 
 
+@pytest.mark.parametrize("bn", [True, False])
+def test_embedding_head_is_one_op(bn, tmp_path):
+    """Global pool, flatten, dense (20 outputs: a vector and a scalar tail) [, BN1d]
+    run as one op, with the same outputs as the file's own four (three) nodes."""
+    from binface.runtime.ops.floats import PoolDenseOp
+
+    torch.manual_seed(0)
+    layers = [BinaryConv2d(16, 32, 3, padding="same"), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+              nn.Linear(32, 20)] + ([nn.BatchNorm1d(20)] if bn else [])
+    model = randomize_bn(nn.Sequential(*layers))
+    eng, y, recs, ref = run_both(model, (16, 7, 7), tmp_path, batch=3)
+    assert [type(op) for op in eng.ops].count(PoolDenseOp) == 1 and len(eng.ops) == 3
+    assert rel_err(y, ref) < 1e-5
+    x = np.random.default_rng(2).standard_normal((3, 16, 7, 7), dtype=np.float32)
+    want = load_packed(tmp_path / "m.bfp", fuse=False).run(x)
+    for threads in (1, 2):
+        eng = load_packed(tmp_path / "m.bfp", threads=threads)
+        for _ in range(2):  # the second run replays the head's calls
+            assert np.array_equal(eng.run(x), want)
+
+
 @pytest.mark.parametrize("name", ["mobilefacenet", "edgeface_xs"])
 def test_packed_engine_runs_float_models(name, tmp_path):
     """The engine's float ops (grouped / depthwise convs, attention, softmax, norms)."""

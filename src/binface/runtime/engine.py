@@ -25,6 +25,7 @@ from binface.runtime.bfp import read_bfp
 from binface.runtime.errors import PackedFormatError, UnsupportedOpError
 from binface.runtime.ops.base import MAX_MACS, MAX_VALUE_BYTES, Op, RunContext, check_dims
 from binface.runtime.ops.binary import BConvOp, BDwConvOp, PackOp
+from binface.runtime.ops.floats import pool_dense
 from binface.runtime.ops.fused import ConvOp, gated_conv
 from binface.runtime.ops.layout import _F32, as_nchw, nhwc, pack_bits, resolve
 from binface.runtime.ops.table import ENGINE_OPS as OPS
@@ -104,16 +105,22 @@ def check_graph(graph, tensors: dict[str, np.ndarray]) -> None:
             raise PackedFormatError(f"the graph's output {o!r} is made by no node")
 
 
+def _readers(ops: list[Op]) -> dict[str, int]:
+    """How many op inputs read each value."""
+    readers: dict[str, int] = {}
+    for op in ops:
+        for name in op.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    return readers
+
+
 def fuse_gated_packs(ops: list[Op], graph: dict, tensors: dict) -> list[Op]:
     """Replace each ``pack`` of a few-channel conv's float output times a gate (the
     squeeze-excite on BinaryFaceNet's RGB stem) by the conv recomputed with the gate
     in its epilogue (:class:`~binface.runtime.ops.fused.GatedConvOp`), when nothing
     else reads that float output; the conv itself then stores only its packed signs."""
     producer = {o: op for op in ops for o in op.outputs}
-    readers: dict[str, int] = {}
-    for op in ops:
-        for name in op.inputs:
-            readers[name] = readers.get(name, 0) + 1
+    readers = _readers(ops)
     swap: dict[int, Op | None] = {}
     for op in ops:
         if type(op) is not PackOp or not op.gate or op.affine or op.linear:
@@ -134,6 +141,30 @@ def fuse_gated_packs(ops: list[Op], graph: dict, tensors: dict) -> list[Op]:
     if not swap:
         return ops
     return [o for o in (swap.get(id(op), op) for op in ops) if o is not None]
+
+
+def fuse_heads(ops: list[Op], graph: dict, tensors: dict) -> list[Op]:
+    """Replace each run of adaptive_avgpool (1 x 1), reshape, linear [, affine], each
+    feeding only the next, by one :class:`~binface.runtime.ops.floats.PoolDenseOp`."""
+    readers = _readers(ops)
+
+    def chained(a: Op, b: Op) -> bool:  # b reads a's only output, which nothing else reads
+        return (len(a.outputs) == 1 and b.inputs == a.outputs and readers[a.outputs[0]] == 1
+                and a.outputs[0] not in graph["outputs"])
+
+    out: list[Op] = []
+    i = 0
+    while i < len(ops):
+        fused = None
+        for size in (4, 3):
+            run = ops[i:i + size]
+            if len(run) == size and all(chained(a, b) for a, b in zip(run, run[1:], strict=False)):
+                fused = pool_dense(run, graph, tensors)
+                if fused is not None:
+                    break
+        out.append(fused or ops[i])
+        i += size if fused is not None else 1
+    return out
 
 
 class PackedEngine:
@@ -179,7 +210,7 @@ class PackedEngine:
                                         f"{MAX_MACS}")
             self.ops.append(op)
         if fuse:
-            self.ops = fuse_gated_packs(self.ops, graph, tensors)
+            self.ops = fuse_heads(fuse_gated_packs(self.ops, graph, tensors), graph, tensors)
 
     @property
     def binary_ops(self) -> list[Op]:

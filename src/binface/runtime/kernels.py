@@ -119,10 +119,12 @@ def _array_data(context, builder, signature):
     return data
 
 
-def _block_pointers(builder, npix, xptr, xoptr, wdata, woff, odata, ooff):
-    """The pixels' input pointers (x + xoffs[p]), the weights' and the output's."""
+def _block_pointers(builder, npix, xptr, xbase, pstep, wdata, woff, odata, ooff):
+    """The pixels' input pointers (x + xbase + p * pstep), the weights' and the output's.
+    (Offsets passed in an array cost the caller a loop of stores and the block as many
+    loads, per block: a 3-word kernel's blocks spent more on that than on popcounts.)"""
     i64 = ir.IntType(64)
-    bases = [builder.gep(xptr, [builder.load(builder.gep(xoptr, [ir.Constant(i64, p)]))])
+    bases = [builder.gep(xptr, [builder.add(xbase, builder.mul(ir.Constant(i64, p), pstep))])
              for p in range(npix)]
     return bases, builder.gep(wdata, [woff]), builder.gep(odata, [ooff])
 
@@ -191,15 +193,15 @@ def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS):
 
     def codegen(context, builder, signature, args):
         x_v = args[0]
-        (xo_v, krow, kstep, rowgap, w_v, woff, wstride, nk, out_v, ooff,
+        (xbase, pstep, krow, kstep, rowgap, w_v, woff, wstride, nk, out_v, ooff,
          ostride, kbits) = args[1 + sh:]
         i64 = ir.IntType(64)
         nw, nv = VECTOR_WORDS, BLOCK_VECTORS
         vt = ir.VectorType(i64, nw)
 
         data = _array_data(context, builder, signature)
-        bases, wptr, optr = _block_pointers(builder, npix, data(0, x_v), data(1 + sh, xo_v),
-                                            data(5 + sh, w_v), woff, data(9 + sh, out_v), ooff)
+        bases, wptr, optr = _block_pointers(builder, npix, data(0, x_v), xbase, pstep,
+                                            data(6 + sh, w_v), woff, data(10 + sh, out_v), ooff)
         mod = builder.module
         name = f"llvm.ctpop.v{nw}i64"
         ctpop = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt]), name)
@@ -235,16 +237,16 @@ def _make_block(npix: int, masked: bool):
     """The block intrinsic for ``npix`` pixels (the last, partial block of a row runs
     one for the pixels it has: a 3-wide row no longer computes a fourth)."""
     if masked:
-        def block(typingctx, x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out,
-                  ooff, ostride, kbits):
-            sig = types.void(x, masks, xoffs, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64,
-                             _I64, _I64)
+        def block(typingctx, x, masks, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk,
+                  out, ooff, ostride, kbits):
+            sig = types.void(x, masks, _I64, _I64, _I64, _I64, _I64, w, _I64, _I64, _I64, out,
+                             _I64, _I64, _I64)
             return sig, _block_codegen(True, npix)
     else:
-        def block(typingctx, x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
-                  ostride, kbits):
-            sig = types.void(x, xoffs, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64,
-                             _I64)
+        def block(typingctx, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out,
+                  ooff, ostride, kbits):
+            sig = types.void(x, _I64, _I64, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64,
+                             _I64, _I64)
             return sig, _block_codegen(False, npix)
     block.__name__ = block.__qualname__ = f"xor_popcount_block{npix}" + (
         "_masked" if masked else "")
@@ -266,46 +268,46 @@ def _block_npix(ox, wo):
 
 
 @njit(inline="always")
-def _xor_popcount_block(npix, x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
-                        ostride, kbits):
-    """out[ooff + p * ostride + c] = kbits - 2 * (sum over k < nk of popcount(x[xoffs[p] +
-    r(k)] xor w[woff + k * wstride + c])) for p < npix (1-4, or 8), c < BLOCK_CHANNELS:
+def _xor_popcount_block(npix, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk,
+                        out, ooff, ostride, kbits):
+    """out[ooff + p * ostride + c] = kbits - 2 * (sum over k < nk of popcount(x[xbase + p *
+    pstep + r(k)] xor w[woff + k * wstride + c])) for p < npix (1-4, or 8), c < BLOCK_CHANNELS:
     the dot products, as float32 (overwritten; a separate pass turning int64 sums into
     floats cost as much as a 1 x 1 conv's popcounts). r(k) walks kernel rows of ``krow``
     words ``kstep`` apart, each row ``rowgap`` further on: r(k) = (k % krow) * kstep + (k // krow) *
     (krow * kstep + rowgap). So the pixels' words are read where they lie in the
     packed input."""
     if npix == 8:
-        _blk8(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
+        _blk8(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
     elif npix >= 4:
-        _blk4(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
+        _blk4(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
     elif npix == 3:
-        _blk3(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
+        _blk3(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
     elif npix == 2:
-        _blk2(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
+        _blk2(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
     else:
-        _blk1(x, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
+        _blk1(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
 
 
 @njit(inline="always")
-def _xor_popcount_block_masked(npix, x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride,
-                               nk, out, ooff, ostride, kbits):
+def _xor_popcount_block_masked(npix, x, masks, xbase, pstep, krow, kstep, rowgap, w, woff,
+                               wstride, nk, out, ooff, ostride, kbits):
     """:func:`_xor_popcount_block` with word k of each pixel and-ed with masks[k % krow]."""
     if npix == 8:
-        _mblk8(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
-                kbits)
+        _mblk8(x, masks, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
+                ostride, kbits)
     elif npix >= 4:
-        _mblk4(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
-                kbits)
+        _mblk4(x, masks, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
+                ostride, kbits)
     elif npix == 3:
-        _mblk3(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
-                kbits)
+        _mblk3(x, masks, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
+                ostride, kbits)
     elif npix == 2:
-        _mblk2(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
-                kbits)
+        _mblk2(x, masks, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
+                ostride, kbits)
     else:
-        _mblk1(x, masks, xoffs, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
-                kbits)
+        _mblk1(x, masks, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
+                ostride, kbits)
 
 
 # ---------------------------------------------------------------- float block
@@ -321,13 +323,13 @@ def _fma_codegen(npix: int, nv: int):
     """LLVM IR of the float block (see :func:`_fma_block`)."""
 
     def codegen(context, builder, signature, args):
-        x_v, xo_v, krow, rowgap, w_v, woff, wstride, nk, out_v, ooff, ostride = args
+        x_v, xbase, pstep, krow, rowgap, w_v, woff, wstride, nk, out_v, ooff, ostride = args
         i64, f32 = ir.IntType(64), ir.FloatType()
         vt = ir.VectorType(f32, FMA_LANES)
 
         data = _array_data(context, builder, signature)
-        bases, wptr, optr = _block_pointers(builder, npix, data(0, x_v), data(1, xo_v),
-                                            data(4, w_v), woff, data(8, out_v), ooff)
+        bases, wptr, optr = _block_pointers(builder, npix, data(0, x_v), xbase, pstep,
+                                            data(5, w_v), woff, data(9, out_v), ooff)
         mod = builder.module
         name = f"llvm.fma.v{FMA_LANES}f32"
         fma = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt] * 3), name)
@@ -341,8 +343,9 @@ def _fma_codegen(npix: int, nv: int):
 
 
 def _make_fblock(npix: int, nv: int):
-    def block(typingctx, x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride):
-        sig = types.void(x, xoffs, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
+    def block(typingctx, x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff,
+              ostride):
+        sig = types.void(x, _I64, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
         return sig, _fma_codegen(npix, nv)
     block.__name__ = block.__qualname__ = f"fma_block{npix}x{nv}"
     return intrinsic(block)
@@ -351,37 +354,37 @@ def _make_fblock(npix: int, nv: int):
 # pixels of a block by its vectors (index): 8 to 16 sums in registers, enough to
 # hide the fma latency
 FMA_BLOCK_PIXELS = (0, 8, 4, 4, 4)
-FMA_MAX_PIXELS = max(FMA_BLOCK_PIXELS)
 _f8x1, _f4x2, _f4x3, _f4x4 = (_make_fblock(FMA_BLOCK_PIXELS[v], v) for v in (1, 2, 3, 4))
 _f1x1, _f1x2, _f1x3, _f1x4 = (_make_fblock(1, v) for v in (1, 2, 3, 4))
 
 
 @njit(inline="always")
-def _fma_block(nv, full, x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride):
-    """out[ooff + p * ostride + c] = sum over k < nk of x[xoffs[p] + r(k)] *
+def _fma_block(nv, full, x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff,
+               ostride):
+    """out[ooff + p * ostride + c] = sum over k < nk of x[xbase + p * pstep + r(k)] *
     w[woff + k * wstride + c] (float32, fma in k order; overwritten) for the
     FMA_BLOCK_PIXELS[nv] pixels of a full block (one pixel if not ``full``) and
     c < nv * FMA_LANES. r(k) walks kernel rows of ``krow`` consecutive floats, each
     ``rowgap`` after the last one's end."""
     if nv == 1:
         if full:
-            _f8x1(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+            _f8x1(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
         else:
-            _f1x1(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+            _f1x1(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
     elif nv == 2:
         if full:
-            _f4x2(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+            _f4x2(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
         else:
-            _f1x2(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+            _f1x2(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
     elif nv == 3:
         if full:
-            _f4x3(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+            _f4x3(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
         else:
-            _f1x3(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+            _f1x3(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
     elif full:
-        _f4x4(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _f4x4(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
     else:
-        _f1x4(x, xoffs, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _f1x4(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
 
 
 # ---------------------------------------------------------------- epilogue
@@ -797,7 +800,7 @@ def _acc1x2(a0, a1, x0, y0, w0):
 
 
 @njit(inline="always")
-def _block_row(pf, xoffs, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf, kbits):
+def _block_row(pf, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf, kbits):
     """Dot products of output row (n, y0 / sh) for channel block ``b`` into vf [Wo * Og]
     (float32), in blocks of :func:`_block_npix` pixels (:func:`_xor_popcount_block`)."""
     rowgap = wp * wpg - krow
@@ -805,10 +808,9 @@ def _block_row(pf, xoffs, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf,
     ox = 0
     while ox < wo:
         npix = _block_npix(ox, wo)
-        for px in range(npix):
-            xoffs[px] = ((n * hp + y0) * wp + (ox + px) * sw) * wpg
-        _xor_popcount_block(npix, pf, xoffs, krow, 1, rowgap, wblk, woff, BLOCK_CHANNELS, nk,
-                            vf, ox * og + b * BLOCK_CHANNELS, og, kbits)
+        _xor_popcount_block(npix, pf, ((n * hp + y0) * wp + ox * sw) * wpg, sw * wpg, krow, 1,
+                            rowgap, wblk, woff, BLOCK_CHANNELS, nk, vf,
+                            ox * og + b * BLOCK_CHANNELS, og, kbits)
         ox += npix
 
 
@@ -846,7 +848,6 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
         acc2 = np.zeros(og, np.int64)
         v = np.empty((wo, ng * og), np.float32)
         tmp = np.empty_like(v)
-        xoffs = np.empty(WIDE_PIXELS, np.int64)  # where a block's pixels start in pf
         vf = v.reshape(-1)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
@@ -856,8 +857,8 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                 # blocks of pixels x BLOCK_CHANNELS, sums in registers; channel blocks
                 # outer, so a block's weights stay in L1 along the row
                 for b in range(og // BLOCK_CHANNELS):
-                    _block_row(pf, xoffs, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b,
-                               vf, kbits)
+                    _block_row(pf, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf,
+                               kbits)
             elif contiguous:
                 # one group, dilation 1: a kernel row's words are kw * WPG consecutive words
                 # of the input row. Two output pixels at a time, three words at a time:
@@ -949,6 +950,29 @@ def _add_pm1(vr, xw):
         vr[b] += 1 - 2 * np.float32((xw >> np.uint64(b)) & _ONE)
 
 
+def _make_pm1_word(add: bool):
+    """v[off:off + 64] = (or += with ``add``) +1 / -1 for the clear / set bits of a word,
+    as one <64 x i1> select: a binary depthwise conv's +-1 products, 64 channels at a
+    time (the bit loops above run per lane)."""
+    def pm1_word(typingctx, v, off, word):
+        def codegen(context, builder, signature, args):
+            arr = context.make_array(signature.args[0])(context, builder, args[0])
+            vt = ir.VectorType(ir.FloatType(), 64)
+            ptr = builder.bitcast(builder.gep(arr.data, [args[1]]), vt.as_pointer())
+            bits = builder.bitcast(args[2], ir.VectorType(ir.IntType(1), 64))
+            pm = builder.select(bits, ir.Constant(vt, [-1.0] * 64), ir.Constant(vt, [1.0] * 64))
+            if add:
+                pm = builder.fadd(builder.load(ptr, align=4), pm)
+            builder.store(pm, ptr, align=4)
+            return context.get_dummy_value()
+        return types.void(v, types.int64, types.uint64), codegen
+    pm1_word.__name__ = pm1_word.__qualname__ = "add_pm1_word" if add else "set_pm1_word"
+    return intrinsic(pm1_word)
+
+
+_set_pm1_word, _add_pm1_word = _make_pm1_word(False), _make_pm1_word(True)
+
+
 @njit(**_KW_SMALL)
 def _or_shifted(dst, src, shift):
     """dst[k] |= src[k] << shift over zero-based 1-D slices (vectorised)."""
@@ -1029,7 +1053,6 @@ def bconv_win(p, w, wblk, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg,
         xsel = np.zeros(nout, np.uint64)
         v = np.empty((wo, nout), np.float32)
         tmp = np.empty_like(v)
-        xoffs = np.empty(WIDE_PIXELS, np.int64)
         vf = v.reshape(-1)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
@@ -1040,11 +1063,10 @@ def bconv_win(p, w, wblk, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg,
                 while ox < wo:
                     npix = _block_npix(ox, wo)
                     for g in range(ng):
-                        for px in range(npix):
-                            xoffs[px] = ((n * hp + y0) * wp + (ox + px) * sw) * ng + g
                         for b in range(nbc):
                             _xor_popcount_block_masked(
-                                npix, pf, masks, xoffs, nch, kstep,
+                                npix, pf, masks, ((n * hp + y0) * wp + ox * sw) * ng + g,
+                                sw * ng, nch, kstep,
                                 rowgap, wblk[g, b], 0, BLOCK_CHANNELS, nk, vf,
                                 ox * nout + g * og + b * BLOCK_CHANNELS, nout, kbits)
                     ox += npix
@@ -1103,6 +1125,7 @@ def bdwconv(p, wb, wpk, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     nt = max(1, min(nt, rows))
     for ch in prange(nt):
         v = np.empty((wo, nout), np.float32)
+        vf = v.reshape(-1)
         tmp = np.empty_like(v)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
@@ -1112,7 +1135,10 @@ def bdwconv(p, wb, wpk, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                     px = p[n, oy * sh, ox * sw]
                     for j in range(nw):
                         c0 = j * 64
-                        _set_pm1(vr[c0:min(c0 + 64, nout)], px[j] ^ wpk[0, j])
+                        if c0 + 64 <= nout:
+                            _set_pm1_word(vf, ox * nout + c0, px[j] ^ wpk[0, j])
+                        else:
+                            _set_pm1(vr[c0:nout], px[j] ^ wpk[0, j])
                     continue
                 for o in range(nout):
                     vr[o] = 0
@@ -1128,7 +1154,10 @@ def bdwconv(p, wb, wpk, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                         if mult == 1:
                             for j in range(nw):
                                 c0 = j * 64
-                                _add_pm1(vr[c0:min(c0 + 64, nout)], px[j] ^ wpk[t, j])
+                                if c0 + 64 <= nout:
+                                    _add_pm1_word(vf, ox * nout + c0, px[j] ^ wpk[t, j])
+                                else:
+                                    _add_pm1(vr[c0:nout], px[j] ^ wpk[t, j])
                         else:
                             for o in range(nout):
                                 c = o // mult
@@ -1189,22 +1218,19 @@ def epilogue_nhwc(raw, ep, res1, res2, yout, pout, cfg, nt):
 
 
 @njit(inline="always")
-def _fma_pixels(xf, xoffs, base, pstep, krow, rowgap, nk, wf, o0, nvb, nout, npx, v):
+def _fma_pixels(xf, base, pstep, krow, rowgap, nk, wf, o0, nvb, nout, npx, v):
     """Output channels o0 .. o0 + nvb * FMA_LANES of ``npx`` pixels into v[p * nout + o],
     in register blocks (:func:`_fma_block`): pixel p's window starts at xf[base + p *
     pstep] and walks ``nk`` taps in kernel rows of ``krow`` floats, ``rowgap`` apart."""
     bp = FMA_BLOCK_PIXELS[nvb]
     p = 0
     while p + bp <= npx:
-        for j in range(bp):
-            xoffs[j] = base + (p + j) * pstep
-        _fma_block(nvb, True, xf, xoffs, krow, rowgap, wf, o0, nout, nk, v, p * nout + o0,
-                   nout)
+        _fma_block(nvb, True, xf, base + p * pstep, pstep, krow, rowgap, wf, o0, nout, nk, v,
+                   p * nout + o0, nout)
         p += bp
     while p < npx:
-        xoffs[0] = base + p * pstep
-        _fma_block(nvb, False, xf, xoffs, krow, rowgap, wf, o0, nout, nk, v, p * nout + o0,
-                   nout)
+        _fma_block(nvb, False, xf, base + p * pstep, pstep, krow, rowgap, wf, o0, nout, nk, v,
+                   p * nout + o0, nout)
         p += 1
 
 
@@ -1221,12 +1247,11 @@ def dense(x, w, b, y, nt):
     nstripe = -(-nout // (4 * FMA_LANES))
     nt = max(1, min(nt, nstripe))
     for ch in prange(nt):
-        xoffs = np.empty(FMA_MAX_PIXELS, np.int64)
         for st in range(ch * nstripe // nt, (ch + 1) * nstripe // nt):
             o0 = st * 4 * FMA_LANES
             nvb = min(4, (nout - o0) // FMA_LANES)
             if nvb:
-                _fma_pixels(xf, xoffs, 0, k, k, 0, k, wf, o0, nvb, nout, m, yf)
+                _fma_pixels(xf, 0, k, k, 0, k, wf, o0, nvb, nout, m, yf)
             for o in range(o0 + nvb * FMA_LANES, min(o0 + 4 * FMA_LANES, nout)):
                 for r in range(m):
                     acc = np.float32(0)
@@ -1259,7 +1284,6 @@ def conv1x1(x, w, ep, res1, res2, yout, pout, cfg, nt):
     for ch in prange(nt):
         v = np.empty(grp * wo * nout, np.float32)
         tmp = np.empty((wo, nout), np.float32)
-        xoffs = np.empty(FMA_MAX_PIXELS, np.int64)
         r0, r1_ = ch * rows // nt, (ch + 1) * rows // nt
         for g0 in range(r0, r1_, grp):
             g1 = min(g0 + grp, r1_)
@@ -1267,7 +1291,7 @@ def conv1x1(x, w, ep, res1, res2, yout, pout, cfg, nt):
             o0 = 0
             while o0 < nout:
                 nvb = min(4, (nout - o0) // FMA_LANES)
-                _fma_pixels(xf, xoffs, p0 * cin, cin, cin, 0, cin, wf, o0, nvb, nout, npx, v)
+                _fma_pixels(xf, p0 * cin, cin, cin, 0, cin, wf, o0, nvb, nout, npx, v)
                 o0 += nvb * FMA_LANES
             for q in range(g0, g1):
                 at = (q - g0) * wo * nout
@@ -1416,11 +1440,10 @@ def _make_conv_small(lanes: int, krow_c: int):
             tmp = np.empty((wo, nout), np.float32)
             if nv:  # the register block (_fma_block)
                 xf, wf, vf = xp.reshape(-1), w.reshape(-1), v.reshape(-1)
-                xoffs = np.empty(FMA_MAX_PIXELS, np.int64)
                 hp, wp = xp.shape[1], xp.shape[2]
                 for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
                     n, oy = qq // ho, qq % ho
-                    _fma_pixels(xf, xoffs, (n * hp + oy * sh) * wp * cin, sw * cin, krow,
+                    _fma_pixels(xf, (n * hp + oy * sh) * wp * cin, sw * cin, krow,
                                 wp * cin - krow, kh * krow, wf, 0, nv, nout, wo, vf)
                     _epilogue_row(v[:wo], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
                 continue
@@ -1643,6 +1666,15 @@ def mean_hw(x, y):
             acc[c] /= h_ * w_
 
 
+@njit(**_KW)
+def affine_rows(y, scale, shift, z):
+    """z = y * scale + shift per feature of [M, O] rows, rounded twice as numpy does
+    (no fma: compiled without fastmath)."""
+    for i in range(y.shape[0]):
+        for j in range(y.shape[1]):
+            z[i, j] = y[i, j] * scale[j] + shift[j]
+
+
 @vectorize(["float32(float32)", "float64(float64)"], cache=True)
 def erf(x):  # pragma: no cover - compiled
     """Element-wise erf (numpy has none; exact GELU needs it)."""
@@ -1659,10 +1691,9 @@ def xor_popcount_peak(xs, w, reps):
     calls cannot be hoisted."""
     nk = w.shape[0]
     out = np.zeros(BLOCK_PIXELS * BLOCK_CHANNELS, np.float32)
-    xoffs = np.arange(BLOCK_PIXELS) * nk
     total = 0.0
     for r in range(reps):
-        _xor_popcount_block(BLOCK_PIXELS, xs, xoffs, nk, 1, 0, w, 0, BLOCK_CHANNELS, nk, out, 0,
+        _xor_popcount_block(BLOCK_PIXELS, xs, 0, nk, nk, 1, 0, w, 0, BLOCK_CHANNELS, nk, out, 0,
                             BLOCK_CHANNELS, 64 * nk)
         total += out[r % out.shape[0]]
         xs[r % xs.shape[0]] ^= _ONE
