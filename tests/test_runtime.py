@@ -339,6 +339,37 @@ def test_gated_stem_is_recomputed_not_stored(channels, tmp_path):
         assert np.array_equal(eng.run(x), want) and np.array_equal(eng.run(x[:1]), want[:1])
 
 
+@pytest.mark.parametrize("c, k, stride, pad", [
+    (16, 3, 2, 1),  # QuickNet's: one vector, blocks of 8 pixels
+    (48, 3, 1, 1),  # three vectors, blocks of 4
+    (80, 5, 2, 2),  # a stripe of 64 channels and one of 16
+    (20, 3, 1, 1),  # not whole vectors: the loop kernel
+])
+def test_float_depthwise_matches_pytorch(c, k, stride, pad, tmp_path):
+    """Float depthwise convs (the register block on a padded copy where the channels
+    fill vectors), on a batch and on 1 and 2 threads, repeated runs replayed."""
+    from binface.runtime.ops.fused import ConvOp
+
+    torch.manual_seed(0)
+    module = randomize_bn(nn.Sequential(nn.Conv2d(c, c, k, stride, pad, groups=c, bias=False),
+                                        nn.BatchNorm2d(c), nn.PReLU(c))).eval()
+    export_packed(module, tmp_path / "d.bfp", input_size=(13, 11), channels=c)
+    x = np.random.default_rng(0).standard_normal((3, c, 13, 11), dtype=np.float32)
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x)).numpy()
+    eng = load_packed(tmp_path / "d.bfp", threads=1)
+    conv = next(op for op in eng.ops if isinstance(op, ConvOp))
+    assert conv.depthwise and conv.blocked_dw == (c % 16 == 0)
+    y = eng.run(x)
+    assert y.shape == ref.shape and rel_err(y, ref) < 1e-5
+    for threads in (1, 2):
+        eng = load_packed(tmp_path / "d.bfp", threads=threads)
+        for _ in range(2):
+            assert np.array_equal(eng.run(x), y)
+        x2 = -x
+        assert rel_err(eng.run(x2), module(torch.from_numpy(x2)).detach().numpy()) < 1e-5
+
+
 @pytest.mark.parametrize("bn", [True, False])
 def test_embedding_head_is_one_op(bn, tmp_path):
     """Global pool, flatten, dense (20 outputs: a vector and a scalar tail) [, BN1d]

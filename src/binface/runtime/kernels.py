@@ -130,11 +130,14 @@ def _block_pointers(builder, npix, xptr, xbase, pstep, wdata, woff, odata, ooff)
 
 
 def _emit_block(builder, vt, npix: int, nv: int, bases, wptr, optr, krow, kstep, rowgap,
-                wstride, nk, ostride, align: int, load_x, step, finish=None) -> None:
-    """The loop both register blocks share, emitted at ``builder``: npix x nv vector sums
+                wstride, nk, ostride, align: int, load_x, step, finish=None,
+                per_lane: bool = False) -> None:
+    """The loop the register blocks share, emitted at ``builder``: npix x nv vector sums
     carried as phi values over k < nk, starting at zero. Per k: nv weight vectors
     loaded at wptr + k * wstride (+ lanes x h), and per pixel ``load_x(base, roff, kk)``
-    (a scalar at its kernel-row offset) broadcast and folded in by ``step(sum, x, w)``.
+    (a scalar at its kernel-row offset) broadcast and folded in by ``step(sum, x, w)``;
+    with ``per_lane``, ``load_x(base, roff, kk, h)`` is a vector of its own for each h
+    (a depthwise conv: lane c reads channel c).
     Row offsets walk kernel rows of ``krow`` elements ``kstep`` apart, each row
     ``rowgap`` after the last. The sums (through ``finish`` if given: a vector of the
     output's type) are stored at optr + p * ostride + lanes x h."""
@@ -158,6 +161,10 @@ def _emit_block(builder, vt, npix: int, nv: int, bases, wptr, optr, krow, kstep,
                                        vt.as_pointer()), align=align) for h in range(nv)]
     new = []
     for px in range(npix):
+        if per_lane:
+            for h in range(nv):
+                new.append(step(sums[nv * px + h], load_x(bases[px], roff, kk, h), wv[h]))
+            continue
         xb = builder.insert_element(ir.Constant(vt, ir.Undefined), load_x(bases[px], roff, kk),
                                     ir.Constant(ir.IntType(32), 0))
         xb = builder.shuffle_vector(xb, ir.Constant(vt, ir.Undefined), lanes0)
@@ -356,6 +363,76 @@ def _make_fblock(npix: int, nv: int):
 FMA_BLOCK_PIXELS = (0, 8, 4, 4, 4)
 _f8x1, _f4x2, _f4x3, _f4x4 = (_make_fblock(FMA_BLOCK_PIXELS[v], v) for v in (1, 2, 3, 4))
 _f1x1, _f1x2, _f1x3, _f1x4 = (_make_fblock(1, v) for v in (1, 2, 3, 4))
+
+
+def _dw_codegen(npix: int, nv: int):
+    """LLVM IR of the depthwise block (see :func:`_dw_block`)."""
+
+    def codegen(context, builder, signature, args):
+        x_v, xbase, pstep, krow, kstep, rowgap, w_v, woff, wstride, nk, out_v, ooff, \
+            ostride = args
+        f32 = ir.FloatType()
+        vt = ir.VectorType(f32, FMA_LANES)
+        data = _array_data(context, builder, signature)
+        bases, wptr, optr = _block_pointers(builder, npix, data(0, x_v), xbase, pstep,
+                                            data(6, w_v), woff, data(10, out_v), ooff)
+        mod = builder.module
+        name = f"llvm.fma.v{FMA_LANES}f32"
+        fma = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt] * 3), name)
+        i64 = ir.IntType(64)
+
+        def load_x(base, roff, kk, h):
+            ptr = builder.gep(base, [builder.add(roff, ir.Constant(i64, FMA_LANES * h))])
+            return builder.load(builder.bitcast(ptr, vt.as_pointer()), align=4)
+
+        _emit_block(builder, vt, npix, nv, bases, wptr, optr, krow, kstep, rowgap, wstride, nk,
+                    ostride, 4, load_x, lambda acc, x, w: builder.call(fma, [x, w, acc]),
+                    per_lane=True)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _make_dwblock(npix: int, nv: int):
+    def block(typingctx, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
+              ostride):
+        sig = types.void(x, _I64, _I64, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
+        return sig, _dw_codegen(npix, nv)
+    block.__name__ = block.__qualname__ = f"dw_block{npix}x{nv}"
+    return intrinsic(block)
+
+
+_d8x1, _d4x2, _d4x3, _d4x4 = (_make_dwblock(FMA_BLOCK_PIXELS[v], v) for v in (1, 2, 3, 4))
+_d1x1, _d1x2, _d1x3, _d1x4 = (_make_dwblock(1, v) for v in (1, 2, 3, 4))
+
+
+@njit(inline="always")
+def _dw_block(nv, full, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
+              ostride):
+    """out[ooff + p * ostride + c] = sum over k < nk of x[xbase + p * pstep + r(k) + c] *
+    w[woff + k * wstride + c] (fma in k order; overwritten) for the FMA_BLOCK_PIXELS[nv]
+    pixels of a full block (one pixel if not ``full``) and c < nv * FMA_LANES: the
+    float block with each lane reading its own channel (a depthwise conv). r(k) as in
+    :func:`_xor_popcount_block` (taps ``kstep`` floats apart)."""
+    if nv == 1:
+        if full:
+            _d8x1(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        else:
+            _d1x1(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    elif nv == 2:
+        if full:
+            _d4x2(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        else:
+            _d1x2(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    elif nv == 3:
+        if full:
+            _d4x3(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        else:
+            _d1x3(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    elif full:
+        _d4x4(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    else:
+        _d1x4(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
 
 
 @njit(inline="always")
@@ -1342,6 +1419,40 @@ def dwconv(x, w, padval, ep, res1, res2, yout, pout, cfg, nt):
 
 
 @_rows(**_KW_FMA)
+def dwconv_padded(xp, w, ep, res1, res2, yout, pout, cfg, nt):
+    """Float depthwise conv (multiplier 1, C a multiple of FMA_LANES) of a padded NHWC
+    copy ``xp``, w [kh, kw, C], + epilogue: the register block with a vector of
+    channels per lane group (:func:`_dw_block`), stripes of up to 64 channels outer
+    and blocks of pixels inner. The loop of :func:`dwconv` ran a 16-channel conv in
+    LLVM's scalar remainder, at half ONNX Runtime's speed. cfg as :func:`dwconv`."""
+    kh, kw, sh, sw = cfg[2], cfg[3], cfg[4], cfg[5]
+    ho, wo = cfg[9], cfg[10]
+    n_, hp, wp, c = xp.shape
+    rows = n_ * ho
+    nt = max(1, min(nt, rows))
+    xf, wf = xp.reshape(-1), w.reshape(-1)
+    for ch in prange(nt):
+        v = np.empty((wo, c), np.float32)
+        vf = v.reshape(-1)
+        tmp = np.empty_like(v)
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+            n, oy = qq // ho, qq % ho
+            row0 = (n * hp + oy * sh) * wp * c
+            c0 = 0
+            while c0 < c:
+                nv = min(4, (c - c0) // FMA_LANES)
+                bp = FMA_BLOCK_PIXELS[nv]
+                ox = 0
+                while ox < wo:
+                    full = ox + bp <= wo
+                    _dw_block(nv, full, xf, row0 + ox * sw * c + c0, sw * c, kw, c,
+                              wp * c - kw * c, wf, c0, c, kh * kw, vf, ox * c + c0, c)
+                    ox += bp if full else 1
+                c0 += nv * FMA_LANES
+            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+
+
+@_rows(**_KW_FMA)
 def conv1x1_small(x, w, ep, res1, res2, yout, pout, cfg, nt):
     """Pointwise float conv with few input channels (the RGB input), w [Cin, O], + epilogue.
 
@@ -1502,7 +1613,13 @@ def pad_nhwc(x, xp, top, left, nt):
     for ch in prange(nt):
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, yy = qq // h_, qq % h_
-            if planar:
+            if planar and c_ == 3 and xp.strides[3] == 4 and xp.strides[2] == 12:
+                # RGB: three planes interleaved as one loop LLVM vectorises (a store
+                # group of factor 3), 3x the speed of the channel-by-channel copy
+                d = xp[n, top + yy].reshape(-1)[3 * left:3 * (left + w_)]
+                r0, r1, r2 = x[n, yy, :, 0], x[n, yy, :, 1], x[n, yy, :, 2]
+                _interleave3(r0, r1, r2, d)
+            elif planar:
                 for c in range(c_):
                     for xx in range(w_):
                         xp[n, top + yy, left + xx, c] = x[n, yy, xx, c]
@@ -1510,6 +1627,15 @@ def pad_nhwc(x, xp, top, left, nt):
                 for xx in range(w_):
                     for c in range(c_):
                         xp[n, top + yy, left + xx, c] = x[n, yy, xx, c]
+
+
+@njit(**_KW_SMALL)
+def _interleave3(a, b, c, d):
+    """d[3 i + j] = (a, b, c)[j][i] on zero-based slices."""
+    for i in range(a.shape[0]):
+        d[3 * i] = a[i]
+        d[3 * i + 1] = b[i]
+        d[3 * i + 2] = c[i]
 
 
 @njit(**_KW_SMALL)

@@ -66,6 +66,9 @@ class ConvOp(_ConvLike):
             c[8] = mult
             c[9], c[10] = self.out_hw
             macs = ho * wo * nout * kh * kw
+            # the register block on a padded copy (multiplier 1, whole vectors)
+            self.blocked_dw = (mult == 1 and nout % K.FMA_LANES == 0
+                               and self.dilation == [1, 1])
         else:
             if self.cin % self.groups:
                 raise self.bad(f"cin {self.cin} is not a multiple of groups {self.groups}")
@@ -118,7 +121,11 @@ class ConvOp(_ConvLike):
         r1, r2 = self.residuals(env, res)
         ep = (self.ep, r1, r2, y, q, cfg, ctx.nt)
         views = (x, r1, r2)  # what the calls read of the inputs
-        if self.depthwise:
+        if self.depthwise and self.blocked_dw:
+            xp = self.padded(ctx, x)  # border as filled: a replay refills the inside only
+            calls = [(ctx.k.pad_nhwc, (x, xp, self.pads[0], self.pads[2], ctx.nt)),
+                     (ctx.k.dwconv_padded, (xp, self.w) + ep)]
+        elif self.depthwise:
             calls = [(ctx.k.dwconv, (x, self.w, self.pad_value) + ep)]
         elif self.direct:
             calls = [(ctx.k.conv1x1_small, (x, self.w[0]) + ep)]
