@@ -1725,10 +1725,23 @@ def pool_nhwc(x, y, pre, post, cfg, nt):
     _, ho, wo, _ = y.shape
     rows = n_ * ho
     nt = max(1, min(nt, rows))
+    # a plain max-pool of stride 1 along x without padding (QuickNet's 2 x 2 / 1): each
+    # tap is one long run of the input row, so an output row is kh * kw flat maxima
+    flat = (kind == 0 and not use_pre and not use_post and sw == 1 and dw == 1
+            and pt == 0 and pl == 0 and pb == 0 and pr == 0 and x.strides[3] == 4
+            and x.strides[2] == 4 * nch and y.strides[3] == 4 and y.strides[2] == 4 * nch)
     for ch in prange(nt):
         acc = np.empty(nch, np.float32)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
+            if flat:
+                yr = y[n, oy].reshape(-1)
+                yr[:] = -np.inf
+                for ky in range(kh):
+                    xr = x[n, oy * sh + ky * dh].reshape(-1)
+                    for kx in range(kw):
+                        _max_into(yr, xr[kx * nch:kx * nch + wo * nch])
+                continue
             for ox in range(wo):
                 if kind == 0:
                     for c in range(nch):
@@ -1774,6 +1787,14 @@ def pool_nhwc(x, y, pre, post, cfg, nt):
                 else:
                     for c in range(nch):
                         yr[c] = acc[c]
+
+
+@njit(**_KW_SMALL)
+def _max_into(acc, src):
+    """acc = max(acc, src) as Python's max (acc kept unless src is greater) on zero-based
+    slices (vectorised)."""
+    for i in range(acc.shape[0]):
+        acc[i] = max(acc[i], src[i])
 
 
 @njit(**_KW_SMALL)
