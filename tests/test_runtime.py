@@ -743,6 +743,21 @@ def test_repeated_runs_match_fresh_engines(name, tmp_path):
         assert np.array_equal(eng.run(x), load_packed(tmp_path / "m.bfp").run(x))
 
 
+@pytest.mark.parametrize("name", ["quicknet_small", "binary_densenet28", "binaryfaceformer_sep"])
+def test_shared_float_maps_match_fresh_buffers(name, tmp_path):
+    """Conv outputs whose lives do not overlap share buffers (``share_float_maps``); a
+    trace run gives every op fresh arrays, so the two must agree bit for bit, on
+    residual chains, DenseNet concatenations and attention's views alike."""
+    torch.manual_seed(0)
+    export_packed(randomize_bn(create_model(name)), tmp_path / "m.bfp")
+    eng = load_packed(tmp_path / "m.bfp")
+    slots = [op._slot[1] for op in eng.ops if getattr(op, "_slot", None)]
+    assert len(set(slots)) < len(slots)  # some buffer is shared
+    x = np.random.default_rng(3).standard_normal((2, 3, 112, 112), dtype=np.float32)
+    y = eng.run(x)
+    assert np.array_equal(eng.run(x, trace=True)[0], y) and np.array_equal(eng.run(x), y)
+
+
 def test_replay_does_not_reuse_a_copied_residual(tmp_path):
     """A residual that had to be copied to channels-last (here the NCHW model input
     itself) is not replayed: the copy would hold last run's values."""

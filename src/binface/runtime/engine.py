@@ -23,10 +23,17 @@ from numba.core.errors import NumbaError
 from binface.errors import InputShapeError
 from binface.runtime.bfp import read_bfp
 from binface.runtime.errors import PackedFormatError, UnsupportedOpError
-from binface.runtime.ops.base import MAX_MACS, MAX_VALUE_BYTES, Op, RunContext, check_dims
-from binface.runtime.ops.binary import BConvOp, BDwConvOp, PackOp
-from binface.runtime.ops.floats import pool_dense
-from binface.runtime.ops.fused import ConvOp, gated_conv
+from binface.runtime.ops.base import (
+    MAX_MACS,
+    MAX_VALUE_BYTES,
+    Op,
+    RunContext,
+    _ConvLike,
+    check_dims,
+)
+from binface.runtime.ops.binary import BConvOp, BDwConvOp, BMaxPoolOp, PackOp
+from binface.runtime.ops.floats import AffineOp, LinearOp, PoolDenseOp, pool_dense
+from binface.runtime.ops.fused import ConvOp, PoolOp, gated_conv
 from binface.runtime.ops.layout import _F32, as_nchw, nhwc, pack_bits, resolve
 from binface.runtime.ops.table import ENGINE_OPS as OPS
 
@@ -167,6 +174,55 @@ def fuse_heads(ops: list[Op], graph: dict, tensors: dict) -> list[Op]:
     return out
 
 
+# ops whose outputs are arrays of their own (never views of their inputs)
+_OWN_OUTPUTS = (_ConvLike, PackOp, BMaxPoolOp, PoolOp, PoolDenseOp, LinearOp, AffineOp)
+
+
+def share_float_maps(ops: list[Op], graph: dict) -> None:
+    """Let the float outputs of conv-like ops share buffers where their values' lives do
+    not overlap: a map is then written to memory another op used a few ops ago, still
+    in L2, instead of to its own buffer, cold since the last run (a QuickNet stage's
+    28 x 28 x 64 maps are 200 KB each). A value lives until the last op that reads it
+    or anything that may be a view of it (any op not in ``_OWN_OUTPUTS``); graph
+    outputs live forever. Buffers are shared only by ops with the same declared
+    output shape; trace runs keep fresh arrays."""
+    roots: dict[str, set[int]] = {}  # value -> the owners' buffers it may be a view of
+    last: dict[int, float] = {}  # owner index -> last op reading its buffer
+    for i, op in enumerate(ops):
+        seen: set[int] = set()
+        for name in op.inputs:
+            for r in roots.get(name, ()):
+                last[r] = max(last.get(r, i), i)
+                seen.add(r)
+        owner = isinstance(op, _ConvLike) and op.out_float
+        for j, name in enumerate(op.outputs):
+            if owner and j == 0:
+                roots[name] = {i}
+                last.setdefault(i, i)
+            elif not isinstance(op, _OWN_OUTPUTS):
+                roots[name] = set(seen)
+    for name in graph["outputs"]:
+        for r in roots.get(name, ()):
+            last[r] = float("inf")
+    pool: dict = {}
+    free: list[tuple[float, int, str]] = []  # (free after op, slot, shape key)
+    slots = 0
+    for i, op in enumerate(ops):
+        op._slot = None
+        if i not in last:
+            continue
+        shape = str(op.out_shape)
+        pick = next((k for k, (after, _, sh) in enumerate(free) if after < i and sh == shape),
+                    None)
+        if pick is None:
+            slot = slots
+            slots += 1
+        else:
+            slot = free.pop(pick)[1]
+        op._slot = (pool, slot)
+        free.append((last[i], slot, shape))
+
+
 class PackedEngine:
     """A loaded packed model. ``run(x)`` takes (N, 3, H, W) float32 and returns numpy."""
 
@@ -211,6 +267,7 @@ class PackedEngine:
             self.ops.append(op)
         if fuse:
             self.ops = fuse_heads(fuse_gated_packs(self.ops, graph, tensors), graph, tensors)
+        share_float_maps(self.ops, graph)
 
     @property
     def binary_ops(self) -> list[Op]:
