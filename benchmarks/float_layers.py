@@ -235,13 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<14} {'op':<10} {'layer':<24} {'packed ms':>9} {'ORT ms':>8} "
+    wm = max([14] + [len(r["model"]) for r in rows])
+    wo = max([10] + [len(r["op"]) for r in rows])
+    wl = max([24] + [len(r["layer"]) for r in rows])
+    print(f"{'model':<{wm}} {'op':<{wo}} {'layer':<{wl}} {'packed ms':>9} {'ORT ms':>8} "
           f"{'ORT/packed':>10}  note")
     for r in rows:
         note = "also packs signs" if r["writes_packed_signs"] else ""
         if r["max_rel_diff"] is not None and r["max_rel_diff"] > 1e-3:
             note += f" (outputs differ: {r['max_rel_diff']:.1e})"
-        print(f"{r['model']:<14} {r['op']:<10} {r['layer']:<24} {r['packed_ms']:>9.3f} "
+        print(f"{r['model']:<{wm}} {r['op']:<{wo}} {r['layer']:<{wl}} {r['packed_ms']:>9.3f} "
               f"{r['onnx_ms']:>8.3f} {r['packed_vs_onnx']:>9.2f}x  {note}")
     for m in args.models:
         rs = [r for r in rows if r["model"] == m]
