@@ -326,142 +326,112 @@ def _xor_popcount_block_masked(npix, x, masks, xbase, pstep, krow, kstep, rowgap
 FMA_LANES = 16  # float32 lanes: one 512-bit register, two AVX2 or four NEON registers
 
 
-def _fma_codegen(npix: int, nv: int):
+def _llvm_fma(builder, vt):
+    """The ``llvm.fma`` intrinsic on vectors of type ``vt``, declared once per module."""
+    mod = builder.module
+    name = f"llvm.fma.v{vt.count}f32"
+    return mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt] * 3), name)
+
+
+def _fma_codegen(npix: int, nv: int, per_lane: bool):
     """LLVM IR of the float block (see :func:`_fma_block`)."""
 
     def codegen(context, builder, signature, args):
-        x_v, xbase, pstep, krow, rowgap, w_v, woff, wstride, nk, out_v, ooff, ostride = args
-        i64, f32 = ir.IntType(64), ir.FloatType()
-        vt = ir.VectorType(f32, FMA_LANES)
-
+        x_v, xbase, pstep, krow, kstep, rowgap, w_v, woff, wstride, nk, out_v, ooff, \
+            ostride = args
+        i64 = ir.IntType(64)
+        vt = ir.VectorType(ir.FloatType(), FMA_LANES)
         data = _array_data(context, builder, signature)
         bases, wptr, optr = _block_pointers(builder, npix, data(0, x_v), xbase, pstep,
-                                            data(5, w_v), woff, data(9, out_v), ooff)
-        mod = builder.module
-        name = f"llvm.fma.v{FMA_LANES}f32"
-        fma = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt] * 3), name)
-        _emit_block(builder, vt, npix, nv, bases, wptr, optr, krow, ir.Constant(i64, 1),
-                    rowgap, wstride, nk, ostride, 4,
-                    lambda base, roff, kk: builder.load(builder.gep(base, [roff])),
-                    lambda acc, xb, w: builder.call(fma, [xb, w, acc]))
+                                            data(6, w_v), woff, data(10, out_v), ooff)
+        fma = _llvm_fma(builder, vt)
+
+        def load_x(base, roff, kk, h=0):
+            if not per_lane:  # one float, broadcast by the block
+                return builder.load(builder.gep(base, [roff]))
+            ptr = builder.gep(base, [builder.add(roff, ir.Constant(i64, FMA_LANES * h))])
+            return builder.load(builder.bitcast(ptr, vt.as_pointer()), align=4)
+
+        _emit_block(builder, vt, npix, nv, bases, wptr, optr, krow, kstep, rowgap, wstride, nk,
+                    ostride, 4, load_x, lambda acc, x, w: builder.call(fma, [x, w, acc]),
+                    per_lane=per_lane)
         return context.get_dummy_value()
 
     return codegen
 
 
-def _make_fblock(npix: int, nv: int):
-    def block(typingctx, x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff,
+def _make_fblock(npix: int, nv: int, per_lane: bool):
+    def block(typingctx, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
               ostride):
-        sig = types.void(x, _I64, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
-        return sig, _fma_codegen(npix, nv)
-    block.__name__ = block.__qualname__ = f"fma_block{npix}x{nv}"
+        sig = types.void(x, _I64, _I64, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
+        return sig, _fma_codegen(npix, nv, per_lane)
+    block.__name__ = block.__qualname__ = f"{'dw' if per_lane else 'fma'}_block{npix}x{nv}"
     return intrinsic(block)
 
 
 # pixels of a block by its vectors (index): 8 to 16 sums in registers, enough to
 # hide the fma latency
 FMA_BLOCK_PIXELS = (0, 8, 4, 4, 4)
-_f8x1, _f4x2, _f4x3, _f4x4 = (_make_fblock(FMA_BLOCK_PIXELS[v], v) for v in (1, 2, 3, 4))
-_f1x1, _f1x2, _f1x3, _f1x4 = (_make_fblock(1, v) for v in (1, 2, 3, 4))
-
-
-def _dw_codegen(npix: int, nv: int):
-    """LLVM IR of the depthwise block (see :func:`_dw_block`)."""
-
-    def codegen(context, builder, signature, args):
-        x_v, xbase, pstep, krow, kstep, rowgap, w_v, woff, wstride, nk, out_v, ooff, \
-            ostride = args
-        f32 = ir.FloatType()
-        vt = ir.VectorType(f32, FMA_LANES)
-        data = _array_data(context, builder, signature)
-        bases, wptr, optr = _block_pointers(builder, npix, data(0, x_v), xbase, pstep,
-                                            data(6, w_v), woff, data(10, out_v), ooff)
-        mod = builder.module
-        name = f"llvm.fma.v{FMA_LANES}f32"
-        fma = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt] * 3), name)
-        i64 = ir.IntType(64)
-
-        def load_x(base, roff, kk, h):
-            ptr = builder.gep(base, [builder.add(roff, ir.Constant(i64, FMA_LANES * h))])
-            return builder.load(builder.bitcast(ptr, vt.as_pointer()), align=4)
-
-        _emit_block(builder, vt, npix, nv, bases, wptr, optr, krow, kstep, rowgap, wstride, nk,
-                    ostride, 4, load_x, lambda acc, x, w: builder.call(fma, [x, w, acc]),
-                    per_lane=True)
-        return context.get_dummy_value()
-
-    return codegen
-
-
-def _make_dwblock(npix: int, nv: int):
-    def block(typingctx, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
-              ostride):
-        sig = types.void(x, _I64, _I64, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64)
-        return sig, _dw_codegen(npix, nv)
-    block.__name__ = block.__qualname__ = f"dw_block{npix}x{nv}"
-    return intrinsic(block)
-
-
-_d8x1, _d4x2, _d4x3, _d4x4 = (_make_dwblock(FMA_BLOCK_PIXELS[v], v) for v in (1, 2, 3, 4))
-_d1x1, _d1x2, _d1x3, _d1x4 = (_make_dwblock(1, v) for v in (1, 2, 3, 4))
+# [per_lane][full][nv - 1]: the blocks of FMA_BLOCK_PIXELS[nv] pixels (full) or of one
+_FB = tuple(tuple(tuple(_make_fblock(FMA_BLOCK_PIXELS[v] if full else 1, v, lane)
+                        for v in (1, 2, 3, 4)) for full in (False, True))
+            for lane in (False, True))
+_f1x1, _f1x2, _f1x3, _f1x4 = _FB[0][0]
+_f8x1, _f4x2, _f4x3, _f4x4 = _FB[0][1]
+_d1x1, _d1x2, _d1x3, _d1x4 = _FB[1][0]
+_d8x1, _d4x2, _d4x3, _d4x4 = _FB[1][1]
 
 
 @njit(inline="always")
-def _dw_block(nv, full, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
-              ostride):
-    """out[ooff + p * ostride + c] = sum over k < nk of x[xbase + p * pstep + r(k) + c] *
-    w[woff + k * wstride + c] (fma in k order; overwritten) for the FMA_BLOCK_PIXELS[nv]
-    pixels of a full block (one pixel if not ``full``) and c < nv * FMA_LANES: the
-    float block with each lane reading its own channel (a depthwise conv). r(k) as in
-    :func:`_xor_popcount_block` (taps ``kstep`` floats apart)."""
-    if nv == 1:
-        if full:
-            _d8x1(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
-        else:
-            _d1x1(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
-    elif nv == 2:
-        if full:
-            _d4x2(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
-        else:
-            _d1x2(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
-    elif nv == 3:
-        if full:
-            _d4x3(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
-        else:
-            _d1x3(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
-    elif full:
-        _d4x4(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
-    else:
-        _d1x4(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
-
-
-@njit(inline="always")
-def _fma_block(nv, full, x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff,
-               ostride):
+def _fma_block(nv, full, per_lane, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk,
+               out, ooff, ostride):
     """out[ooff + p * ostride + c] = sum over k < nk of x[xbase + p * pstep + r(k)] *
     w[woff + k * wstride + c] (float32, fma in k order; overwritten) for the
     FMA_BLOCK_PIXELS[nv] pixels of a full block (one pixel if not ``full``) and
-    c < nv * FMA_LANES. r(k) walks kernel rows of ``krow`` consecutive floats, each
-    ``rowgap`` after the last one's end."""
-    if nv == 1:
-        if full:
-            _f8x1(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    c < nv * FMA_LANES. r(k) walks kernel rows of ``krow`` taps ``kstep`` floats apart,
+    each row ``rowgap`` after the last one's end (as in :func:`_xor_popcount_block`).
+    ``per_lane`` (a depthwise conv): lane c reads x[... + r(k) + c], its own channel,
+    instead of one float for all lanes."""
+    a = (x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    if per_lane:
+        if nv == 1:
+            if full:
+                _d8x1(*a)
+            else:
+                _d1x1(*a)
+        elif nv == 2:
+            if full:
+                _d4x2(*a)
+            else:
+                _d1x2(*a)
+        elif nv == 3:
+            if full:
+                _d4x3(*a)
+            else:
+                _d1x3(*a)
+        elif full:
+            _d4x4(*a)
         else:
-            _f1x1(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+            _d1x4(*a)
+    elif nv == 1:
+        if full:
+            _f8x1(*a)
+        else:
+            _f1x1(*a)
     elif nv == 2:
         if full:
-            _f4x2(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+            _f4x2(*a)
         else:
-            _f1x2(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+            _f1x2(*a)
     elif nv == 3:
         if full:
-            _f4x3(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+            _f4x3(*a)
         else:
-            _f1x3(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+            _f1x3(*a)
     elif full:
-        _f4x4(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _f4x4(*a)
     else:
-        _f1x4(x, xbase, pstep, krow, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+        _f1x4(*a)
 
 
 # ---------------------------------------------------------------- epilogue
@@ -525,9 +495,7 @@ def _act_codegen(nres: int):
         data = _array_data(context, builder, signature)
         src, dst, ep, qp = data(0, src_v), data(1, dst_v), data(2, ep_v), data(7, q_v)
         res = [data(3, r1_v), data(4, r2_v)][:nres]
-        mod = builder.module
-        name = f"llvm.fma.v{FMA_LANES}f32"
-        fma = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt] * 3), name)
+        fma = _llvm_fma(builder, vt)
         zero_v, zero = ir.Constant(vt, None), ir.Constant(i64, 0)
 
         def const(v):
@@ -1302,12 +1270,12 @@ def _fma_pixels(xf, base, pstep, krow, rowgap, nk, wf, o0, nvb, nout, npx, v):
     bp = FMA_BLOCK_PIXELS[nvb]
     p = 0
     while p + bp <= npx:
-        _fma_block(nvb, True, xf, base + p * pstep, pstep, krow, rowgap, wf, o0, nout, nk, v,
-                   p * nout + o0, nout)
+        _fma_block(nvb, True, False, xf, base + p * pstep, pstep, krow, 1, rowgap, wf, o0, nout,
+                   nk, v, p * nout + o0, nout)
         p += bp
     while p < npx:
-        _fma_block(nvb, False, xf, base + p * pstep, pstep, krow, rowgap, wf, o0, nout, nk, v,
-                   p * nout + o0, nout)
+        _fma_block(nvb, False, False, xf, base + p * pstep, pstep, krow, 1, rowgap, wf, o0,
+                   nout, nk, v, p * nout + o0, nout)
         p += 1
 
 
@@ -1422,7 +1390,7 @@ def dwconv(x, w, padval, ep, res1, res2, yout, pout, cfg, nt):
 def dwconv_padded(xp, w, ep, res1, res2, yout, pout, cfg, nt):
     """Float depthwise conv (multiplier 1, C a multiple of FMA_LANES) of a padded NHWC
     copy ``xp``, w [kh, kw, C], + epilogue: the register block with a vector of
-    channels per lane group (:func:`_dw_block`), stripes of up to 64 channels outer
+    channels per lane group (:func:`_fma_block` per lane), stripes of up to 64 channels outer
     and blocks of pixels inner. The loop of :func:`dwconv` ran a 16-channel conv in
     LLVM's scalar remainder, at half ONNX Runtime's speed. cfg as :func:`dwconv`."""
     kh, kw, sh, sw = cfg[2], cfg[3], cfg[4], cfg[5]
@@ -1445,7 +1413,7 @@ def dwconv_padded(xp, w, ep, res1, res2, yout, pout, cfg, nt):
                 ox = 0
                 while ox < wo:
                     full = ox + bp <= wo
-                    _dw_block(nv, full, xf, row0 + ox * sw * c + c0, sw * c, kw, c,
+                    _fma_block(nv, full, True, xf, row0 + ox * sw * c + c0, sw * c, kw, c,
                               wp * c - kw * c, wf, c0, c, kh * kw, vf, ox * c + c0, c)
                     ox += bp if full else 1
                 c0 += nv * FMA_LANES
