@@ -14,6 +14,7 @@ node; a valid file never gets there.
 
 from __future__ import annotations
 
+import heapq
 import os
 
 import numba
@@ -205,22 +206,20 @@ def share_float_maps(ops: list[Op], graph: dict) -> None:
         for r in roots.get(name, ()):
             last[r] = float("inf")
     pool: dict = {}
-    free: list[tuple[float, int, str]] = []  # (free after op, slot, shape key)
+    free: dict[str, list[tuple[float, int]]] = {}  # shape -> heap of (free after op, slot)
     slots = 0
     for i, op in enumerate(ops):
         op._slot = None
         if i not in last:
             continue
-        shape = str(op.out_shape)
-        pick = next((k for k, (after, _, sh) in enumerate(free) if after < i and sh == shape),
-                    None)
-        if pick is None:
+        heap = free.setdefault(str(op.out_shape), [])
+        if heap and heap[0][0] < i:  # the buffer freed earliest, if its value is dead
+            slot = heapq.heappop(heap)[1]
+        else:
             slot = slots
             slots += 1
-        else:
-            slot = free.pop(pick)[1]
         op._slot = (pool, slot)
-        free.append((last[i], slot, shape))
+        heapq.heappush(heap, (last[i], slot))
 
 
 class PackedEngine:

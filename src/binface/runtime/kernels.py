@@ -192,6 +192,13 @@ def _emit_block(builder, vt, npix: int, nv: int, bases, wptr, optr, krow, kstep,
             builder.store(val, builder.bitcast(dst, val.type.as_pointer()), align=4)
 
 
+def _llvm_intrinsic(builder, name: str, vt, nargs: int):
+    """LLVM intrinsic ``name`` taking ``nargs`` values of type ``vt`` and returning one,
+    declared once per module."""
+    mod = builder.module
+    return mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt] * nargs), name)
+
+
 def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS):
     """LLVM IR of :func:`_xor_popcount_block` for ``npix`` pixels (or of its ``masked``
     twin, whose second argument ``masks`` is and-ed into word k of a pixel as
@@ -209,14 +216,17 @@ def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS):
         data = _array_data(context, builder, signature)
         bases, wptr, optr = _block_pointers(builder, npix, data(0, x_v), xbase, pstep,
                                             data(6 + sh, w_v), woff, data(10 + sh, out_v), ooff)
-        mod = builder.module
-        name = f"llvm.ctpop.v{nw}i64"
-        ctpop = mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt]), name)
+        ctpop = _llvm_intrinsic(builder, f"llvm.ctpop.v{nw}i64", vt, 1)
         mptr = data(1, args[1]) if masked else None
+        masks_at: dict = {}  # word k's mask, loaded once for all the block's pixels
 
         def load_x(base, roff, kk):
             xw = builder.load(builder.gep(base, [roff]))
-            return builder.and_(xw, builder.load(builder.gep(mptr, [kk]))) if masked else xw
+            if not masked:
+                return xw
+            if id(kk) not in masks_at:
+                masks_at[id(kk)] = builder.load(builder.gep(mptr, [kk]))
+            return builder.and_(xw, masks_at[id(kk)])
 
         kb = builder.insert_element(ir.Constant(vt, ir.Undefined), kbits,
                                     ir.Constant(ir.IntType(32), 0))
@@ -327,10 +337,8 @@ FMA_LANES = 16  # float32 lanes: one 512-bit register, two AVX2 or four NEON reg
 
 
 def _llvm_fma(builder, vt):
-    """The ``llvm.fma`` intrinsic on vectors of type ``vt``, declared once per module."""
-    mod = builder.module
-    name = f"llvm.fma.v{vt.count}f32"
-    return mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt] * 3), name)
+    """The ``llvm.fma`` intrinsic on float vectors of type ``vt``."""
+    return _llvm_intrinsic(builder, f"llvm.fma.v{vt.count}f32", vt, 3)
 
 
 def _fma_codegen(npix: int, nv: int, per_lane: bool):
