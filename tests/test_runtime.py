@@ -370,6 +370,39 @@ def test_float_depthwise_matches_pytorch(c, k, stride, pad, tmp_path):
         assert rel_err(eng.run(x2), module(torch.from_numpy(x2)).detach().numpy()) < 1e-5
 
 
+def test_fused_ops_refuse_wrong_shapes(tmp_path):
+    """The ops built at load name the value of the wrong shape in one line: a gate that
+    does not hold N x C values, a head input of the wrong channel count."""
+    from binface.models.binaryfacenet import BinarySqueezeExcite, ConvBNPReLU
+    from binface.runtime.ops.floats import PoolDenseOp
+    from binface.runtime.ops.fused import GatedConvOp
+
+    torch.manual_seed(0)
+    model = nn.Sequential(ConvBNPReLU(3, 64, 1), BinarySqueezeExcite(64),
+                          BinaryConv2d(64, 64, 3, padding="same"), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(64, 32)).eval()
+    export_packed(model, tmp_path / "m.bfp", input_size=(112, 112))
+    eng = load_packed(tmp_path / "m.bfp")
+    x = np.random.default_rng(0).standard_normal((1, 3, 112, 112), dtype=np.float32)
+    env, ctx = dict(eng.consts), eng.context(1)
+    env[eng.input_name] = eng.check_input(x)
+    for op in eng.ops:
+        if isinstance(op, GatedConvOp):
+            bad = dict(env)
+            bad[op.inputs[1]] = np.ones((1, 63), np.float32)
+            with pytest.raises(PackedFormatError, match=r"gate .* has shape \[1, 63\]") as err:
+                op(bad, ctx)
+            _one_line(err.value)
+        if isinstance(op, PoolDenseOp):
+            bad = dict(env)
+            bad[op.inputs[0]] = np.ones((1, 48, 2, 2), np.float32)
+            with pytest.raises(PackedFormatError, match=r"\[M, H, W, 64\] float32") as err:
+                op(bad, ctx)
+            _one_line(err.value)
+        op(env, ctx)
+    assert {type(op) for op in eng.ops} >= {GatedConvOp, PoolDenseOp}
+
+
 @pytest.mark.parametrize("bn", [True, False])
 def test_embedding_head_is_one_op(bn, tmp_path):
     """Global pool, flatten, dense (20 outputs: a vector and a scalar tail) [, BN1d]
