@@ -791,6 +791,28 @@ def test_shared_float_maps_match_fresh_buffers(name, tmp_path):
     assert np.array_equal(eng.run(x, trace=True)[0], y) and np.array_equal(eng.run(x), y)
 
 
+def test_pad_in_place_skips_the_copy_and_keeps_the_bits(tmp_path):
+    """A pool or stem conv feeding a conv that pads its input writes straight inside
+    that conv's padded buffer (``pad_in_place``): the conv's copy is gone from its
+    calls, and the outputs equal a trace run's (fresh arrays, copies) bit for bit,
+    at two batch sizes and on two threads."""
+    torch.manual_seed(0)
+    export_packed(randomize_bn(create_model("quicknet_small")), tmp_path / "m.bfp")
+    rng = np.random.default_rng(5)
+    for threads in (1, 2):
+        eng = load_packed(tmp_path / "m.bfp", threads=threads)
+        pairs = [(op, op._into) for op in eng.ops if getattr(op, "_into", None) is not None]
+        assert len(pairs) >= 3  # the three transitions' max-pools -> depthwise convs
+        for n in (1, 3, 1):
+            x = rng.standard_normal((n, 3, 112, 112), dtype=np.float32)
+            y = eng.run(x)
+            assert np.array_equal(eng.run(x), y)  # replayed
+            for _, conv in pairs:
+                names = [getattr(fn, "__name__", "") for fn, _ in conv._fast[2]]
+                assert not any(name.startswith("pad_nhwc") for name in names), names
+            assert np.array_equal(eng.run(x, trace=True)[0], y)
+
+
 def test_replay_does_not_reuse_a_copied_residual(tmp_path):
     """A residual that had to be copied to channels-last (here the NCHW model input
     itself) is not replayed: the copy would hold last run's values."""

@@ -39,7 +39,7 @@ from binface.runtime.ops.layout import _F32, as_nchw, nhwc, pack_bits, resolve
 from binface.runtime.ops.table import ENGINE_OPS as OPS
 
 __all__ = ["MAX_NODES", "OPS", "Op", "PackedEngine", "RunContext", "as_nchw", "load_packed",
-           "nhwc", "pack_bits", "resolve", "set_blas_threads"]
+           "nhwc", "pack_bits", "pad_in_place", "resolve", "set_blas_threads"]
 
 MAX_NODES = 8192  # the zoo's largest graph (mobilefaceformer) has 511 nodes
 MAX_TOTAL_BYTES = 1 << 31  # all values one run makes, per sample (the zoo needs < 200 MB)
@@ -175,6 +175,35 @@ def fuse_heads(ops: list[Op], graph: dict, tensors: dict) -> list[Op]:
     return out
 
 
+def pad_in_place(ops: list[Op], graph: dict) -> None:
+    """Let an op whose float map only feeds a conv that pads its input (a depthwise conv
+    after a pool, a stem's conv) write that map straight inside the conv's padded
+    buffer: the conv's copy of it (``pad_nhwc``) is then skipped. Set as ``op._into``;
+    trace runs, with fresh arrays, still copy."""
+    readers = _readers(ops)
+    producer = {op.outputs[0]: op for op in ops if op.outputs}
+    for op in ops:
+        op._into = None
+    for op in ops:
+        if type(op) is not ConvOp or not op.pads_input:
+            continue
+        name = op.inputs[0]
+        src = producer.get(name)
+        if (src is None or readers.get(name) != 1 or name in graph["outputs"]
+                or not ((type(src) is ConvOp and src.out_float and not src.linear)
+                        or type(src) is PoolOp)
+                or _nhwc_shape(src) != op.in_shape):
+            continue
+        src._into = op
+
+
+def _nhwc_shape(op: Op) -> tuple[int, ...] | None:
+    """The (H, W, C) of a conv's or pool's float output at batch 1."""
+    if type(op) is PoolOp:
+        return (*op.out_hw, op.in_shape[2])
+    return (*op.out_hw, op.nout)
+
+
 # ops whose outputs are arrays of their own (never views of their inputs)
 _OWN_OUTPUTS = (_ConvLike, PackOp, BMaxPoolOp, PoolOp, PoolDenseOp, LinearOp, AffineOp)
 
@@ -210,7 +239,7 @@ def share_float_maps(ops: list[Op], graph: dict) -> None:
     slots = 0
     for i, op in enumerate(ops):
         op._slot = None
-        if i not in last:
+        if i not in last or op.__dict__.get("_into") is not None:  # see pad_in_place
             continue
         heap = free.setdefault(str(op.out_shape), [])
         if heap and heap[0][0] < i:  # the buffer freed earliest, if its value is dead
@@ -266,6 +295,7 @@ class PackedEngine:
             self.ops.append(op)
         if fuse:
             self.ops = fuse_heads(fuse_gated_packs(self.ops, graph, tensors), graph, tensors)
+        pad_in_place(self.ops, graph)
         share_float_maps(self.ops, graph)
 
     @property

@@ -1687,18 +1687,19 @@ def pool_nhwc(x, y, pre, post, cfg, nt):
     """Max (cfg[0] = 0) or average (1) pooling of NHWC ``x`` into ``y``.
 
     cfg: kind, kh, kw, sh, sw, pt, pl, dh, dw, count_include_pad, divisor (0 = none),
-    pb, pr, use_pre, use_post. Max pooling skips positions outside the input (-inf
-    padding); average pooling counts them (zeros) when count_include_pad, as
-    PyTorch does, but never past the padded extent. ``pre`` / ``post`` are epilogue
-    chains (folded BatchNorm, PReLU / ReLU) applied to each input / output value,
-    so a transition's BN -> max-pool -> ReLU is one pass.
+    pb, pr, use_pre, use_post; then the output's place in ``y`` (top, left: a view
+    inside a padded buffer, see engine.pad_in_place) and its size Ho, Wo. Max pooling
+    skips positions outside the input (-inf padding); average pooling counts them
+    (zeros) when count_include_pad, as PyTorch does, but never past the padded extent.
+    ``pre`` / ``post`` are epilogue chains (folded BatchNorm, PReLU / ReLU) applied to
+    each input / output value, so a transition's BN -> max-pool -> ReLU is one pass.
     """
     kind, kh, kw, sh, sw, pt, pl, dh, dw, cip, divisor = (cfg[0], cfg[1], cfg[2], cfg[3], cfg[4],
                                                           cfg[5], cfg[6], cfg[7], cfg[8], cfg[9],
                                                           cfg[10])
     pb, pr, use_pre, use_post = cfg[11], cfg[12], cfg[13], cfg[14]
+    ot, ol, ho, wo = cfg[15], cfg[16], cfg[17], cfg[18]
     n_, h_in, w_in, nch = x.shape
-    _, ho, wo, _ = y.shape
     rows = n_ * ho
     nt = max(1, min(nt, rows))
     # a plain max-pool of stride 1 along x without padding (QuickNet's 2 x 2 / 1): each
@@ -1711,7 +1712,7 @@ def pool_nhwc(x, y, pre, post, cfg, nt):
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
             if flat:
-                yr = y[n, oy].reshape(-1)
+                yr = y[n, ot + oy].reshape(-1)[ol * nch:(ol + wo) * nch]
                 yr[:] = -np.inf
                 for ky in range(kh):
                     xr = x[n, oy * sh + ky * dh].reshape(-1)
@@ -1752,7 +1753,7 @@ def pool_nhwc(x, y, pre, post, cfg, nt):
                         else:
                             for c in range(nch):
                                 acc[c] += xr[c]
-                yr = y[n, oy, ox]
+                yr = y[n, ot + oy, ol + ox]
                 if kind != 0:
                     d = np.float32(divisor if divisor > 0 else (cnt_pad if cip else cnt))
                     for c in range(nch):

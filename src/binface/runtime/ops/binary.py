@@ -280,7 +280,8 @@ class BMaxPoolOp(Op):
                              stride[0], stride[1], pads[0], pads[2], self.out_hw[0],
                              self.out_hw[1], self.qpads[0], self.qpads[2]], np.int64)
         self.pool_cfg = np.array([0, kernel[0], kernel[1], stride[0], stride[1], pads[0],
-                                  pads[2], 1, 1, 0, 0, pads[1], pads[3], 0, 0], np.int64)
+                                  pads[2], 1, 1, 0, 0, pads[1], pads[3], 0, 0, 0, 0,
+                                  *self.out_hw], np.int64)
 
     def __call__(self, env, ctx) -> None:
         p = env[self.inputs[0]]

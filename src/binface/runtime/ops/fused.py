@@ -110,8 +110,8 @@ class ConvOp(_ConvLike):
         if self.replayed(env, ctx):
             return
         x = env[self.inputs[0]]
-        # the small conv pads a copy, reading any strides: no channels-last copy first
-        x = x.transpose(0, 2, 3, 1) if self.small and x.dtype == _F32 else nhwc(x)
+        # a conv on a padded copy reads any strides: no channels-last copy first
+        x = x.transpose(0, 2, 3, 1) if self.pads_input and x.dtype == _F32 else nhwc(x)
         if x.shape[1:] != self.in_shape:
             raise self.mismatch(x, f"[M, {', '.join(map(str, self.in_shape))}] (NHWC)")
         m = x.shape[0]
@@ -121,20 +121,21 @@ class ConvOp(_ConvLike):
         r1, r2 = self.residuals(env, res)
         ep = (self.ep, r1, r2, y, q, cfg, ctx.nt)
         views = (x, r1, r2)  # what the calls read of the inputs
-        if self.depthwise and self.blocked_dw:
-            xp = self.padded(ctx, x)  # border as filled: a replay refills the inside only
-            calls = [(ctx.k.pad_nhwc, (x, xp, self.pads[0], self.pads[2], ctx.nt)),
-                     (ctx.k.dwconv_padded, (xp, self.w) + ep)]
+        if self.pads_input:
+            # the border stays as filled: a replay refills the inside only, and not even
+            # that where the producer wrote its output there (``pad_in_place``)
+            xp = self.pad_buffer(ctx, m)
+            calls = [] if _same_view(x, self.inside(xp)) else [
+                (ctx.k.pad_nhwc, (x, xp, self.pads[0], self.pads[2], ctx.nt))]
+            if self.depthwise:
+                calls.append((ctx.k.dwconv_padded, (xp, self.w) + ep))
+            else:
+                kern = K.conv_small(self.nout, self.kernel[1] * self.cin, ctx.k is K.PARALLEL)
+                calls.append((kern, (xp, self.w[0]) + ep))
         elif self.depthwise:
             calls = [(ctx.k.dwconv, (x, self.w, self.pad_value) + ep)]
         elif self.direct:
             calls = [(ctx.k.conv1x1_small, (x, self.w[0]) + ep)]
-        elif self.small:
-            xp = self.padded(ctx, x)
-            kern = K.conv_small(self.nout, self.kernel[1] * self.cin, ctx.k is K.PARALLEL)
-            # the pad buffer's border stays as filled: a replay refills the inside only
-            calls = [(ctx.k.pad_nhwc, (x, xp, self.pads[0], self.pads[2], ctx.nt)),
-                     (kern, (xp, self.w[0]) + ep)]
         elif self.pointwise and self.nout % K.FMA_LANES == 0 and x.flags.c_contiguous:
             calls = [(ctx.k.conv1x1, (x, self.w[0]) + ep)]
         else:
@@ -180,11 +181,27 @@ class ConvOp(_ConvLike):
                           product(cols[:nr], g, raw[q0 * wo:q1 * wo, g * og:(g + 1) * og])]
         return raw, calls
 
-    def padded(self, ctx, x: np.ndarray) -> np.ndarray:
-        """A kept buffer for ``x`` (NHWC) with the conv's padding (pad value) around it,
-        as large as what the windows read (and at least the input); the caller copies
-        ``x`` inside with ``pad_nhwc``."""
-        m, h, w, c = x.shape
+    @property
+    def pads_input(self) -> bool:
+        """Whether the conv reads its input from a padded copy (:meth:`pad_buffer`)."""
+        return self.small or (self.depthwise and self.blocked_dw)
+
+    def inside(self, xp: np.ndarray) -> np.ndarray:
+        """The view of the padded buffer ``xp`` where the input goes (the same object
+        for the same buffer, so a producer writing there replays)."""
+        last = self.__dict__.get("_inside")
+        if last is None or last[0] is not xp:
+            h, w, _ = self.in_shape
+            t, l = self.pads[0], self.pads[2]
+            self._inside = last = (xp, xp[:, t:t + h, l:l + w])
+        return last[1]
+
+    def pad_buffer(self, ctx, m: int) -> np.ndarray:
+        """A kept buffer for the input (NHWC, batch ``m``) with the conv's padding (pad
+        value) around it, as large as what the windows read (and at least the input);
+        the input is copied :meth:`inside` with ``pad_nhwc``, or written there by its
+        producer."""
+        h, w, c = self.in_shape
         t, b, l, r = self.pads
         kh, kw = self.kernel
         (ho, wo), (sh, sw) = self.out_hw, self.stride
@@ -240,6 +257,12 @@ def gated_conv(conv: ConvOp, pack: Op, gate: str, tensors, graph) -> GatedConvOp
     return GatedConvOp(node, tensors, graph)
 
 
+def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are the same elements of the same memory."""
+    return (a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
 def _matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     np.matmul(a, b, out=out)
 
@@ -286,7 +309,7 @@ class PoolOp(Op):
         self.cfg = np.array([kind, kernel[0], kernel[1], stride[0], stride[1], p[0], p[2],
                              dil[0], dil[1], int(bool(a.get("count_include_pad", True))),
                              divisor, p[1], p[3], int(self.pre is not None),
-                             int(self.post is not None)], np.int64)
+                             int(self.post is not None), 0, 0, *self.out_hw], np.int64)
         self.pre = _DUMMY_EP if self.pre is None else self.pre
         self.post = _DUMMY_EP if self.post is None else self.post
 
@@ -296,8 +319,16 @@ class PoolOp(Op):
         x = nhwc(env[self.inputs[0]])
         if x.shape[1:] != self.in_shape:
             raise self.mismatch(x, f"[M, {', '.join(map(str, self.in_shape))}] (NHWC)")
-        y = self.buffer(ctx, "y", (x.shape[0], self.out_hw[0], self.out_hw[1], x.shape[3]))
-        calls = [(ctx.k.pool_nhwc, (x, y, self.pre, self.post, self.cfg, ctx.nt))]
+        m = x.shape[0]
+        into, cfg = self.__dict__.get("_into"), self.cfg
+        if into is not None and not ctx.fresh:  # inside the next conv's padded input
+            yb = into.pad_buffer(ctx, m)
+            y = into.inside(yb)
+            cfg = self.cfg.copy()
+            cfg[15], cfg[16] = into.pads[0], into.pads[2]
+        else:
+            y = yb = self.buffer(ctx, "y", (m, self.out_hw[0], self.out_hw[1], x.shape[3]))
+        calls = [(ctx.k.pool_nhwc, (x, yb, self.pre, self.post, cfg, ctx.nt))]
         self.issue(calls)
         env[self.outputs[0]] = self.kept_view(y, ctx.n, as_nchw)
         self.remember(env, ctx, calls, (x,))
