@@ -833,3 +833,17 @@ def test_replay_does_not_reuse_a_copied_residual(tmp_path):
     for _ in range(3):
         assert np.array_equal(eng.run(x), load_packed(tmp_path / "r.bfp").run(x))
         x *= -1.5  # same object, new values
+
+
+@pytest.mark.parametrize("width", [1, 15, 16, 17, 40])
+def test_rgb_pad_copy_interleaves_every_width(width):
+    """The RGB input's padded channels-last copy (vector shuffles for 16 pixels at a
+    time, then one by one) equals numpy's, for widths around the vector length."""
+    from binface.runtime import kernels
+
+    x = np.random.default_rng(width).standard_normal((2, 3, 5, width), dtype=np.float32)
+    xp = np.full((2, 7, width + 2, 3), 9.0, np.float32)
+    kernels.pad_nhwc(x.transpose(0, 2, 3, 1), xp, 1, 1, 1)
+    want = np.full_like(xp, 9.0)
+    want[:, 1:6, 1:width + 1] = x.transpose(0, 2, 3, 1)
+    assert np.array_equal(xp, want)

