@@ -813,6 +813,32 @@ def test_pad_in_place_skips_the_copy_and_keeps_the_bits(tmp_path):
             assert np.array_equal(eng.run(x, trace=True)[0], y)
 
 
+def test_flat_replay_reads_the_input_and_falls_back(tmp_path):
+    """On the same input array as last run, an engine whose ops all replay issues last
+    run's kernel calls in one list (``_flat``): new values in that array give new
+    outputs, and another array, batch size or a trace run takes the normal path."""
+    torch.manual_seed(0)
+    export_packed(randomize_bn(create_model("quicknet_small")), tmp_path / "m.bfp")
+    eng = load_packed(tmp_path / "m.bfp")
+    ref = load_packed(tmp_path / "m.bfp", fuse=False)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 112, 112), dtype=np.float32)
+    eng.run(x)
+    assert np.array_equal(eng.run(x), ref.run(x)) and eng._flat is not None
+    for _ in range(2):
+        x[...] = rng.standard_normal(x.shape, dtype=np.float32)  # same object
+        assert eng._flat[0] is x
+        assert np.array_equal(eng.run(x), ref.run(x.copy()))
+    x.shape = (1, 6, 112, 112)  # the same object reshaped in place: refused, not replayed
+    with pytest.raises(InputShapeError):
+        eng.run(x)
+    x.shape = (2, 3, 112, 112)
+    y1 = x[:1].copy()
+    assert np.array_equal(eng.run(y1), ref.run(y1))  # another batch: normal path
+    assert np.array_equal(eng.run(x, trace=True)[0], ref.run(x))
+    assert np.array_equal(eng.run(x), ref.run(x))
+
+
 def test_replay_does_not_reuse_a_copied_residual(tmp_path):
     """A residual that had to be copied to channels-last (here the NCHW model input
     itself) is not replayed: the copy would hold last run's values."""
