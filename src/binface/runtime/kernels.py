@@ -752,36 +752,7 @@ def _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg):
     ``tmp`` (same shape) receives the result when no float output is wanted: an
     in-place update defeats LLVM's alias check and runs scalar, 10x slower.
     """
-    nres, out_float, out_pack = cfg[EP_NRES], cfg[EP_OUT_FLOAT], cfg[EP_OUT_PACK]
-    gate = cfg[EP_GATE]  # res2 is then a gate [N, 1, 1, C] (nres <= 1)
-    r1 = res1[n, oy] if nres > 0 else res1[0, 0]
-    r2 = res2[n, oy] if nres > 1 else res2[n, 0] if gate else res2[0, 0]
-    wo, c = v.shape
-    dst = yout[n, oy] if out_float else tmp
-    ppl = cfg[EP_PPL]
-    q = pout[n, oy + cfg[EP_PPT], ppl:ppl + wo] if out_pack else pout[0, 0]
-    if (c % FMA_LANES == 0 and _rows_ok(v, c) and _rows_ok(dst, c) and _rows_ok(ep, c)
-            and (nres < 1 or _rows_ok(r1, c)) and (nres < 2 or _rows_ok(r2, c))
-            and (not out_pack or (cfg[EP_PCG] % FMA_LANES == 0 and q.strides[1] == 8))
-            and (not gate or r2.strides[1] == 4)):
-        flags = (out_float + 2 * out_pack + 4 * (cfg[EP_PMODE] != 0) + 8 * (gate != 0)
-                 + 16 * cfg[EP_KIND])
-        ps = q.strides[0] // 8
-        if nres == 0:
-            _act0(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags, 0, c)
-        elif nres == 1:
-            _act1(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags, 0, c)
-        else:
-            _act2(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags, 0, c)
-        return
-    _act_rows(v, dst, ep, r1, r2, nres)
-    if gate:
-        g = r2[0]
-        for i in range(wo):
-            for o in range(c):
-                dst[i, o] *= g[o]
-    if out_pack:
-        _pack_rows(dst, q, cfg[EP_PMODE], cfg[EP_PG], cfg[EP_PCG], cfg[EP_PWPG])
+    _epilogue_cols(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg, 0, v.shape[1])
 
 
 @njit(inline="always")
@@ -978,14 +949,13 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     nw = og // 64
     csplit = (blocked and nt > 1 and rows < 2 * nt and og % 64 == 0 and nw >= nt
               and out_acc == 0)
-    vs = np.empty((rows if csplit else 0, wo, og), np.float32)
+    vs = np.empty((rows if csplit else 1, wo, og), np.float32)
     if csplit:
         csplit = _epilogue_splits(vs[0], vs[0], ep, res1, res2, yout, pout, cfg)
     for ch in prange(nt):
         acc = np.zeros(og, np.int64)
         acc2 = np.zeros(og, np.int64)
         vrow = np.empty((wo, ng * og), np.float32)
-        vrow_f = vrow.reshape(-1)
         tmp = np.empty_like(vrow)
         c_lo, c_hi, r_lo, r_hi = 0, ng * og, ch * rows // nt, (ch + 1) * rows // nt
         if csplit:
@@ -998,13 +968,12 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
         for qq in range(r_lo, r_hi):
             n, oy = qq // ho, qq % ho
             y0 = oy * sh
-            v, vf = vrow, vrow_f
-            if csplit:
-                v = vs[qq]
+            v = vs[qq] if csplit else vrow
             border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + (kh - 1) * dh >= h_in)
             if blocked:
                 # blocks of pixels x BLOCK_CHANNELS, sums in registers; channel blocks
                 # outer, so a block's weights stay in L1 along the row (csplit: above)
+                vf = v.reshape(-1)
                 for b in range(0 if csplit else og // BLOCK_CHANNELS):
                     _block_row(pf, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf, 0,
                                kbits)
@@ -1081,10 +1050,7 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                 for ox in range(wo):
                     for o in range(ng * og):
                         acc_out[n, oy, ox, o] = np.int32(v[ox, o])
-            if csplit:
-                _epilogue_cols(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg, c_lo, c_hi)
-            else:
-                _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+            _epilogue_cols(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg, c_lo, c_hi)
 
 
 @njit(**_KW_SMALL)
