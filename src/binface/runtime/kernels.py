@@ -497,8 +497,7 @@ def _act_codegen(nres: int):
     the arithmetic, and packing re-read every value."""
 
     def codegen(context, builder, signature, args):
-        src_v, dst_v, ep_v, r1_v, r2_v, npix, nch, q_v, pstride, cg, wpg, flags, c_lo, c_hi = \
-            args
+        src_v, dst_v, ep_v, r1_v, r2_v, npix, nch, q_v, pstride, cg, wpg, flags = args
         i64, f32 = ir.IntType(64), ir.FloatType()
         vt = ir.VectorType(f32, FMA_LANES)
         data = _array_data(context, builder, signature)
@@ -531,16 +530,12 @@ def _act_codegen(nres: int):
         chunk_body = builder.append_basic_block("act.chunk_body")
         next_chunk = builder.append_basic_block("act.next")
         done = builder.append_basic_block("act.done")
-        # channels c_lo .. c_hi of the rows (whole packed words: c_lo a multiple of 64
-        # or of cg), the group and the offset in it found once
-        cg1 = builder.select(builder.icmp_signed(">", cg, zero), cg, const(1))  # no pack: 0
-        g_lo, within_lo = builder.sdiv(c_lo, cg1), builder.srem(c_lo, cg1)
-        builder.cbranch(builder.and_(builder.icmp_signed(">", c_hi, c_lo),
+        builder.cbranch(builder.and_(builder.icmp_signed(">", nch, zero),
                                      builder.icmp_signed(">", npix, zero)), outer, done)
         builder.position_at_end(outer)
         c, g, within = builder.phi(i64), builder.phi(i64), builder.phi(i64)
-        for phi, start in ((c, c_lo), (g, g_lo), (within, within_lo)):
-            phi.add_incoming(start, pre)
+        for phi in (c, g, within):
+            phi.add_incoming(zero, pre)
         evs = [vload(ep, builder.add(builder.mul(const(j), nch), c)) for j in range(6)]
         builder.cbranch(gated, load_gate, chunk_body)
         builder.position_at_end(load_gate)
@@ -612,7 +607,7 @@ def _act_codegen(nres: int):
         c.add_incoming(c1, next_chunk)
         g.add_incoming(builder.select(wrap, builder.add(g, const(1)), g), next_chunk)
         within.add_incoming(builder.select(wrap, zero, w1), next_chunk)
-        builder.cbranch(builder.icmp_signed("<", c1, c_hi), outer, done)
+        builder.cbranch(builder.icmp_signed("<", c1, nch), outer, done)
         builder.position_at_end(done)
         return context.get_dummy_value()
 
@@ -620,10 +615,8 @@ def _act_codegen(nres: int):
 
 
 def _make_act(nres: int):
-    def act(typingctx, src, dst, ep, r1, r2, npix, nch, q, pstride, cg, wpg, flags, c_lo,
-            c_hi):
-        sig = types.void(src, dst, ep, r1, r2, _I64, _I64, q, _I64, _I64, _I64, _I64, _I64,
-                         _I64)
+    def act(typingctx, src, dst, ep, r1, r2, npix, nch, q, pstride, cg, wpg, flags):
+        sig = types.void(src, dst, ep, r1, r2, _I64, _I64, q, _I64, _I64, _I64, _I64)
         return sig, _act_codegen(nres)
     act.__name__ = act.__qualname__ = f"act_block{nres}"
     return intrinsic(act)
@@ -752,64 +745,27 @@ def _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg):
     ``tmp`` (same shape) receives the result when no float output is wanted: an
     in-place update defeats LLVM's alias check and runs scalar, 10x slower.
     """
-    _epilogue_cols(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg, 0, v.shape[1])
-
-
-@njit(inline="always")
-def _epilogue_args(v, tmp, n, oy, res1, res2, yout, pout, cfg):
-    """The rows the epilogue of output row ``oy`` reads and writes: r1, r2, dst, q."""
     nres, out_float, out_pack = cfg[EP_NRES], cfg[EP_OUT_FLOAT], cfg[EP_OUT_PACK]
     gate = cfg[EP_GATE]  # res2 is then a gate [N, 1, 1, C] (nres <= 1)
     r1 = res1[n, oy] if nres > 0 else res1[0, 0]
     r2 = res2[n, oy] if nres > 1 else res2[n, 0] if gate else res2[0, 0]
+    wo, c = v.shape
     dst = yout[n, oy] if out_float else tmp
     ppl = cfg[EP_PPL]
-    q = pout[n, oy + cfg[EP_PPT], ppl:ppl + v.shape[0]] if out_pack else pout[0, 0]
-    return r1, r2, dst, q
-
-
-@njit(inline="always")
-def _epilogue_vector(v, ep, r1, r2, dst, q, cfg):
-    """Whether the epilogue of a row runs as LLVM IR (:func:`_act_codegen`), the only
-    one that can do a range of its channels."""
-    nres, out_pack, gate = cfg[EP_NRES], cfg[EP_OUT_PACK], cfg[EP_GATE]
-    c = v.shape[1]
-    return (c % FMA_LANES == 0 and _rows_ok(v, c) and _rows_ok(dst, c) and _rows_ok(ep, c)
+    q = pout[n, oy + cfg[EP_PPT], ppl:ppl + wo] if out_pack else pout[0, 0]
+    if (c % FMA_LANES == 0 and _rows_ok(v, c) and _rows_ok(dst, c) and _rows_ok(ep, c)
             and (nres < 1 or _rows_ok(r1, c)) and (nres < 2 or _rows_ok(r2, c))
             and (not out_pack or (cfg[EP_PCG] % FMA_LANES == 0 and q.strides[1] == 8))
-            and (not gate or r2.strides[1] == 4))
-
-
-@njit(inline="always")
-def _epilogue_splits(v, tmp, ep, res1, res2, yout, pout, cfg):
-    """Whether the epilogue can run on ranges of 64 channels (whole packed words) by
-    different threads: the IR epilogue, every row alike (row 0's strides)."""
-    r1, r2, dst, q = _epilogue_args(v, tmp, 0, 0, res1, res2, yout, pout, cfg)
-    return (_epilogue_vector(v, ep, r1, r2, dst, q, cfg) and v.shape[1] % 64 == 0
-            and (cfg[EP_OUT_PACK] == 0 or cfg[EP_PCG] % 64 == 0))
-
-
-@njit(**_KW_SMALL)
-def _epilogue_cols(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg, c_lo, c_hi):
-    """:func:`_epilogue_row` for channels c_lo .. c_hi only (the IR epilogue; a range
-    short of the row only where :func:`_epilogue_splits` holds)."""
-    nres, out_float, out_pack = cfg[EP_NRES], cfg[EP_OUT_FLOAT], cfg[EP_OUT_PACK]
-    gate = cfg[EP_GATE]
-    r1, r2, dst, q = _epilogue_args(v, tmp, n, oy, res1, res2, yout, pout, cfg)
-    wo, c = v.shape
-    if _epilogue_vector(v, ep, r1, r2, dst, q, cfg):
+            and (not gate or r2.strides[1] == 4)):
         flags = (out_float + 2 * out_pack + 4 * (cfg[EP_PMODE] != 0) + 8 * (gate != 0)
                  + 16 * cfg[EP_KIND])
         ps = q.strides[0] // 8
         if nres == 0:
-            _act0(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags, c_lo,
-                  c_hi)
+            _act0(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags)
         elif nres == 1:
-            _act1(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags, c_lo,
-                  c_hi)
+            _act1(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags)
         else:
-            _act2(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags, c_lo,
-                  c_hi)
+            _act2(v, dst, ep, r1, r2, wo, c, q, ps, cfg[EP_PCG], cfg[EP_PWPG], flags)
         return
     _act_rows(v, dst, ep, r1, r2, nres)
     if gate:
@@ -897,10 +853,9 @@ def _acc1x2(a0, a1, x0, y0, w0):
 
 
 @njit(inline="always")
-def _block_row(pf, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf, voff, kbits):
-    """Dot products of output row (n, y0 / sh) for channel block ``b`` into
-    vf[voff:voff + Wo * Og] (float32), in blocks of :func:`_block_npix` pixels
-    (:func:`_xor_popcount_block`)."""
+def _block_row(pf, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf, kbits):
+    """Dot products of output row (n, y0 / sh) for channel block ``b`` into vf [Wo * Og]
+    (float32), in blocks of :func:`_block_npix` pixels (:func:`_xor_popcount_block`)."""
     rowgap = wp * wpg - krow
     woff = b * nk * BLOCK_CHANNELS
     ox = 0
@@ -908,7 +863,7 @@ def _block_row(pf, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf, voff, 
         npix = _block_npix(ox, wo)
         _xor_popcount_block(npix, pf, ((n * hp + y0) * wp + ox * sw) * wpg, sw * wpg, krow, 1,
                             rowgap, wblk, woff, BLOCK_CHANNELS, nk, vf,
-                            voff + ox * og + b * BLOCK_CHANNELS, og, kbits)
+                            ox * og + b * BLOCK_CHANNELS, og, kbits)
         ox += npix
 
 
@@ -941,41 +896,21 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     nk = kh * krow
     blocked = (contiguous and og % BLOCK_CHANNELS == 0 and wblk.shape[0] * BLOCK_CHANNELS == og
                and wblk.shape[1] == kh * kw * wpg and wblk.shape[2] == BLOCK_CHANNELS)
-    # fewer than two rows a thread (QuickNet's last stage: 3 rows split 2 + 1, each
-    # thread streaming all of the 288 KiB of weights from L3): each thread takes a
-    # range of whole packed words of channels instead, for every row, epilogue
-    # included, and reads only their weights (the same blocks and epilogue
-    # arithmetic: the same bits). 7 rows split 4 + 3 were as fast either way.
-    nw = og // 64
-    csplit = (blocked and nt > 1 and rows < 2 * nt and og % 64 == 0 and nw >= nt
-              and out_acc == 0)
-    vs = np.empty((rows if csplit else 1, wo, og), np.float32)
-    if csplit:
-        csplit = _epilogue_splits(vs[0], vs[0], ep, res1, res2, yout, pout, cfg)
     for ch in prange(nt):
         acc = np.zeros(og, np.int64)
         acc2 = np.zeros(og, np.int64)
-        vrow = np.empty((wo, ng * og), np.float32)
-        tmp = np.empty_like(vrow)
-        c_lo, c_hi, r_lo, r_hi = 0, ng * og, ch * rows // nt, (ch + 1) * rows // nt
-        if csplit:
-            c_lo, c_hi, r_lo, r_hi = ch * nw // nt * 64, (ch + 1) * nw // nt * 64, 0, rows
-            vsf = vs.reshape(-1)  # once: a view per call would update vs's shared refcount
-            for b in range(c_lo // BLOCK_CHANNELS, c_hi // BLOCK_CHANNELS):
-                for qq in range(rows):
-                    _block_row(pf, qq // ho, (qq % ho) * sh, hp, wp, wpg, sw, wo, og, krow,
-                               nk, wblk, b, vsf, qq * wo * og, kbits)
-        for qq in range(r_lo, r_hi):
+        v = np.empty((wo, ng * og), np.float32)
+        tmp = np.empty_like(v)
+        vf = v.reshape(-1)
+        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
             y0 = oy * sh
-            v = vs[qq] if csplit else vrow
             border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + (kh - 1) * dh >= h_in)
             if blocked:
                 # blocks of pixels x BLOCK_CHANNELS, sums in registers; channel blocks
-                # outer, so a block's weights stay in L1 along the row (csplit: above)
-                vf = v.reshape(-1)
-                for b in range(0 if csplit else og // BLOCK_CHANNELS):
-                    _block_row(pf, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf, 0,
+                # outer, so a block's weights stay in L1 along the row
+                for b in range(og // BLOCK_CHANNELS):
+                    _block_row(pf, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf,
                                kbits)
             elif contiguous:
                 # one group, dilation 1: a kernel row's words are kw * WPG consecutive words
@@ -1044,13 +979,13 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                                 ix = x0 + kx * dw - pl
                                 if iy < 0 or iy >= h_in or ix < 0 or ix >= w_in:
                                     t = ky * kw + kx
-                                    for o in range(c_lo, min(c_hi, og)):  # csplit: one group
+                                    for o in range(og):
                                         vr[g * og + o] -= corr[g, t, o]
             if out_acc:
                 for ox in range(wo):
                     for o in range(ng * og):
                         acc_out[n, oy, ox, o] = np.int32(v[ox, o])
-            _epilogue_cols(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg, c_lo, c_hi)
+            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
 
 
 @njit(**_KW_SMALL)
@@ -1399,27 +1334,9 @@ def conv1x1(x, w, ep, res1, res2, yout, pout, cfg, nt):
     grp = max(1, min(-(-16 // wo), 16384 // max(1, wo * nout)))  # rows per group
     nt = max(1, min(nt, rows))
     xf, wf = x.reshape(-1), w.reshape(-1)
-    # few rows on several threads: each thread takes stripes of 64 outputs (whole
-    # packed words) for every pixel, epilogue included, and reads only their weights
-    # (as in bconv; the same sums and epilogue: the same bits)
-    nw = nout // 64
-    csplit = nt > 1 and rows < 2 * nt and nout % 64 == 0 and nw >= nt
-    vs = np.empty(rows * wo * nout if csplit else 1, np.float32)
-    if csplit:
-        v0 = vs[:wo * nout].reshape(wo, nout)
-        csplit = _epilogue_splits(v0, v0, ep, res1, res2, yout, pout, cfg)
     for ch in prange(nt):
-        tmp = np.empty((wo, nout), np.float32)
-        if csplit:
-            c_lo, c_hi = ch * nw // nt * 64, (ch + 1) * nw // nt * 64
-            for o0 in range(c_lo, c_hi, 4 * FMA_LANES):
-                _fma_pixels(xf, 0, cin, cin, 0, cin, wf, o0, 4, nout, rows * wo, vs)
-            for q in range(rows):
-                rv = vs[q * wo * nout:(q + 1) * wo * nout].reshape(wo, nout)
-                _epilogue_cols(rv, tmp, q // ho, q % ho, ep, res1, res2, yout, pout, cfg,
-                               c_lo, c_hi)
-            continue
         v = np.empty(grp * wo * nout, np.float32)
+        tmp = np.empty((wo, nout), np.float32)
         r0, r1_ = ch * rows // nt, (ch + 1) * rows // nt
         for g0 in range(r0, r1_, grp):
             g1 = min(g0 + grp, r1_)
