@@ -126,6 +126,38 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.parametrize("h,w,stride", [(3, 3, 1), (7, 7, 1), (5, 3, 1), (9, 7, 2),
+                                         (4, 9, 1)])
+def test_threads_split_pixels_and_blocks_cross_rows(h, w, stride, tmp_path):
+    """Threads take runs of output pixels (rows cut anywhere, across images too) and
+    short rows' register blocks run on into the next row: PyTorch's integer sums and
+    the same bits on 1 and 2 threads, batch 3, zero padding corrected at every edge."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        BinaryConv2d(64, 32, 3, stride=stride, padding="same", pad_values=0.0,
+                     input_quantizer=SteSign(), kernel_quantizer=SteSign()),
+        nn.BatchNorm2d(32),
+        BinaryConv2d(32, 48, 3, padding="same", pad_values=0.0, input_quantizer=SteSign(),
+                     kernel_quantizer=SteSign()),
+        nn.Conv2d(48, 64, 1))  # a float 1 x 1 conv: pixels split too
+    model = randomize_bn(model).eval()
+    path = tmp_path / "m.bfp"
+    export_packed(model, path, input_size=(h, w), channels=64)
+    x = np.random.default_rng(0).standard_normal((3, 64, h, w), dtype=np.float32)
+    outs = []
+    for threads in (1, 2):
+        eng = load_packed(path, threads=threads)
+        y, recs = eng.run(x, trace=True)
+        assert check_layers_exact(model, recs) == 2
+        outs.append((y, eng.run(x), [r["acc"] for r in recs]))
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert rel_err(outs[0][0], ref) < 1e-5
+    (y1, z1, a1), (y2, z2, a2) = outs
+    assert np.array_equal(y1, y2) and np.array_equal(z1, z2) and np.array_equal(y1, z1)
+    assert all(np.array_equal(a, b) for a, b in zip(a1, a2, strict=True))
+
+
 def _q(kind: str):
     return {"ste": SteSign, "approx": ApproxSign,
             "dorefa": lambda: DoReFa(1, "weights")}[kind]()

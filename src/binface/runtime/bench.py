@@ -276,11 +276,20 @@ def _stats(runtime: str, times: list[float], batch: int, rss_mb: float) -> dict:
             "runs": len(times)}
 
 
+ROUND_WARMUP = 3  # untimed runs that open each round of a job
+
+
 def time_jobs(jobs: list[Job], threads: int = 1, batch: int = 1, repeats: int = 50,
               warmup: int = 5, rounds: int = 5, progress: str | None = None,
               strict: bool = True) -> list[dict]:
     """Time every job side by side: one worker per runtime (and per threads and batch,
     where a job sets its own), rounds visiting every job.
+
+    Each round of a job opens with ROUND_WARMUP untimed runs: the worker before it has
+    filled the caches and its threads have gone to sleep, and a run takes about three
+    to be back at its steady speed (QuickNet, packed, batch 1: 1.16, 1.06, 1.01, then
+    0.96 ms on one thread; 0.86, 0.67, 0.62, then 0.60 ms on two). Left in, those runs
+    weighed on every figure, most on the fastest jobs and on thread counts above one.
 
     Returns one :func:`_stats` dict per job, in order (``peak_rss_mb`` is that of the
     job's worker, all its models loaded). A job that fails (its model does not load
@@ -347,7 +356,8 @@ def time_jobs(jobs: list[Job], threads: int = 1, batch: int = 1, repeats: int = 
         for k in it:
             for i in range(len(jobs)):  # one job at a time: timed runs never overlap
                 if errors[i] is None:
-                    workers[keys[i]].send({"cmd": "time", "id": i, "n": per_round[k]})
+                    workers[keys[i]].send({"cmd": "time", "id": i, "n": per_round[k],
+                                           "warm": ROUND_WARMUP})
                     reply = answer(i)
                     if reply is not None:
                         times[i] += reply["times"]
@@ -493,6 +503,8 @@ def _worker_main(argv: list[str]) -> int:
                 reply = {"ok": True}
             elif cmd == "time":
                 fn, x = models[int(msg["id"])]
+                for _ in range(int(msg.get("warm", 0))):
+                    fn(x)
                 times = []
                 for _ in range(int(msg["n"])):
                     t0 = time.perf_counter()

@@ -129,6 +129,24 @@ def _block_pointers(builder, npix, xptr, xbase, pstep, wdata, woff, odata, ooff)
     return bases, builder.gep(wdata, [woff]), builder.gep(odata, [ooff])
 
 
+def _wrapped_bases(builder, npix, xptr, xbase, pstep, col0, wo, rowstep):
+    """The input pointers of ``npix`` pixels running on across rows of ``wo``: pixel 0
+    at x + xbase in column ``col0``, each next one ``pstep`` on, or ``rowstep`` down and
+    back to column 0 after the last column (a few selects, once per block)."""
+    i64 = ir.IntType(64)
+    one, zero = ir.Constant(i64, 1), ir.Constant(i64, 0)
+    jump = builder.sub(rowstep, builder.mul(builder.sub(wo, one), pstep))
+    col, off, bases = col0, xbase, []
+    for p in range(npix):
+        bases.append(builder.gep(xptr, [off]))
+        if p + 1 < npix:
+            nxt = builder.add(col, one)
+            wrap = builder.icmp_signed("==", nxt, wo)
+            col = builder.select(wrap, zero, nxt)
+            off = builder.add(off, builder.select(wrap, jump, pstep))
+    return bases
+
+
 def _emit_block(builder, vt, npix: int, nv: int, bases, wptr, optr, krow, kstep, rowgap,
                 wstride, nk, ostride, align: int, load_x, step, finish=None,
                 per_lane: bool = False) -> None:
@@ -199,16 +217,18 @@ def _llvm_intrinsic(builder, name: str, vt, nargs: int):
     return mod.globals.get(name) or ir.Function(mod, ir.FunctionType(vt, [vt] * nargs), name)
 
 
-def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS):
+def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS, wrapped: bool = False):
     """LLVM IR of :func:`_xor_popcount_block` for ``npix`` pixels (or of its ``masked``
     twin, whose second argument ``masks`` is and-ed into word k of a pixel as
-    masks[k % krow]: window words hold taps past the kernel)."""
+    masks[k % krow]: window words hold taps past the kernel; or of its ``wrapped``
+    twin, whose pixels run on across rows: three more arguments, col0, wo, rowstep,
+    see :func:`_wrapped_bases`)."""
     sh = int(masked)  # argument positions after ``x`` move by one with masks
 
     def codegen(context, builder, signature, args):
         x_v = args[0]
         (xbase, pstep, krow, kstep, rowgap, w_v, woff, wstride, nk, out_v, ooff,
-         ostride, kbits) = args[1 + sh:]
+         ostride, kbits) = args[1 + sh:14 + sh]
         i64 = ir.IntType(64)
         nw, nv = VECTOR_WORDS, BLOCK_VECTORS
         vt = ir.VectorType(i64, nw)
@@ -216,6 +236,8 @@ def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS):
         data = _array_data(context, builder, signature)
         bases, wptr, optr = _block_pointers(builder, npix, data(0, x_v), xbase, pstep,
                                             data(6 + sh, w_v), woff, data(10 + sh, out_v), ooff)
+        if wrapped:
+            bases = _wrapped_bases(builder, npix, data(0, x_v), xbase, pstep, *args[14:17])
         ctpop = _llvm_intrinsic(builder, f"llvm.ctpop.v{nw}i64", vt, 1)
         mptr = data(1, args[1]) if masked else None
         masks_at: dict = {}  # word k's mask, loaded once for all the block's pixels
@@ -250,10 +272,16 @@ def _block_codegen(masked: bool, npix: int = BLOCK_PIXELS):
 _I64 = types.int64
 
 
-def _make_block(npix: int, masked: bool):
+def _make_block(npix: int, masked: bool, wrapped: bool = False):
     """The block intrinsic for ``npix`` pixels (the last, partial block of a row runs
     one for the pixels it has: a 3-wide row no longer computes a fourth)."""
-    if masked:
+    if wrapped:
+        def block(typingctx, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out,
+                  ooff, ostride, kbits, col0, wo, rowstep):
+            sig = types.void(x, _I64, _I64, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64,
+                             _I64, _I64, _I64, _I64, _I64)
+            return sig, _block_codegen(False, npix, True)
+    elif masked:
         def block(typingctx, x, masks, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk,
                   out, ooff, ostride, kbits):
             sig = types.void(x, masks, _I64, _I64, _I64, _I64, _I64, w, _I64, _I64, _I64, out,
@@ -266,7 +294,7 @@ def _make_block(npix: int, masked: bool):
                              _I64, _I64)
             return sig, _block_codegen(False, npix)
     block.__name__ = block.__qualname__ = f"xor_popcount_block{npix}" + (
-        "_masked" if masked else "")
+        "_masked" if masked else "_wrapped" if wrapped else "")
     return intrinsic(block)
 
 
@@ -275,6 +303,7 @@ _blk1, _blk2, _blk3, _blk4, _blk8 = (_make_block(n, False) for n in (1, 2, 3, 4,
 # weight vector loaded once for 8 pixels, half the blocks' set-up and stores per word.
 WIDE_PIXELS = 8 if VECTOR_WORDS == 8 else BLOCK_PIXELS
 _mblk1, _mblk2, _mblk3, _mblk4, _mblk8 = (_make_block(n, True) for n in (1, 2, 3, 4, 8))
+_wblk1, _wblk2, _wblk3, _wblk4, _wblk8 = (_make_block(n, False, True) for n in (1, 2, 3, 4, 8))
 
 
 @njit(inline="always")
@@ -304,6 +333,28 @@ def _xor_popcount_block(npix, x, xbase, pstep, krow, kstep, rowgap, w, woff, wst
         _blk2(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
     else:
         _blk1(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride, kbits)
+
+
+@njit(inline="always")
+def _xor_popcount_block_wrapped(npix, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride,
+                                nk, out, ooff, ostride, kbits, col0, wo, rowstep):
+    """:func:`_xor_popcount_block` for pixels running on across rows of ``wo``
+    (:func:`_wrapped_bases`), outputs ``ostride`` apart throughout."""
+    if npix == 8:
+        _wblk8(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
+               kbits, col0, wo, rowstep)
+    elif npix >= 4:
+        _wblk4(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
+               kbits, col0, wo, rowstep)
+    elif npix == 3:
+        _wblk3(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
+               kbits, col0, wo, rowstep)
+    elif npix == 2:
+        _wblk2(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
+               kbits, col0, wo, rowstep)
+    else:
+        _wblk1(x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride,
+               kbits, col0, wo, rowstep)
 
 
 @njit(inline="always")
@@ -739,19 +790,21 @@ def _pack_rows(src, dst, mode, ng, cg, wpg):
 
 
 @njit(**_KW_SMALL)
-def _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg):
-    """The fused epilogue of output row ``oy``: ``v`` [Wo, C] raw sums -> outputs.
+def _epilogue_row(v, tmp, n, oy, x0, ep, res1, res2, yout, pout, cfg):
+    """The fused epilogue of pixels x0 .. x0 + len(v) of output row ``oy``: ``v``
+    [pixels, C] raw sums -> outputs (a whole row, or the part of one a thread owns).
 
     ``tmp`` (same shape) receives the result when no float output is wanted: an
     in-place update defeats LLVM's alias check and runs scalar, 10x slower.
     """
     nres, out_float, out_pack = cfg[EP_NRES], cfg[EP_OUT_FLOAT], cfg[EP_OUT_PACK]
     gate = cfg[EP_GATE]  # res2 is then a gate [N, 1, 1, C] (nres <= 1)
-    r1 = res1[n, oy] if nres > 0 else res1[0, 0]
-    r2 = res2[n, oy] if nres > 1 else res2[n, 0] if gate else res2[0, 0]
     wo, c = v.shape
-    dst = yout[n, oy] if out_float else tmp
-    ppl = cfg[EP_PPL]
+    x1 = x0 + wo
+    r1 = res1[n, oy, x0:x1] if nres > 0 else res1[0, 0]
+    r2 = res2[n, oy, x0:x1] if nres > 1 else res2[n, 0] if gate else res2[0, 0]
+    dst = yout[n, oy, x0:x1] if out_float else tmp
+    ppl = cfg[EP_PPL] + x0
     q = pout[n, oy + cfg[EP_PPT], ppl:ppl + wo] if out_pack else pout[0, 0]
     if (c % FMA_LANES == 0 and _rows_ok(v, c) and _rows_ok(dst, c) and _rows_ok(ep, c)
             and (nres < 1 or _rows_ok(r1, c)) and (nres < 2 or _rows_ok(r2, c))
@@ -853,12 +906,12 @@ def _acc1x2(a0, a1, x0, y0, w0):
 
 
 @njit(inline="always")
-def _block_row(pf, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf, kbits):
-    """Dot products of output row (n, y0 / sh) for channel block ``b`` into vf [Wo * Og]
-    (float32), in blocks of :func:`_block_npix` pixels (:func:`_xor_popcount_block`)."""
+def _block_row(pf, n, y0, hp, wp, wpg, sw, ox, wo, og, krow, nk, wblk, b, vf, kbits):
+    """Dot products of pixels ox .. wo - 1 of output row (n, y0 / sh) for channel block
+    ``b`` into vf [Wo * Og] (float32), in blocks of :func:`_block_npix` pixels
+    (:func:`_xor_popcount_block`)."""
     rowgap = wp * wpg - krow
     woff = b * nk * BLOCK_CHANNELS
-    ox = 0
     while ox < wo:
         npix = _block_npix(ox, wo)
         _xor_popcount_block(npix, pf, ((n * hp + y0) * wp + ox * sw) * wpg, sw * wpg, krow, 1,
@@ -890,33 +943,46 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
     hp, wp = p.shape[1], p.shape[2]
     pf = p.reshape(-1)
     w0 = w[0]
-    rows = p.shape[0] * ho
-    nt = max(1, min(nt, rows))
+    pix = p.shape[0] * ho * wo
+    nt = max(1, min(nt, pix))
     krow = kw * wpg
     nk = kh * krow
     blocked = (contiguous and og % BLOCK_CHANNELS == 0 and wblk.shape[0] * BLOCK_CHANNELS == og
                and wblk.shape[1] == kh * kw * wpg and wblk.shape[2] == BLOCK_CHANNELS)
+    # short rows (7 or 3 pixels): the blocks run on across rows (8 pixels, not a row's
+    # 4 + 3), over segments of ``seg`` pixels with channel blocks outer, so a block's
+    # weights are read from L1 for the whole segment, not from L2 again for each row
+    flat = blocked and wo < WIDE_PIXELS
+    seg = max(WIDE_PIXELS, 16384 // max(og, 1))
     for ch in prange(nt):
         acc = np.zeros(og, np.int64)
         acc2 = np.zeros(og, np.int64)
         v = np.empty((wo, ng * og), np.float32)
         tmp = np.empty_like(v)
         vf = v.reshape(-1)
-        for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
+        # a thread's share is a run of output pixels, rows cut anywhere: a 3-row map
+        # splits 1.5 / 1.5 on 2 threads, not 2 / 1
+        lo, hi = ch * pix // nt, (ch + 1) * pix // nt
+        if flat:
+            _bconv_flat(pf, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, lo, hi, seg,
+                        hp, wp, krow, nk, kbits, tmp)
+            continue
+        for qq in range(lo // max(wo, 1), -(-hi // max(wo, 1))):
             n, oy = qq // ho, qq % ho
+            xa, xb = max(0, lo - qq * wo), min(wo, hi - qq * wo)  # its pixels of the row
             y0 = oy * sh
             border_y = use_corr != 0 and (y0 - pt < 0 or y0 - pt + (kh - 1) * dh >= h_in)
             if blocked:
                 # blocks of pixels x BLOCK_CHANNELS, sums in registers; channel blocks
                 # outer, so a block's weights stay in L1 along the row
                 for b in range(og // BLOCK_CHANNELS):
-                    _block_row(pf, n, y0, hp, wp, wpg, sw, wo, og, krow, nk, wblk, b, vf,
+                    _block_row(pf, n, y0, hp, wp, wpg, sw, xa, xb, og, krow, nk, wblk, b, vf,
                                kbits)
             elif contiguous:
                 # one group, dilation 1: a kernel row's words are kw * WPG consecutive words
                 # of the input row. Two output pixels at a time, three words at a time:
                 # each weight row loaded serves both, fewer acc loads / stores per word
-                for ox in range(0, wo - 1, 2):
+                for ox in range(xa, xb - 1, 2):
                     for o in range(og):
                         acc[o] = 0
                         acc2[o] = 0
@@ -936,13 +1002,14 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                     for o in range(og):
                         v[ox, o] = kbits - 2 * acc[o]
                         v[ox + 1, o] = kbits - 2 * acc2[o]
-            for ox in range(wo if use_corr != 0 or not blocked else 0):  # blocked: corrections
+            paired = xb - (xb - xa) % 2
+            for ox in range(xa, xb if use_corr != 0 or not blocked else xa):  # blocked: corr.
                 x0 = ox * sw
                 border = border_y or (use_corr != 0 and (x0 - pl < 0
                                                          or x0 - pl + (kw - 1) * dw >= w_in))
                 vr = v[ox]
                 for g in range(ng):
-                    if blocked or (contiguous and ox < wo - wo % 2):
+                    if blocked or (contiguous and ox < paired):
                         pass  # done in blocks or pairs above
                     elif contiguous:  # the last pixel of an odd row
                         for o in range(og):
@@ -982,10 +1049,55 @@ def bconv(p, w, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                                     for o in range(og):
                                         vr[g * og + o] -= corr[g, t, o]
             if out_acc:
-                for ox in range(wo):
+                for ox in range(xa, xb):
                     for o in range(ng * og):
                         acc_out[n, oy, ox, o] = np.int32(v[ox, o])
-            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+            _epilogue_row(v[xa:xb], tmp[xa:xb], n, oy, xa, ep, res1, res2, yout, pout, cfg)
+
+
+@njit(**_KW)
+def _bconv_flat(pf, wblk, corr, ep, res1, res2, yout, acc_out, pout, cfg, lo, hi, seg, hp, wp,
+                krow, nk, kbits, tmp):
+    """Output pixels lo .. hi - 1 of :func:`bconv`'s blocked case in blocks that run on
+    across rows (never across images), a segment of ``seg`` pixels at a time; then the
+    rows' zero-padding corrections and epilogues, part rows included."""
+    h_in, w_in, pt, pl = cfg[0], cfg[1], cfg[2], cfg[3]
+    kh, kw, sh, sw = cfg[4], cfg[5], cfg[6], cfg[7]
+    wpg, og, ho, wo, use_corr = cfg[12], cfg[13], cfg[14], cfg[15], cfg[16]
+    rowgap = wp * wpg - krow
+    vc = np.empty((seg, og), np.float32)
+    vcf = vc.reshape(-1)
+    s0 = lo
+    while s0 < hi:
+        s1 = min(hi, s0 + seg)
+        for b in range(og // BLOCK_CHANNELS):
+            pp = s0
+            while pp < s1:
+                qq = pp // wo
+                n, oy, ox = qq // ho, qq % ho, pp - qq * wo
+                npix = _block_npix(0, min(s1, (n + 1) * ho * wo) - pp)
+                _xor_popcount_block_wrapped(
+                    npix, pf, ((n * hp + oy * sh) * wp + ox * sw) * wpg, sw * wpg, krow, 1,
+                    rowgap, wblk, b * nk * BLOCK_CHANNELS, BLOCK_CHANNELS, nk, vcf,
+                    (pp - s0) * og + b * BLOCK_CHANNELS, og, kbits, ox, wo, sh * wp * wpg)
+                pp += npix
+        for qq in range(s0 // wo, -(-s1 // wo)):
+            n, oy = qq // ho, qq % ho
+            xa, xb = max(0, s0 - qq * wo), min(wo, s1 - qq * wo)
+            at = qq * wo + xa - s0
+            v = vc[at:at + xb - xa]
+            y0 = oy * sh
+            border_y = y0 - pt < 0 or y0 - pt + kh - 1 >= h_in
+            for ox in range(xa, xb if use_corr != 0 else xa):
+                x0 = ox * sw
+                if border_y or x0 - pl < 0 or x0 - pl + kw - 1 >= w_in:
+                    _win_border(v[ox - xa], corr, y0, x0, pt, pl, kh, kw, h_in, w_in, 1, og)
+            if cfg[EP_OUT_ACC]:
+                for ox in range(xa, xb):
+                    for o in range(og):
+                        acc_out[n, oy, ox, o] = np.int32(v[ox - xa, o])
+            _epilogue_row(v, tmp[:xb - xa], n, oy, xa, ep, res1, res2, yout, pout, cfg)
+        s0 = s1
 
 
 @njit(**_KW_SMALL)
@@ -1150,7 +1262,7 @@ def bconv_win(p, w, wblk, masks, corr, ep, res1, res2, yout, acc_out, pout, cfg,
                 for ox in range(wo):
                     for o in range(nout):
                         acc_out[n, oy, ox, o] = np.int32(v[ox, o])
-            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+            _epilogue_row(v, tmp, n, oy, 0, ep, res1, res2, yout, pout, cfg)
 
 
 @njit(inline="always")
@@ -1220,7 +1332,7 @@ def bdwconv(p, wb, wpk, ep, res1, res2, yout, acc_out, pout, cfg, nt):
                 for ox in range(wo):
                     for o in range(nout):
                         acc_out[n, oy, ox, o] = np.int32(v[ox, o])
-            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+            _epilogue_row(v, tmp, n, oy, 0, ep, res1, res2, yout, pout, cfg)
 
 
 @_rows(**_KW)
@@ -1267,7 +1379,7 @@ def epilogue_nhwc(raw, ep, res1, res2, yout, pout, cfg, nt):
         tmp = np.empty(raw.shape[2:], np.float32)
         for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
             n, oy = qq // ho, qq % ho
-            _epilogue_row(raw[n, oy], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+            _epilogue_row(raw[n, oy], tmp, n, oy, 0, ep, res1, res2, yout, pout, cfg)
 
 
 @njit(inline="always")
@@ -1330,26 +1442,28 @@ def conv1x1(x, w, ep, res1, res2, yout, pout, cfg, nt):
     """
     n_, ho, wo, cin = x.shape
     nout = w.shape[1]
-    rows = n_ * ho
-    grp = max(1, min(-(-16 // wo), 16384 // max(1, wo * nout)))  # rows per group
-    nt = max(1, min(nt, rows))
+    wo1 = max(wo, 1)
+    pix = n_ * ho * wo
+    gp = wo * max(1, min(-(-16 // wo1), 16384 // max(1, wo * nout)))  # pixels per group
+    nt = max(1, min(nt, pix))
     xf, wf = x.reshape(-1), w.reshape(-1)
     for ch in prange(nt):
-        v = np.empty(grp * wo * nout, np.float32)
+        v = np.empty(gp * nout, np.float32)
         tmp = np.empty((wo, nout), np.float32)
-        r0, r1_ = ch * rows // nt, (ch + 1) * rows // nt
-        for g0 in range(r0, r1_, grp):
-            g1 = min(g0 + grp, r1_)
-            p0, npx = g0 * wo, (g1 - g0) * wo  # pixels of the group (rows are n * Ho + oy)
+        lo, hi = ch * pix // nt, (ch + 1) * pix // nt  # a run of pixels, as in bconv
+        for g0 in range(lo, hi, gp):
+            g1 = min(g0 + gp, hi)
             o0 = 0
             while o0 < nout:
                 nvb = min(4, (nout - o0) // FMA_LANES)
-                _fma_pixels(xf, p0 * cin, cin, cin, 0, cin, wf, o0, nvb, nout, npx, v)
+                _fma_pixels(xf, g0 * cin, cin, cin, 0, cin, wf, o0, nvb, nout, g1 - g0, v)
                 o0 += nvb * FMA_LANES
-            for q in range(g0, g1):
-                at = (q - g0) * wo * nout
-                rv = v[at:at + wo * nout].reshape(wo, nout)
-                _epilogue_row(rv, tmp, q // ho, q % ho, ep, res1, res2, yout, pout, cfg)
+            for q in range(g0 // wo1, -(-g1 // wo1)):  # rows are n * Ho + oy
+                xa, xb = max(0, g0 - q * wo), min(wo, g1 - q * wo)
+                at = (q * wo + xa - g0) * nout
+                rv = v[at:at + (xb - xa) * nout].reshape(xb - xa, nout)
+                _epilogue_row(rv, tmp[:xb - xa], q // ho, q % ho, xa, ep, res1, res2, yout,
+                              pout, cfg)
 
 
 @_rows(**_KW)
@@ -1391,7 +1505,7 @@ def dwconv(x, w, padval, ep, res1, res2, yout, pout, cfg, nt):
                         elif padval != 0:
                             for o in range(nout):
                                 vr[o] += padval * wr[o]
-            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+            _epilogue_row(v, tmp, n, oy, 0, ep, res1, res2, yout, pout, cfg)
 
 
 @_rows(**_KW_FMA)
@@ -1425,7 +1539,7 @@ def dwconv_padded(xp, w, ep, res1, res2, yout, pout, cfg, nt):
                               wp * c - kw * c, wf, c0, c, kh * kw, vf, ox * c + c0, c)
                     ox += bp if full else 1
                 c0 += nv * FMA_LANES
-            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+            _epilogue_row(v, tmp, n, oy, 0, ep, res1, res2, yout, pout, cfg)
 
 
 @_rows(**_KW_FMA)
@@ -1463,7 +1577,7 @@ def conv1x1_small(x, w, ep, res1, res2, yout, pout, cfg, nt):
                     wc = w[c]
                     for o in range(nout):
                         vr[o] += xc * wc[o]
-            _epilogue_row(v, tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+            _epilogue_row(v, tmp, n, oy, 0, ep, res1, res2, yout, pout, cfg)
 
 
 def _make_conv_small(lanes: int, krow_c: int):
@@ -1532,7 +1646,7 @@ def _make_conv_small(lanes: int, krow_c: int):
                     n, oy = qq // ho, qq % ho
                     _fma_pixels(xf, (n * hp + oy * sh) * wp * cin, sw * cin, krow,
                                 wp * cin - krow, kh * krow, wf, 0, nv, nout, wo, vf)
-                    _epilogue_row(v[:wo], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+                    _epilogue_row(v[:wo], tmp, n, oy, 0, ep, res1, res2, yout, pout, cfg)
                 continue
             for qq in range(ch * rows // nt, (ch + 1) * rows // nt):
                 n, oy = qq // ho, qq % ho
@@ -1556,7 +1670,7 @@ def _make_conv_small(lanes: int, krow_c: int):
                             _fma1x4(v[ox], v[ox + 1], v[ox + 2], v[ox + 3], a, b, c, d, k,
                                     w[wb + k])
                             k += 1
-                _epilogue_row(v[:wo], tmp, n, oy, ep, res1, res2, yout, pout, cfg)
+                _epilogue_row(v[:wo], tmp, n, oy, 0, ep, res1, res2, yout, pout, cfg)
 
     conv_small.__qualname__ = f"conv_small_{lanes}_{krow_c}"
     serial, parallel = _twins(conv_small, **_KW_FMA)
