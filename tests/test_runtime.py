@@ -905,3 +905,27 @@ def test_rgb_pad_copy_interleaves_every_width(width):
     want = np.full_like(xp, 9.0)
     want[:, 1:6, 1:width + 1] = x.transpose(0, 2, 3, 1)
     assert np.array_equal(xp, want)
+
+
+def test_weights_and_buffers_start_on_a_cache_line(tmp_path):
+    from binface.runtime.ops.layout import ALIGN, aligned_copy, aligned_empty
+
+    for shape, dt in (((3, 5), np.float32), ((1,), np.uint64), ((7, 1, 3), np.int32)):
+        a = aligned_empty(shape, dt, zero=True)
+        assert a.shape == shape and a.dtype == dt and a.ctypes.data % ALIGN == 0
+        assert a.flags.c_contiguous and a.flags.writeable and not a.any()
+    big = np.arange(10, dtype=">f4")  # a big-endian source comes back native
+    b = aligned_copy(big)
+    assert b.dtype.isnative and np.array_equal(b, big) and b.ctypes.data % ALIGN == 0
+    path = tmp_path / "m.bfp"
+    export_packed(nn.Sequential(BinaryConv2d(64, 32, 3, padding="same")).eval(), path,
+                  input_size=(7, 7), channels=64)
+    _, tensors = read_bfp(path)
+    assert all(t.ctypes.data % ALIGN == 0 for t in tensors.values())
+    eng = load_packed(path)
+    eng.run(np.zeros((1, 64, 7, 7), np.float32))
+    blocks = [op.wblk for op in eng.ops if getattr(op, "wblk", None) is not None
+              and op.wblk.size > 1]
+    assert blocks and all(w.ctypes.data % ALIGN == 0 for w in blocks)
+    bufs = [a for op in eng.ops for a in op.__dict__.get("_bufs", {}).values()]
+    assert bufs and all(a.ctypes.data % ALIGN == 0 for a in bufs)

@@ -36,6 +36,7 @@ import numpy as np
 
 from binface.fileio import atomic_write
 from binface.runtime.errors import PackedFormatError
+from binface.runtime.ops.layout import aligned_copy
 
 FORMAT = "binface-packed"
 VERSION = 2
@@ -171,9 +172,6 @@ def parse_bfp(blob: bytes | bytearray, where: str = "<bytes>"
         if not 0 <= begin <= end <= len(body) or end - begin != count * dt.itemsize:
             raise PackedFormatError(f"{where}: corrupt packed model (tensor {name!r} is "
                                     "out of the data section)")
-        arr = np.frombuffer(body, dt, count, begin).reshape(shape)
-        if not arr.flags.aligned or not arr.flags.writeable or dt.byteorder == ">" or (
-                dt.byteorder == "<" and not np.little_endian):
-            arr = arr.astype(dt.newbyteorder("="), copy=True)  # aligned, native, writable
-        tensors[name] = arr
+        # a copy of its own: native order, writable, on a cache line (ops keep views)
+        tensors[name] = aligned_copy(np.frombuffer(body, dt, count, begin).reshape(shape))
     return graph, tensors

@@ -17,7 +17,15 @@ import numpy as np
 
 from binface.runtime import kernels as K
 from binface.runtime.errors import PackedFormatError
-from binface.runtime.ops.layout import _DUMMY_F4, _DUMMY_U4, _F32, as_nchw, nhwc, resolve
+from binface.runtime.ops.layout import (
+    _DUMMY_F4,
+    _DUMMY_U4,
+    _F32,
+    aligned_empty,
+    as_nchw,
+    nhwc,
+    resolve,
+)
 
 MAX_INT = 1 << 24  # any dimension, pad, stride, kernel size or count in an attribute
 MAX_VALUE_BYTES = 1 << 30  # one value (or an op's buffer), per sample of the batch
@@ -224,13 +232,12 @@ class Op:
             pool, key = slot
             arr = pool.get((key, shape))
             if arr is None:
-                arr = pool[(key, shape)] = np.empty(shape, dtype)
+                arr = pool[(key, shape)] = aligned_empty(shape, dtype)
             return arr
         bufs = self.__dict__.setdefault("_bufs", {})
         arr = bufs.get(key)
         if arr is None or arr.shape != shape:
-            arr = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-            bufs[key] = arr
+            arr = bufs[key] = aligned_empty(shape, dtype, zero)
         return arr
 
     def t(self, key: str) -> np.ndarray | None:

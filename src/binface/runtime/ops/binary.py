@@ -24,6 +24,7 @@ from binface.runtime.ops.layout import (
     _DUMMY_F2,
     _DUMMY_I4,
     _F32,
+    aligned_copy,
     as_nchw,
     nhwc,
     pack_bits,
@@ -185,7 +186,7 @@ class BConvOp(_PackedConv):
             if self.og % bc == 0:  # per group, the kernel's register blocks
                 # masked-off weight bits to 0: the blocks mask only the input words
                 wm = self.w & self.masks[np.arange(kh * nch) % nch, None]
-                self.wblk_win = np.ascontiguousarray(wm.reshape(
+                self.wblk_win = aligned_copy(wm.reshape(
                     kh * nch, self.groups, self.og // bc, bc).transpose(1, 2, 0, 3))
         else:
             self.w = self.tensor("weight", np.uint64, (self.groups, kh * kw * wpg, self.og))
@@ -193,7 +194,7 @@ class BConvOp(_PackedConv):
         if (self.win == 1 and self.groups == 1 and self.dilation == [1, 1]
                 and self.og % K.BLOCK_CHANNELS == 0):  # the kernel's register blocks
             bc = K.BLOCK_CHANNELS
-            self.wblk = np.ascontiguousarray(
+            self.wblk = aligned_copy(
                 self.w[0].reshape(-1, self.og // bc, bc).transpose(1, 0, 2))
         c = self.cfg
         c[0], c[1], c[2], c[3] = self.in_hw[0], self.in_hw[1], self.pads[0], self.pads[2]
