@@ -493,6 +493,32 @@ def _fma_block(nv, full, per_lane, x, xbase, pstep, krow, kstep, rowgap, w, woff
         _f1x4(*a)
 
 
+# 4-vector (64-output) blocks of 1 to FMA4_PIXELS pixels for pointwise products: the
+# pixels left after the full blocks go in one block, not one by one (each pass over
+# the pixels streams the whole weight stripe from L2: 9 pixels took 4 + 4 + 1 passes)
+FMA4_PIXELS = 6 if VECTOR_WORDS == 8 else 4  # 24 sums fit AVX-512's 32 registers
+_g1, _g2, _g3, _g4, _g5, _g6 = (_make_fblock(n, 4, False) for n in range(1, 7))
+
+
+@njit(inline="always")
+def _fma4_block(npix, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
+                ostride):
+    """:func:`_fma_block` for ``nv`` = 4, one float per pixel, ``npix`` (1-6) pixels."""
+    a = (x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff, ostride)
+    if npix >= 6:
+        _g6(*a)
+    elif npix == 5:
+        _g5(*a)
+    elif npix == 4:
+        _g4(*a)
+    elif npix == 3:
+        _g3(*a)
+    elif npix == 2:
+        _g2(*a)
+    else:
+        _g1(*a)
+
+
 # ---------------------------------------------------------------- epilogue
 # The epilogue runs on one output row of pixels at a time, as separate small
 # functions: fused into the conv loops, LLVM stopped vectorising them.
@@ -1387,6 +1413,15 @@ def _fma_pixels(xf, base, pstep, krow, rowgap, nk, wf, o0, nvb, nout, npx, v):
     """Output channels o0 .. o0 + nvb * FMA_LANES of ``npx`` pixels into v[p * nout + o],
     in register blocks (:func:`_fma_block`): pixel p's window starts at xf[base + p *
     pstep] and walks ``nk`` taps in kernel rows of ``krow`` floats, ``rowgap`` apart."""
+    if nvb == 4:
+        bp = FMA4_PIXELS if nk >= 64 else 4  # few taps: the 24 sums' stores cost more
+        p = 0
+        while p < npx:
+            q = min(bp, npx - p)
+            _fma4_block(q, xf, base + p * pstep, pstep, krow, 1, rowgap, wf, o0, nout, nk, v,
+                        p * nout + o0, nout)
+            p += q
+        return
     bp = FMA_BLOCK_PIXELS[nvb]
     p = 0
     while p + bp <= npx:
