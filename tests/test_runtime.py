@@ -788,7 +788,7 @@ def test_time_jobs_from_another_source_tree(small_bfp, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["binaryfacenet", "quicknet_small", "binaryfaceformer_add",
-                                  "mobilefacenet"])
+                                  "mobilefacenet", "binary_densenet28"])
 def test_repeated_runs_match_fresh_engines(name, tmp_path):
     """Convs, binary ops, element-wise chains and pools replay their last calls when
     their inputs are the same objects as last run (kept buffers, views of the input):
@@ -806,6 +806,8 @@ def test_repeated_runs_match_fresh_engines(name, tmp_path):
         assert np.array_equal(eng.run(x), want)
         x *= -1  # the same array object with new values: replayed calls read them
         assert np.array_equal(eng.run(x), load_packed(tmp_path / "m.bfp").run(x))
+    if name == "binary_densenet28":  # its packs and concatenation chain replay too
+        assert eng._flat is not None and eng._flat[0] is xs[-1]
 
 
 @pytest.mark.parametrize("name", ["quicknet_small", "binary_densenet28", "binaryfaceformer_sep"])

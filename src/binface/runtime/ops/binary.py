@@ -39,6 +39,7 @@ class PackOp(Op):
     """Signs of a float tensor into packed words, with the consumer's halo."""
 
     n_inputs = (1, 2)
+    n_main_inputs = 2  # the map and its gate: a replay checks both
 
     def __init__(self, node, tensors, graph) -> None:
         super().__init__(node, tensors, graph)
@@ -61,6 +62,8 @@ class PackOp(Op):
                              int(self.gate), int(self.affine), 0], np.int64)
 
     def __call__(self, env, ctx) -> None:
+        if self.replayed(env, ctx):
+            return
         x = env[self.inputs[0]]
         cfg = self.cfg
         if self.linear:
@@ -85,8 +88,10 @@ class PackOp(Op):
             if gate.shape != (m, self.channels):
                 raise self.bad(f"gate {self.inputs[1]!r} has shape {list(g.shape)}, not "
                                f"({m}, {self.channels}, ...)")
-        ctx.k.pack_nhwc(xn, gate, self.ep, out, cfg, ctx.nt)
+        calls = [(ctx.k.pack_nhwc, (xn, gate, self.ep, out, cfg, ctx.nt))]
+        self.issue(calls)
         env[self.outputs[0]] = out
+        self.remember(env, ctx, calls, (xn, gate) if self.gate else (xn,))
         if ctx.trace:
             f = x.astype(_F32)
             if self.affine:

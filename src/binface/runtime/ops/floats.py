@@ -237,6 +237,7 @@ class CatOp(Op):
     """
 
     n_inputs = (1, 1 << 16)
+    n_main_inputs = 2  # a chain's cat: the chain so far and the new map
 
     def __call__(self, env, ctx) -> None:
         chain = self.attrs.get("chain")
@@ -259,21 +260,34 @@ class CatOp(Op):
 
 
     def append(self, env, ctx, chain) -> None:
+        out = self.outputs[0]
+        head = self.attrs.get("head")
+        if self.replayed(env, ctx):  # the copies again, into the same buffer
+            buf, end = self._base
+            ctx.bases[out] = self._base
+            if head:
+                ctx.chains[chain] = buf
+            return
         first, new = env[self.inputs[0]], env[self.inputs[1]]
         n, c0, h, w = first.shape
         total, offset = int(self.attrs["total"]), int(self.attrs["offset"])
-        if self.attrs.get("head"):
+        first_t, new_t = first.transpose(0, 2, 3, 1), new.transpose(0, 2, 3, 1)
+        calls = []
+        if head:
             self.room(ctx, (n, h, w, total))
             buf = self.buffer(ctx, "chain", (n, h, w, total))
-            buf[..., :c0] = first.transpose(0, 2, 3, 1)
+            calls.append((np.copyto, (buf[..., :c0], first_t)))
             ctx.chains[chain] = buf
         else:
             buf = ctx.chains[chain]
         end = offset + new.shape[1]
-        buf[..., offset:end] = new.transpose(0, 2, 3, 1)
-        out = self.outputs[0]
-        env[out] = as_nchw(buf[..., :end])
-        ctx.bases[out] = (buf, end)
+        calls.append((np.copyto, (buf[..., offset:end], new_t)))
+        self.issue(calls)
+        env[out] = self.kept_view(buf, n, lambda b: as_nchw(b[..., :end]))
+        ctx.bases[out] = self._base = (buf, end)
+        # replayable when the chain so far is this chain's buffer (a later cat's first
+        # input is the previous cat's view of it) and the new map a kept buffer
+        self.remember(env, ctx, calls, (buf if not head else first_t, new_t))
 
 
 class StackOp(Op):
