@@ -53,6 +53,23 @@ def conv_out(size: int, pad_lo: int, pad_hi: int, kernel: int, stride: int,
     return out
 
 
+def _slot_view(slot: tuple, n: int, shape: tuple, dtype) -> np.ndarray:
+    """``shape`` over the memory of a shared buffer (``share_float_maps``), sized for
+    the largest of its users at batch ``n``; the same array object run after run while
+    that memory stays (replays compare objects)."""
+    pool, sid, users = slot
+    need = math.prod(shape) * np.dtype(dtype).itemsize
+    raw = pool.get(sid)
+    if raw is None or raw.nbytes < need:
+        cap = max(math.prod(resolve(s, n)) for s in users) * np.dtype(dtype).itemsize
+        raw = pool[sid] = aligned_empty(max(cap, need), np.uint8)
+    views = pool.setdefault(("views", sid), {})
+    kept = views.get((shape, dtype))
+    if kept is None or kept[0] is not raw:
+        kept = views[(shape, dtype)] = (raw, raw[:need].view(dtype).reshape(shape))
+    return kept[1]
+
+
 class RunContext:
     """Per-run state: batch size, trace collection, and the kernel set (``k``: the
     serial kernels, or their ``parallel=True`` twins for one input on several threads)."""
@@ -229,11 +246,7 @@ class Op:
                 return view
         slot = self.__dict__.get("_slot")
         if key == "y" and slot is not None:  # a float map shared along the graph
-            pool, key = slot
-            arr = pool.get((key, shape))
-            if arr is None:
-                arr = pool[(key, shape)] = aligned_empty(shape, dtype)
-            return arr
+            return _slot_view(slot, ctx.n, shape, dtype)
         bufs = self.__dict__.setdefault("_bufs", {})
         arr = bufs.get(key)
         if arr is None or arr.shape != shape:
