@@ -826,6 +826,13 @@ def test_shared_float_maps_match_fresh_buffers(name, tmp_path):
         for op in owners:
             shapes.setdefault(op._slot[1], set()).add(str(op.out_shape))
         assert max(len(v) for v in shapes.values()) > 1
+        # on several threads only maps of one shape share (each core keeps its half)
+        two = load_packed(tmp_path / "m.bfp", threads=2)
+        shapes = {}
+        for op in two.ops:
+            if getattr(op, "_slot", None):
+                shapes.setdefault(op._slot[1], set()).add(str(op.out_shape))
+        assert max(len(v) for v in shapes.values()) == 1
     x = np.random.default_rng(3).standard_normal((2, 3, 112, 112), dtype=np.float32)
     y = eng.run(x)
     assert np.array_equal(eng.run(x, trace=True)[0], y) and np.array_equal(eng.run(x), y)

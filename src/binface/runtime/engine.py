@@ -208,7 +208,7 @@ def _nhwc_shape(op: Op) -> tuple[int, ...]:
 _OWN_OUTPUTS = (_ConvLike, PackOp, BMaxPoolOp, PoolOp, PoolDenseOp, LinearOp, AffineOp)
 
 
-def share_float_maps(ops: list[Op], graph: dict) -> None:
+def share_float_maps(ops: list[Op], graph: dict, any_shape: bool = True) -> None:
     """Let the float outputs of conv-like ops share buffers where their values' lives do
     not overlap: a map is then written to memory another op used a few ops ago, still
     in L2, instead of to its own buffer, cold since the last run (a QuickNet stage's
@@ -219,6 +219,9 @@ def share_float_maps(ops: list[Op], graph: dict) -> None:
     its memory was written most recently, so a smaller map of a later stage is written
     over the previous stage's, still in cache, not into memory of its own first touched
     in this run (the first bconv of each QuickNet stage ran 15-30 % slower for that).
+    Not with ``any_shape`` False (the engine on several threads): a smaller map's
+    halves then fall on memory the other core wrote (BinaryFaceNet on 2 threads 0.87
+    -> 0.92 ms), so buffers are shared only between maps of one shape.
     Trace runs keep fresh arrays."""
     roots: dict[str, set[int]] = {}  # value -> the owners' buffers it may be a view of
     last: dict[int, float] = {}  # owner index -> last op reading its buffer
@@ -239,20 +242,22 @@ def share_float_maps(ops: list[Op], graph: dict) -> None:
         for r in roots.get(name, ()):
             last[r] = float("inf")
     pool: dict = {}
-    pending: list[tuple[float, int]] = []  # min-heap of (free after op, slot), still live
-    dead: list[tuple[float, int]] = []  # max-heap (negated) of the slots free to take
+    pending: list[tuple[float, int, str]] = []  # min-heap (free after op, slot, key): live
+    dead: dict[str, list[tuple[float, int]]] = {}  # key -> max-heap (negated): free to take
     users: dict[int, list] = {}  # slot -> the declared output shapes it serves
     for i, op in enumerate(ops):
         op._slot = None
         if i not in last or op.__dict__.get("_into") is not None:  # see pad_in_place
             continue
         while pending and pending[0][0] < i:
-            t, s = heapq.heappop(pending)
-            heapq.heappush(dead, (-t, s))
-        slot = heapq.heappop(dead)[1] if dead else len(users)  # the one freed last
+            t, s, k = heapq.heappop(pending)
+            heapq.heappush(dead.setdefault(k, []), (-t, s))
+        key = "" if any_shape else str(op.out_shape)
+        free = dead.get(key)
+        slot = heapq.heappop(free)[1] if free else len(users)  # the one freed last
         users.setdefault(slot, []).append(op.out_shape)
         op._slot = (pool, slot, users[slot])
-        heapq.heappush(pending, (last[i], slot))
+        heapq.heappush(pending, (last[i], slot, key))
 
 
 def _copies(values: list[np.ndarray]):
@@ -306,7 +311,7 @@ class PackedEngine:
         if fuse:
             self.ops = fuse_heads(fuse_gated_packs(self.ops, graph, tensors), graph, tensors)
         pad_in_place(self.ops, graph)
-        share_float_maps(self.ops, graph)
+        share_float_maps(self.ops, graph, any_shape=self.threads == 1)
 
     @property
     def binary_ops(self) -> list[Op]:
