@@ -497,7 +497,8 @@ def _fma_block(nv, full, per_lane, x, xbase, pstep, krow, kstep, rowgap, w, woff
 # pixels left after the full blocks go in one block, not one by one (each pass over
 # the pixels streams the whole weight stripe from L2: 9 pixels took 4 + 4 + 1 passes)
 FMA4_PIXELS = 6 if VECTOR_WORDS == 8 else 4  # 24 sums fit AVX-512's 32 registers
-_g1, _g2, _g3, _g4, _g5, _g6 = (_make_fblock(n, 4, False) for n in range(1, 7))
+# the 1- and 4-pixel ones are _fma_block's own (_f1x4, _f4x4)
+_g2, _g3, _g5, _g6 = (_make_fblock(n, 4, False) for n in (2, 3, 5, 6))
 
 
 @njit(inline="always")
@@ -510,13 +511,13 @@ def _fma4_block(npix, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk
     elif npix == 5:
         _g5(*a)
     elif npix == 4:
-        _g4(*a)
+        _f4x4(*a)
     elif npix == 3:
         _g3(*a)
     elif npix == 2:
         _g2(*a)
     else:
-        _g1(*a)
+        _f1x4(*a)
 
 
 # ---------------------------------------------------------------- epilogue

@@ -26,7 +26,8 @@ ALIGN = 64  # bytes: a cache line, and one 512-bit vector
 def aligned_empty(shape, dtype, zero: bool = False) -> np.ndarray:
     """A C-contiguous array whose data starts on an ALIGN-byte boundary (numpy only
     promises 16): the kernels' vector loads of weights and maps then never straddle
-    two cache lines (QuickNet 1.02x, BinaryFaceNet 1.03x on one thread, measured)."""
+    two cache lines (one thread: QuickNet 1.02-1.03x, BinaryFaceNet 1.03-1.08x in two
+    probes)."""
     dtype = np.dtype(dtype)
     n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = (np.zeros if zero else np.empty)(n + ALIGN, np.uint8)
