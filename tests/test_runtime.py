@@ -787,6 +787,21 @@ def test_time_jobs_from_another_source_tree(small_bfp, tmp_path):
     _one_line(err.value)
 
 
+
+def _omp_layer() -> bool:
+    """Whether numba's threads here are an OpenMP team (after one parallel launch)."""
+    import numba
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def touch(a):
+        for i in prange(a.shape[0]):
+            a[i] = i
+
+    touch(np.zeros(4))
+    return numba.threading_layer() == "omp"
+
+
 @pytest.mark.parametrize("name", ["binaryfacenet", "quicknet_small", "binaryfaceformer_add",
                                   "mobilefacenet", "binary_densenet28"])
 def test_repeated_runs_match_fresh_engines(name, tmp_path):
@@ -947,3 +962,65 @@ def test_weights_and_buffers_start_on_a_cache_line(tmp_path):
     assert blocks and all(w.ctypes.data % ALIGN == 0 for w in blocks)
     bufs = [a for op in eng.ops for a in op.__dict__.get("_bufs", {}).values()]
     assert bufs and all(a.ctypes.data % ALIGN == 0 for a in bufs)
+
+
+@pytest.mark.skipif(not _omp_layer(), reason="regions need numba's OpenMP threading layer")
+@pytest.mark.parametrize("name,batches", [("quicknet_small", (1, 3)),
+                                          ("binary_densenet28", (2,))])
+def test_parallel_regions_match_one_thread(name, batches, tmp_path):
+    """On 2 threads, from the REGION_AFTER-th replay on, the flat replay's runs of
+    kernels go as parallel regions (chunk variants between spin barriers, one launch a
+    run): the bits equal a 1-thread engine's for new values in the same array, at
+    each batch size. BinaryDenseNet28's concatenation copies (numpy) split its calls
+    into several regions; QuickNetSmall's are all kernels, one region."""
+    from binface.runtime.engine import REGION_AFTER
+    from binface.runtime.region import Region
+
+    torch.manual_seed(0)
+    export_packed(randomize_bn(create_model(name)), tmp_path / "m.bfp")
+    one = load_packed(tmp_path / "m.bfp", threads=1)
+    two = load_packed(tmp_path / "m.bfp", threads=2)
+    rng = np.random.default_rng(11)
+    for n in batches:
+        x = rng.standard_normal((n, 3, 112, 112), dtype=np.float32)
+        for i in range(REGION_AFTER + 3):
+            x[...] = rng.standard_normal(x.shape, dtype=np.float32)
+            assert np.array_equal(two.run(x), one.run(x.copy())), (n, i)
+            plan = two.__dict__.get("_plan")
+            built = plan is not None and plan[0] is two._flat
+            assert built == (i >= REGION_AFTER), (n, i)  # run 0 records, 1.. replay
+        regions = [fn for fn, _ in plan[1] if isinstance(fn, Region)]
+        assert len(regions) == 1 if name == "quicknet_small" else len(regions) > 1
+        assert len(plan[1]) < len(two._flat[3])
+    two.regions = False  # the plain launches again: the same bits
+    assert np.array_equal(two.run(x), one.run(x))
+
+
+@pytest.mark.skipif(not _omp_layer(), reason="regions need numba's OpenMP threading layer")
+def test_region_barrier_orders_the_threads_phases():
+    """Each thread writes its slot of a phase, waits at the barrier, then reads every
+    slot of that phase: all must be there, over many phases and generations."""
+    import numba
+    from numba import njit, prange
+
+    from binface.runtime.region import _barrier
+
+    @njit(parallel=True)
+    def phases(bar, seen, nt, k):
+        for ch in prange(nt):
+            gen = bar[8]
+            for p in range(k):
+                seen[p, ch] = p + 1
+                gen = _barrier(bar, nt, gen)
+                for o in range(nt):
+                    if seen[p, o] != p + 1:
+                        seen[p, nt + ch] = -1
+
+    nt = numba.get_num_threads()
+    bar = np.zeros(16, np.int64)
+    for _ in range(3):
+        seen = np.zeros((500, 2 * nt), np.int64)
+        phases(bar, seen, nt, 500)
+        assert (seen[:, :nt] == np.arange(1, 501)[:, None]).all()
+        assert (seen[:, nt:] == 0).all()
+    assert bar[8] == 1500 and bar[0] == 0

@@ -41,6 +41,9 @@ from binface.runtime.ops.table import ENGINE_OPS as OPS
 __all__ = ["MAX_NODES", "OPS", "Op", "PackedEngine", "RunContext", "as_nchw", "load_packed",
            "nhwc", "pack_bits", "pad_in_place", "resolve", "set_blas_threads"]
 
+# on several threads, the flat replay's kernels run as one parallel region from this
+# replay on (compiling it takes a few seconds, so one-off runs never pay for it)
+REGION_AFTER = 3
 MAX_NODES = 8192  # the zoo's largest graph (mobilefaceformer) has 511 nodes
 MAX_TOTAL_BYTES = 1 << 31  # all values one run makes, per sample (the zoo needs < 200 MB)
 # what numpy and numba raise on a graph no exporter writes (crafted attributes)
@@ -278,6 +281,7 @@ class PackedEngine:
             raise PackedFormatError(f"{where}: {exc}") from None
         self.graph = graph
         self.threads = max(1, int(threads or 1))
+        self.regions = True  # see _regions; False: one numba launch per kernel
         self.source = source
         name = "".join(ch for ch in str(graph.get("model", "model")) if ch.isprintable())
         self.model_name = name[:80] or "model"
@@ -362,7 +366,8 @@ class PackedEngine:
                 and flat[2] is ctx.k and flat[5] is self.ops):
             # the same input array as last run, every op replayable: last run's kernel
             # calls again, in one loop (the values in x may be new: the calls read them)
-            for fn, args in flat[3]:
+            calls = flat[3] if ctx.nt == 1 or not self.regions else self._regions(flat, ctx)
+            for fn, args in calls:
                 fn(*args)
             return _copies(flat[4]), ctx.records
         self._flat = None
@@ -388,6 +393,30 @@ class PackedEngine:
                                     f"({_describe(exc)})") from None
         self._keep_flat(x, ctx, env)
         return _copies([env[o] for o in self.outputs]), ctx.records
+
+    def _regions(self, flat: tuple, ctx: RunContext) -> list:
+        """The flat replay's calls for several threads: from the ``REGION_AFTER``-th
+        replay on, its runs of kernels as parallel regions (``runtime/region.py``: one
+        launch and a barrier per kernel, not a launch per kernel). Built once per flat
+        replay; if that is not possible here, the plain calls."""
+        got = self.__dict__.get("_plan")
+        if got is not None and got[0] is flat:
+            return got[1] if got[2] == numba.get_num_threads() else flat[3]
+        seen = self.__dict__.get("_replays")
+        n = seen[1] + 1 if seen is not None and seen[0] is flat else 1
+        self._replays = (flat, n)
+        if n < REGION_AFTER:
+            return flat[3]
+        calls = flat[3]
+        from binface.runtime import region
+
+        if region.regions_supported():
+            try:
+                calls = region.plan(flat[3], ctx.nt)
+            except Exception:  # noqa: BLE001 - a call a region cannot make: launches as before
+                calls = flat[3]
+        self._plan = (flat, calls, ctx.nt)
+        return calls
 
     def _keep_flat(self, x: np.ndarray, ctx: RunContext, env: dict) -> None:
         """Keep this run's kernel calls as one list when every op kept its own for a

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from types import FunctionType, SimpleNamespace
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types, vectorize
@@ -65,6 +66,14 @@ def _twins(fn, **kw):
     twin.__qualname__ = fn.__qualname__ + "_parallel"  # its own cache entry
     twin.__doc__ = fn.__doc__
     return njit(**kw)(fn), njit(parallel=True, **kw)(twin)
+
+
+@njit(inline="always")
+def _thread_chunk(nt):
+    """What ``prange(nt)`` reads as in a row kernel's chunk variant (``region.py``):
+    this thread's one chunk of ``nt``."""
+    t = numba.get_thread_id()
+    return range(t, min(t + 1, nt))
 
 
 def _rows(**kw):
