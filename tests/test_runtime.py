@@ -821,7 +821,8 @@ def test_repeated_runs_match_fresh_engines(name, tmp_path):
         assert np.array_equal(eng.run(x), want)
         x *= -1  # the same array object with new values: replayed calls read them
         assert np.array_equal(eng.run(x), load_packed(tmp_path / "m.bfp").run(x))
-    if name == "binary_densenet28":  # its packs and concatenation chain replay too
+    if name in ("binary_densenet28", "binaryfacenet"):  # packs, concatenation chains, the
+        # squeeze-excite gate (a kept sigmoid, the gated stem) and reshapes replay too
         assert eng._flat is not None and eng._flat[0] is xs[-1]
 
 
@@ -966,13 +967,13 @@ def test_weights_and_buffers_start_on_a_cache_line(tmp_path):
 
 @pytest.mark.skipif(not _omp_layer(), reason="regions need numba's OpenMP threading layer")
 @pytest.mark.parametrize("name,batches", [("quicknet_small", (1, 3)),
-                                          ("binary_densenet28", (2,))])
+                                          ("binaryfacenet", (2,))])
 def test_parallel_regions_match_one_thread(name, batches, tmp_path):
     """On 2 threads, from the REGION_AFTER-th replay on, the flat replay's runs of
     kernels go as parallel regions (chunk variants between spin barriers, one launch a
     run): the bits equal a 1-thread engine's for new values in the same array, at
-    each batch size. BinaryDenseNet28's concatenation copies (numpy) split its calls
-    into several regions; QuickNetSmall's are all kernels, one region."""
+    each batch size. BinaryFaceNet's gate sigmoid (numpy) splits its calls into two
+    regions; QuickNetSmall's are all kernels, one region."""
     from binface.runtime.engine import REGION_AFTER
     from binface.runtime.region import Region
 

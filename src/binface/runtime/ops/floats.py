@@ -90,7 +90,24 @@ class UnaryOp(Op):
         self.fn = UNARY[fn].np
 
     def __call__(self, env, ctx) -> None:
-        env[self.outputs[0]] = self.fn(env[self.inputs[0]])
+        if self.replayed(env, ctx):
+            return
+        x = env[self.inputs[0]]
+        y = self.fn(x)
+        self._fast = None
+        if ctx.fresh or y.dtype != _F32 or y.shape != x.shape:
+            env[self.outputs[0]] = y
+            return
+        # into a kept buffer, so the op replays (and the flat replay reaches the ops
+        # after it: BinaryFaceNet's squeeze-excite gate is this op's sigmoid)
+        out = self.buffer(ctx, "y", y.shape)
+        np.copyto(out, y)
+        env[self.outputs[0]] = out
+        self.remember(env, ctx, [(_unary_into, (self.fn, x, out))], (x,))
+
+
+def _unary_into(fn, x: np.ndarray, out: np.ndarray) -> None:
+    np.copyto(out, fn(x))
 
 
 class BinaryOp(Op):
@@ -214,7 +231,16 @@ class MatmulOp(Op):
 
 class ReshapeOp(Op):
     def __call__(self, env, ctx) -> None:
-        env[self.outputs[0]] = env[self.inputs[0]].reshape(resolve(self.attrs["shape"], ctx.n))
+        if self.replayed(env, ctx):
+            return
+        x = env[self.inputs[0]]
+        y = self.kept_view(x, ctx.n, lambda a: a.reshape(resolve(self.attrs["shape"], ctx.n)))
+        env[self.outputs[0]] = y
+        # a view replays (no calls: the same view of the same buffer); a copy (numpy
+        # copies what it cannot view) would be stale next run
+        self._fast = None
+        if np.may_share_memory(y, x):
+            self.remember(env, ctx, [], (x,))
 
 
 class ExpandOp(Op):

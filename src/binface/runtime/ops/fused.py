@@ -243,7 +243,13 @@ class GatedConvOp(ConvOp):
         return r1, np.ascontiguousarray(g.reshape(m, 1, 1, c), dtype=_F32)
 
     def remember(self, env, ctx, calls, views) -> None:
-        self._fast = None  # the gate is a fresh array each run: nothing to replay
+        """Replays when the gate is a view of a kept buffer (the gate's sigmoid keeps
+        one); its inputs are x, gate, residual, so the views go in that order."""
+        if views is None:
+            super().remember(env, ctx, calls, None)
+            return
+        x, r1, r2 = views
+        super().remember(env, ctx, calls, (x, r2, r1))
 
 
 def gated_conv(conv: ConvOp, pack: Op, gate: str, tensors, graph) -> GatedConvOp:
