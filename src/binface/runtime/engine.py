@@ -282,6 +282,9 @@ class PackedEngine:
         self.graph = graph
         self.threads = max(1, int(threads or 1))
         self.regions = True  # see _regions; False: one numba launch per kernel
+        # on several threads, images per pass for a larger batch (see _run_tiled); 0:
+        # the whole batch at once (as on one thread)
+        self.tile = self.threads if self.threads > 1 else 0
         self.source = source
         name = "".join(ch for ch in str(graph.get("model", "model")) if ch.isprintable())
         self.model_name = name[:80] or "model"
@@ -344,8 +347,35 @@ class PackedEngine:
             runs = [self._run(x[i:i + 1], trace) for i in range(x.shape[0])]
             out = np.concatenate([r[0] for r in runs])
             return (out, [rec for r in runs for rec in r[1]]) if trace else out
+        tile = self.tile
+        if not trace and tile and x.shape[0] > tile:
+            return self._run_tiled(x, tile)
         out, records = self._run(x, trace)
         return (out, records) if trace else out
+
+    def _run_tiled(self, x: np.ndarray, tile: int):
+        """A batch in passes of ``tile`` images through one kept input array: each pass
+        is a flat replay (a region on several threads) whose maps stay in the cores'
+        caches; the whole batch's maps did not (QuickNet at batch 16, 2 threads:
+        7.03 -> 5.84 ms in passes of 2, one thread 12.96 -> 11.45 ms in passes of 2).
+        Every op works per image, so the bits are those of one run over the batch. A
+        last, partial pass is padded with the batch's first images, so the kept array
+        and its replay stay the same."""
+        buf = self.__dict__.get("_tile_in")
+        if buf is None or buf.shape != (tile, *x.shape[1:]):
+            buf = self._tile_in = np.empty((tile, *x.shape[1:]), _F32)
+        n = x.shape[0]
+        parts: list[list[np.ndarray]] = []
+        for i in range(0, n, tile):
+            k = min(tile, n - i)
+            buf[:k] = x[i:i + k]
+            if k < tile:
+                buf[k:] = x[:tile - k]
+            out = self._run(buf, False)[0]
+            outs = out if isinstance(out, tuple) else (out,)
+            parts.append([o[:k] for o in outs])
+        res = [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+        return res[0] if len(res) == 1 else tuple(res)
 
     __call__ = run
 
