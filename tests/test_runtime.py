@@ -1047,3 +1047,13 @@ def test_batches_in_passes_match_one_run(tmp_path):
         assert y.shape[0] == n and np.array_equal(x, keep)
         assert np.array_equal(y, one.run(x)) and np.array_equal(y, whole.run(x))
         assert two._tile_in.shape[0] == 2 and two._flat[0] is two._tile_in
+    assert not two.__dict__.get("_no_flat")
+    # a model whose ops do not all keep their calls (attention's numpy ops) goes back
+    # to whole batches after one tiled call, with the same bits
+    export_packed(randomize_bn(create_model("binaryfaceformer_sep")), tmp_path / "f.bfp")
+    two = load_packed(tmp_path / "f.bfp", threads=2)
+    one = load_packed(tmp_path / "f.bfp", threads=1)
+    x = rng.standard_normal((5, 3, 112, 112), dtype=np.float32)
+    for _ in range(2):
+        assert np.array_equal(two.run(x), one.run(x))
+    assert two._no_flat and two.__dict__.get("_flat") is None
