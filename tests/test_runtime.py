@@ -992,9 +992,30 @@ def test_parallel_regions_match_one_thread(name, batches, tmp_path):
             assert built == (i >= REGION_AFTER), (n, i)  # run 0 records, 1.. replay
         regions = [fn for fn, _ in plan[1] if isinstance(fn, Region)]
         assert len(regions) == 1 if name == "quicknet_small" else len(regions) > 1
+        assert not any(r.aborted for r in regions)  # their chunks ran at once
         assert len(plan[1]) < len(two._flat[3])
     two.regions = False  # the plain launches again: the same bits
     assert np.array_equal(two.run(x), one.run(x))
+    if name == "binaryfacenet":
+        # a region whose chunks cannot all run at once (here: numba on one thread, so
+        # one thread would run both chunks in turn) must not hang: its start times out,
+        # no kernel runs, and the region makes the plain calls from then on
+        import numba
+
+        region = regions[0]
+        before = [np.array(a, copy=True) for a in two._flat[4]]
+        x[...] = rng.standard_normal(x.shape, dtype=np.float32)
+        want = one.run(x.copy())
+        numba.set_num_threads(1)
+        try:
+            for fn, args in plan[1]:
+                fn(*args)
+        finally:
+            numba.set_num_threads(2)
+        assert region.aborted
+        assert np.array_equal(two._flat[4][0], want) and not np.array_equal(before[0], want)
+        two.regions = True
+        assert np.array_equal(two.run(x), want)  # the aborted region's plain calls
 
 
 @pytest.mark.skipif(not _omp_layer(), reason="regions need numba's OpenMP threading layer")

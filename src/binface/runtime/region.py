@@ -66,7 +66,41 @@ def _atomic_store(typingctx, arr, idx, val):
     return types.void(arr, types.int64, types.int64), codegen
 
 
-COUNT, GENERATION = 0, 8  # the barrier's two words, a cache line apart (int64 slots)
+@intrinsic
+def _atomic_cas(typingctx, arr, idx, expect, val):
+    """Set ``arr[idx]`` to ``val`` if it holds ``expect``; returns what it held."""
+    def codegen(context, builder, sig, args):
+        pair = builder.cmpxchg(_slot(context, builder, sig, args), args[2], args[3],
+                               "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 0)
+    return types.int64(arr, types.int64, types.int64, types.int64), codegen
+
+
+# the barrier's words, each on its own cache line (int64 slots): its count and
+# generation, then the start's count and decision (reset before every launch)
+COUNT, GENERATION, START_COUNT, START = 0, 8, 16, 24
+BAR_WORDS = 32
+GO, ABORT = 1, 2
+START_SPINS = 1 << 24  # about 10-50 ms of waiting for the other threads to arrive
+
+
+@njit(nogil=True, cache=True)
+def _start(bar, nt):
+    """Whether all ``nt`` chunks run at once, each on a thread of its own: they must all
+    arrive here within START_SPINS polls. The last to arrive decides GO; a thread that
+    waited too long decides ABORT (the first decision wins, by compare-and-swap), and
+    then no thread runs a kernel, so none can wait at a barrier for a chunk that a
+    busy thread would only start after it (OpenMP giving fewer threads, a launch
+    nested in another): the caller sees ABORT and makes the plain calls instead."""
+    if _atomic_add(bar, START_COUNT, 1) == nt - 1:
+        _atomic_cas(bar, START, 0, GO)
+    else:
+        spins = 0
+        while _atomic_load(bar, START) == 0:
+            spins += 1
+            if spins > START_SPINS:
+                _atomic_cas(bar, START, 0, ABORT)
+    return _atomic_load(bar, START) == GO
 
 
 @njit(nogil=True, cache=True)
@@ -225,9 +259,11 @@ class Region:
     def __init__(self, calls: list[tuple[Callable, tuple]], nt: int) -> None:
         self.calls, self.nt = calls, nt
         lines = ["def body(ch, nt, bar, addrs, words):",
+                 "    if not start(bar, nt):",
+                 "        return",
                  "    gen = atomic_load(bar, GENERATION)"]
         glob: dict[str, Any] = {"atomic_load": _atomic_load, "barrier": _barrier,
-                                "GENERATION": GENERATION}
+                                "start": _start, "GENERATION": GENERATION}
         addrs, rows = [], []
         for i, (fn, args) in enumerate(calls):
             argtys = tuple(numba.typeof(a) for a in args)
@@ -246,15 +282,30 @@ class Region:
         self.words = np.zeros((len(rows), max(map(len, rows))), np.int64)
         for i, r in enumerate(rows):
             self.words[i, :len(r)] = r
-        self.bar = np.zeros(16, np.int64)
+        self.bar = np.zeros(BAR_WORDS, np.int64)
         body = njit(_BODY_SIG, nogil=True)(glob["body"])
         cres = body.overloads[_BODY_TYPES]
         self.body = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
         self._body = body  # keeps the compiled body (its code) alive
+        self.aborted = False
         self()  # the first run here: a failure shows at build, not mid-replay
+        if self.aborted:
+            raise RuntimeError("the region's chunks did not run at once")
 
     def __call__(self) -> None:
-        _launch(self.body, self.nt, self.bar, self.addrs, self.words)
+        bar = self.bar
+        if self.aborted:  # this process's threads could not run it: the plain calls
+            for fn, args in self.calls:
+                fn(*args)
+            return
+        bar[START_COUNT] = 0
+        bar[START] = 0
+        _launch(self.body, self.nt, bar, self.addrs, self.words)
+        if bar[START] != GO:  # nothing ran: the plain calls, from now on
+            self.aborted = True
+            bar[COUNT] = 0
+            for fn, args in self.calls:
+                fn(*args)
 
 
 def regions_supported() -> bool:
