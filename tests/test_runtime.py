@@ -992,7 +992,7 @@ def test_parallel_regions_match_one_thread(name, batches, tmp_path):
             assert built == (i >= REGION_AFTER), (n, i)  # run 0 records, 1.. replay
         regions = [fn for fn, _ in plan[1] if isinstance(fn, Region)]
         assert len(regions) == 1 if name == "quicknet_small" else len(regions) > 1
-        assert not any(r.aborted for r in regions)  # their chunks ran at once
+        assert not any(r.aborts for r in regions)  # their chunks ran at once
         assert len(plan[1]) < len(two._flat[3])
     two.regions = False  # the plain launches again: the same bits
     assert np.array_equal(two.run(x), one.run(x))
@@ -1006,13 +1006,16 @@ def test_parallel_regions_match_one_thread(name, batches, tmp_path):
         before = [np.array(a, copy=True) for a in two._flat[4]]
         x[...] = rng.standard_normal(x.shape, dtype=np.float32)
         want = one.run(x.copy())
+        from binface.runtime.region import ABORT_AFTER
+
         numba.set_num_threads(1)
         try:
-            for fn, args in plan[1]:
-                fn(*args)
+            for _ in range(ABORT_AFTER):
+                for fn, args in plan[1]:
+                    fn(*args)
         finally:
             numba.set_num_threads(2)
-        assert region.aborted
+        assert region.aborted and region.aborts == ABORT_AFTER
         assert np.array_equal(two._flat[4][0], want) and not np.array_equal(before[0], want)
         two.regions = True
         assert np.array_equal(two.run(x), want)  # the aborted region's plain calls

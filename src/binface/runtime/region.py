@@ -82,6 +82,7 @@ COUNT, GENERATION, START_COUNT, START = 0, 8, 16, 24
 BAR_WORDS = 32
 GO, ABORT = 1, 2
 START_SPINS = 1 << 24  # about 10-50 ms of waiting for the other threads to arrive
+ABORT_AFTER = 3  # starts timed out in a row before a region stays on the plain calls
 
 
 @njit(nogil=True, cache=True)
@@ -287,25 +288,27 @@ class Region:
         cres = body.overloads[_BODY_TYPES]
         self.body = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
         self._body = body  # keeps the compiled body (its code) alive
-        self.aborted = False
+        self.aborts = 0  # runs whose start timed out (then the plain calls ran)
+        self.aborted = False  # ABORT_AFTER in a row: the plain calls from then on
         self()  # the first run here: a failure shows at build, not mid-replay
-        if self.aborted:
+        if self.aborts:
             raise RuntimeError("the region's chunks did not run at once")
 
     def __call__(self) -> None:
         bar = self.bar
-        if self.aborted:  # this process's threads could not run it: the plain calls
-            for fn, args in self.calls:
-                fn(*args)
-            return
-        bar[START_COUNT] = 0
-        bar[START] = 0
-        _launch(self.body, self.nt, bar, self.addrs, self.words)
-        if bar[START] != GO:  # nothing ran: the plain calls, from now on
-            self.aborted = True
-            bar[COUNT] = 0
-            for fn, args in self.calls:
-                fn(*args)
+        if not self.aborted:
+            bar[START_COUNT] = 0
+            bar[START] = 0
+            _launch(self.body, self.nt, bar, self.addrs, self.words)
+            if bar[START] == GO:
+                self._in_a_row = 0
+                return
+            # nothing ran (a thread late by tens of ms, or fewer threads than chunks)
+            self.aborts += 1
+            self._in_a_row = self.__dict__.get("_in_a_row", 0) + 1
+            self.aborted = self._in_a_row >= ABORT_AFTER
+        for fn, args in self.calls:
+            fn(*args)
 
 
 def regions_supported() -> bool:
