@@ -966,7 +966,7 @@ def test_weights_and_buffers_start_on_a_cache_line(tmp_path):
 
 
 @pytest.mark.skipif(not _omp_layer(), reason="regions need numba's OpenMP threading layer")
-@pytest.mark.parametrize("name,batches", [("quicknet_small", (1, 2)),
+@pytest.mark.parametrize("name,batches", [("quicknet_small", (1,)),
                                           ("binaryfacenet", (2,))])
 def test_parallel_regions_match_one_thread(name, batches, tmp_path):
     """On 2 threads, from the REGION_AFTER-th replay on, the flat replay's runs of
@@ -1054,8 +1054,8 @@ def test_region_barrier_orders_the_threads_phases():
 def test_batches_in_passes_match_one_run(tmp_path):
     """On several threads a batch larger than ``tile`` runs in passes of ``tile``
     images through one kept input array (the last pass padded): the bits equal one
-    run over the whole batch and the 1-thread engine's, and the caller's array is
-    left as it was."""
+    run over the whole batch and the 1-thread engine's, at two batch sizes in turn,
+    and the caller's array is left as it was."""
     torch.manual_seed(0)
     export_packed(randomize_bn(create_model("quicknet_small")), tmp_path / "m.bfp")
     one = load_packed(tmp_path / "m.bfp", threads=1)
@@ -1064,7 +1064,7 @@ def test_batches_in_passes_match_one_run(tmp_path):
     whole.tile = 0
     assert two.tile == 2 and one.tile == 0
     rng = np.random.default_rng(13)
-    for n in (5, 4, 5, 3):
+    for n in (5, 3):
         x = rng.standard_normal((n, 3, 112, 112), dtype=np.float32)
         keep = x.copy()
         y = two.run(x)
@@ -1077,7 +1077,7 @@ def test_batches_in_passes_match_one_run(tmp_path):
     export_packed(randomize_bn(create_model("binaryfaceformer_sep")), tmp_path / "f.bfp")
     two = load_packed(tmp_path / "f.bfp", threads=2)
     one = load_packed(tmp_path / "f.bfp", threads=1)
-    x = rng.standard_normal((5, 3, 112, 112), dtype=np.float32)
+    x = rng.standard_normal((3, 3, 112, 112), dtype=np.float32)
     for _ in range(2):
         assert np.array_equal(two.run(x), one.run(x))
     assert two._no_flat and two.__dict__.get("_flat") is None
