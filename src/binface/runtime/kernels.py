@@ -1625,6 +1625,34 @@ def conv1x1_small(x, w, ep, res1, res2, yout, pout, cfg, nt):
             _epilogue_row(v, tmp, n, oy, 0, ep, res1, res2, yout, pout, cfg)
 
 
+@njit(inline="always")
+def _fma3x4(v0, v1, v2, v3, a, b, c, d, k, w0, w1, w2, lanes):
+    """Four pixels, three taps: each weight row is loaded once for the four pixels and
+    each output row updated once per three taps (``lanes``: the outputs, 0 = all of
+    ``v0``; a constant where the caller's is)."""
+    a0, a1, a2 = a[k], a[k + 1], a[k + 2]
+    b0, b1, b2 = b[k], b[k + 1], b[k + 2]
+    c0, c1, c2 = c[k], c[k + 1], c[k + 2]
+    d0, d1, d2 = d[k], d[k + 1], d[k + 2]
+    for o in range(lanes if lanes else v0.shape[0]):
+        u0, u1, u2 = w0[o], w1[o], w2[o]
+        v0[o] += a0 * u0 + a1 * u1 + a2 * u2
+        v1[o] += b0 * u0 + b1 * u1 + b2 * u2
+        v2[o] += c0 * u0 + c1 * u1 + c2 * u2
+        v3[o] += d0 * u0 + d1 * u1 + d2 * u2
+
+
+@njit(inline="always")
+def _fma1x4(v0, v1, v2, v3, a, b, c, d, k, w0, lanes):
+    a0, b0, c0, d0 = a[k], b[k], c[k], d[k]
+    for o in range(lanes if lanes else v0.shape[0]):
+        u0 = w0[o]
+        v0[o] += a0 * u0
+        v1[o] += b0 * u0
+        v2[o] += c0 * u0
+        v3[o] += d0 * u0
+
+
 def _make_conv_small(lanes: int, krow_c: int):
     """:func:`conv_small` with its output-channel loop ``lanes`` long and its kernel rows
     ``krow_c`` floats long (0: any).
@@ -1633,36 +1661,14 @@ def _make_conv_small(lanes: int, krow_c: int):
     LLVM's scalar remainder, not its vector body: the vector loop is built for 4 x 8
     lanes. A closure constant makes the length known when compiling, so the loop is
     all vector and the runtime alias checks go away; a known kernel row (9 floats for
-    3x3 on RGB) unrolls the taps. numba caches one kernel per pair of constants."""
+    3x3 on RGB) unrolls the taps. numba caches one kernel per pair of constants: its
+    cache key pickles the closure's cells, so they hold only these integers (a jitted
+    helper in a cell pickles with a new id in every process, and the kernel was
+    compiled again in each, 2-3 s a time)."""
 
     # outputs a multiple of FMA_LANES (<= 4 vectors): the register block
     nv = lanes // FMA_LANES if lanes and lanes % FMA_LANES == 0 and lanes <= 4 * FMA_LANES \
         else 0
-
-    @njit(inline="always")
-    def _fma3x4(v0, v1, v2, v3, a, b, c, d, k, w0, w1, w2):
-        # four pixels, three taps: each weight row is loaded once for the four pixels
-        # and each output row updated once per three taps
-        a0, a1, a2 = a[k], a[k + 1], a[k + 2]
-        b0, b1, b2 = b[k], b[k + 1], b[k + 2]
-        c0, c1, c2 = c[k], c[k + 1], c[k + 2]
-        d0, d1, d2 = d[k], d[k + 1], d[k + 2]
-        for o in range(lanes if lanes else v0.shape[0]):
-            u0, u1, u2 = w0[o], w1[o], w2[o]
-            v0[o] += a0 * u0 + a1 * u1 + a2 * u2
-            v1[o] += b0 * u0 + b1 * u1 + b2 * u2
-            v2[o] += c0 * u0 + c1 * u1 + c2 * u2
-            v3[o] += d0 * u0 + d1 * u1 + d2 * u2
-
-    @njit(inline="always")
-    def _fma1x4(v0, v1, v2, v3, a, b, c, d, k, w0):
-        a0, b0, c0, d0 = a[k], b[k], c[k], d[k]
-        for o in range(lanes if lanes else v0.shape[0]):
-            u0 = w0[o]
-            v0[o] += a0 * u0
-            v1[o] += b0 * u0
-            v2[o] += c0 * u0
-            v3[o] += d0 * u0
 
     def conv_small(xp, w, ep, res1, res2, yout, pout, cfg, nt):
         """Direct float conv for few input channels (an RGB stem), + epilogue.
@@ -1709,11 +1715,11 @@ def _make_conv_small(lanes: int, krow_c: int):
                         k = 0
                         while k + 3 <= krow:
                             _fma3x4(v[ox], v[ox + 1], v[ox + 2], v[ox + 3], a, b, c, d, k,
-                                    w[wb + k], w[wb + k + 1], w[wb + k + 2])
+                                    w[wb + k], w[wb + k + 1], w[wb + k + 2], lanes)
                             k += 3
                         while k < krow:
                             _fma1x4(v[ox], v[ox + 1], v[ox + 2], v[ox + 3], a, b, c, d, k,
-                                    w[wb + k])
+                                    w[wb + k], lanes)
                             k += 1
                 _epilogue_row(v[:wo], tmp, n, oy, 0, ep, res1, res2, yout, pout, cfg)
 
