@@ -33,7 +33,10 @@ from binface.nn import (
 from binface.nn.quantizers import sign_pos
 from binface.runtime import export_packed, load_packed
 from binface.runtime.bfp import parse_bfp, read_bfp, write_bfp
+from binface.runtime.capture import capture
+from binface.runtime.engine import PackedEngine
 from binface.runtime.errors import PackedFormatError, RuntimeUnavailableError, UnsupportedOpError
+from binface.runtime.lower import lower
 
 BINARY_ZOO = list_models("binary")
 
@@ -821,9 +824,9 @@ def test_repeated_runs_match_fresh_engines(name, tmp_path):
         assert np.array_equal(eng.run(x), want)
         x *= -1  # the same array object with new values: replayed calls read them
         assert np.array_equal(eng.run(x), load_packed(tmp_path / "m.bfp").run(x))
-    if name in ("binary_densenet28", "binaryfacenet"):  # packs, concatenation chains, the
-        # squeeze-excite gate (a kept sigmoid, the gated stem) and reshapes replay too
-        assert eng._flat is not None and eng._flat[0] is xs[-1]
+    # packs, concatenation chains, the squeeze-excite gate (a kept sigmoid, the gated
+    # stem), reshapes and the additive attention's float ops replay too: every op does
+    assert eng._flat is not None and eng._flat[0] is xs[-1]
 
 
 @pytest.mark.parametrize("name", ["quicknet_small", "binary_densenet28", "binaryfaceformer_sep"])
@@ -1072,12 +1075,16 @@ def test_batches_in_passes_match_one_run(tmp_path):
         assert np.array_equal(y, one.run(x)) and np.array_equal(y, whole.run(x))
         assert two._tile_in.shape[0] == 2 and two._flat[0] is two._tile_in
     assert not two.__dict__.get("_no_flat")
-    # a model whose ops do not all keep their calls (attention's numpy ops) goes back
-    # to whole batches after one tiled call, with the same bits
-    export_packed(randomize_bn(create_model("binaryfaceformer_sep")), tmp_path / "f.bfp")
-    two = load_packed(tmp_path / "f.bfp", threads=2)
-    one = load_packed(tmp_path / "f.bfp", threads=1)
-    x = rng.standard_normal((3, 3, 112, 112), dtype=np.float32)
+    # a model whose ops do not all keep their calls (a layer norm's fresh numpy arrays)
+    # goes back to whole batches after one tiled call, with the same bits
+    graph, tensors = lower(capture(_LayerNormed().eval(), (4, 5), channels=3))
+    two, one = PackedEngine(graph, tensors, threads=2), PackedEngine(graph, tensors)
+    x = rng.standard_normal((3, 3, 4, 5), dtype=np.float32)
     for _ in range(2):
         assert np.array_equal(two.run(x), one.run(x))
     assert two._no_flat and two.__dict__.get("_flat") is None
+
+
+class _LayerNormed(nn.Module):
+    def forward(self, x):
+        return F.layer_norm(x * 2.0, (5,))

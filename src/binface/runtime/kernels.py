@@ -2000,6 +2000,120 @@ def affine_rows(y, scale, shift, z):
             z[i, j] = y[i, j] * scale[j] + shift[j]
 
 
+# ---------------------------------------------------------------- element-wise rows
+# The float ops between binary layers (attention's adds, products, softmax, sums;
+# concatenation copies) on 3-D strided views of their operands (``ops/layout.py``'s
+# ``rows3``: broadcast dims as stride 0, the output's memory order outermost first),
+# so they run as row kernels: chunked over threads, kept in the flat replay and its
+# regions. Each output value is computed alone, so chunking never changes a bit.
+EW_ADD, EW_SUB, EW_MUL, EW_DIV, EW_COPY = 0, 1, 2, 3, 4
+
+
+@njit(inline="always")
+def _ew(fn, u, v):
+    if fn == EW_ADD:
+        return u + v
+    if fn == EW_SUB:
+        return u - v
+    if fn == EW_MUL:
+        return u * v
+    if fn == EW_DIV:
+        return u / v
+    return u
+
+
+@njit(inline="always")
+def _ew_line(a, b, y, i, j, fn, m):
+    """y[i, j, :m] = a[i, j, :m] (fn) b[i, j, :m]: loops with the strides of the common
+    cases made constant, so LLVM vectorises them."""
+    sa, sb, sy = a.strides[2], b.strides[2], y.strides[2]
+    if sy == 4 and sa == 4 and sb == 4:
+        for k in range(m):
+            y[i, j, k] = _ew(fn, a[i, j, k], b[i, j, k])
+    elif sy == 4 and sa == 4 and sb == 0:
+        v = b[i, j, 0]
+        for k in range(m):
+            y[i, j, k] = _ew(fn, a[i, j, k], v)
+    elif sy == 4 and sa == 0 and sb == 4:
+        u = a[i, j, 0]
+        for k in range(m):
+            y[i, j, k] = _ew(fn, u, b[i, j, k])
+    else:
+        for k in range(m):
+            y[i, j, k] = _ew(fn, a[i, j, k], b[i, j, k])
+
+
+@_rows(**_KW)
+def ew3(a, b, y, fn, nt):
+    """y = a (fn) b on 3-D views of one shape (EW_ADD ... EW_COPY: y = a), rounded as
+    numpy rounds (no fastmath); rows (dims 0 and 1) cut across ``nt`` chunks."""
+    d0, d1, m = y.shape
+    rows = d0 * d1
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        for r in range(ch * rows // nt, (ch + 1) * rows // nt):
+            _ew_line(a, b, y, r // d1, r % d1, fn, m)
+
+
+RED_SUM, RED_MEAN, RED_MAX, RED_MIN = 0, 1, 2, 3
+
+
+@_rows(**_KW)
+def reduce3(x, y, fn, nt):
+    """y[a, b] = reduction over k of x[a, k, b] (RED_SUM ... RED_MIN), k in order;
+    (a, block of 64 b) units cut across ``nt`` chunks. max / min propagate NaN as
+    numpy does."""
+    na, nk, nb = x.shape
+    blocks = (nb + 63) // 64
+    units = na * blocks
+    nt = max(1, min(nt, units))
+    for ch in prange(nt):
+        for u in range(ch * units // nt, (ch + 1) * units // nt):
+            ia, b0 = u // blocks, (u % blocks) * 64
+            b1 = min(b0 + 64, nb)
+            yr = y[ia]
+            for j in range(b0, b1):
+                yr[j] = x[ia, 0, j]
+            for k in range(1, nk):
+                if fn in (RED_SUM, RED_MEAN):
+                    for j in range(b0, b1):
+                        yr[j] += x[ia, k, j]
+                elif fn == RED_MAX:
+                    for j in range(b0, b1):
+                        v = x[ia, k, j]
+                        if v > yr[j] or v != v:
+                            yr[j] = v
+                else:
+                    for j in range(b0, b1):
+                        v = x[ia, k, j]
+                        if v < yr[j] or v != v:
+                            yr[j] = v
+            if fn == RED_MEAN:
+                for j in range(b0, b1):
+                    yr[j] /= np.float32(nk)
+
+
+@_rows(**_KW)
+def softmax_rows(x, y, nt):
+    """y[r] = softmax(x[r]) over the last axis of 2-D views: exp(x - max) / sum, as
+    PyTorch and the numpy path compute it; rows cut across ``nt`` chunks."""
+    rows, m = x.shape
+    nt = max(1, min(nt, rows))
+    for ch in prange(nt):
+        for r in range(ch * rows // nt, (ch + 1) * rows // nt):
+            xr, yr = x[r], y[r]
+            top = xr[0]
+            for k in range(1, m):
+                top = max(top, xr[k])
+            total = np.float32(0)
+            for k in range(m):
+                e = np.exp(xr[k] - top)
+                yr[k] = e
+                total += e
+            for k in range(m):
+                yr[k] /= total
+
+
 @vectorize(["float32(float32)", "float64(float64)"], cache=True)
 def erf(x):  # pragma: no cover - compiled
     """Element-wise erf (numpy has none; exact GELU needs it)."""

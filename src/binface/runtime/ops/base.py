@@ -145,11 +145,12 @@ class Op:
         """Keep this run's kernel calls for :meth:`replayed`, when every array they read
         is a kept buffer or a view of one or of an input (``views``: the arrays the op
         derived from its inputs; None: not replayable). A copy made here (a residual or
-        input turned channels-last) would be stale next time."""
+        input turned channels-last) would be stale next time. Replays check the first
+        ``n_main_inputs + nres`` inputs, or as many as ``views`` has."""
         self._fast = None
         if ctx.trace or ctx.fresh or views is None:
             return
-        ins = self.inputs[:self.n_main_inputs + self.nres]
+        ins = self.inputs[:max(self.n_main_inputs + self.nres, len(views))]
         for name, v in zip(ins, views, strict=False):
             src = env[name]
             if v is not _DUMMY_F4 and v is not src and (v.base is None or (

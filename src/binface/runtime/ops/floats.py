@@ -14,7 +14,7 @@ from binface.runtime import kernels as K
 from binface.runtime.errors import UnsupportedOpError
 from binface.runtime.ops.base import MAX_MACS, Op
 from binface.runtime.ops.functions import BINARY, REDUCE, UNARY
-from binface.runtime.ops.layout import _F32, _NO_BIAS, as_nchw, nhwc, resolve
+from binface.runtime.ops.layout import _F32, _NO_BIAS, as_nchw, like, nhwc, resolve, rows3
 
 
 def _check_matmul(op: Op, ctx, a_shape: tuple, b_shape: tuple) -> None:
@@ -40,11 +40,16 @@ class LinearOp(Op):
         _check_matmul(self, ctx, x.shape, self.w.shape)
         if (x.ndim == 2 and x.dtype == _F32 and x.flags.c_contiguous and x.shape[1] ==
                 self.w.shape[0] and (self.b is None or self.b.size == self.w.shape[1])):
-            y = np.empty((x.shape[0], self.w.shape[1]), _F32)  # returned: a fresh array
+            if self.replayed(env, ctx):
+                return
+            y = self.buffer(ctx, "y", (x.shape[0], self.w.shape[1]))
             b = _NO_BIAS if self.b is None else self.b.reshape(-1).astype(_F32, copy=False)
-            ctx.k.dense(x, self.w, b, y, ctx.nt)
+            calls = [(ctx.k.dense, (x, self.w, b, y, ctx.nt))]
+            self.issue(calls)
             env[self.outputs[0]] = y
+            self.remember(env, ctx, calls, (x,))
             return
+        self._fast = None
         y = np.matmul(x, self.w)
         if self.b is not None:
             y += self.b
@@ -62,9 +67,15 @@ class AffineOp(Op):
         self.axis = int(self.attrs.get("axis", 1))
 
     def __call__(self, env, ctx) -> None:
+        if self.replayed(env, ctx):
+            return
         x = env[self.inputs[0]]
         s = _channel_shape(x.ndim, self.axis)
-        env[self.outputs[0]] = x * self.scale.reshape(s) + self.shift.reshape(s)
+        scale, shift = self.scale.reshape(s), self.shift.reshape(s)
+        self._fast = None
+        if ew_kernel(self, env, ctx, (x, scale), K.EW_MUL, then=(shift, K.EW_ADD)):
+            return
+        env[self.outputs[0]] = x * scale + shift
 
 
 class PReLUOp(Op):
@@ -90,28 +101,74 @@ class UnaryOp(Op):
         self.fn = UNARY[fn].np
 
     def __call__(self, env, ctx) -> None:
-        if self.replayed(env, ctx):
-            return
-        x = env[self.inputs[0]]
-        y = self.fn(x)
-        self._fast = None
-        if ctx.fresh or y.dtype != _F32 or y.shape != x.shape:
-            env[self.outputs[0]] = y
-            return
-        # into a kept buffer, so the op replays (and the flat replay reaches the ops
-        # after it: BinaryFaceNet's squeeze-excite gate is this op's sigmoid)
-        out = self.buffer(ctx, "y", y.shape)
-        np.copyto(out, y)
-        env[self.outputs[0]] = out
-        self.remember(env, ctx, [(_unary_into, (self.fn, x, out))], (x,))
+        kept_result(self, env, ctx, self.fn)
+
+
+def kept_result(op: Op, env: dict, ctx, fn) -> None:
+    """``y = fn(x)`` by numpy, into a kept buffer, so the op replays (and the flat
+    replay reaches the ops after it: BinaryFaceNet's squeeze-excite gate is a sigmoid,
+    the additive attention's norms and clamps are these)."""
+    if op.replayed(env, ctx):
+        return
+    x = env[op.inputs[0]]
+    y = np.asarray(fn(x))
+    op._fast = None
+    if ctx.fresh or y.dtype != _F32:
+        env[op.outputs[0]] = y
+        return
+    out = op.buffer(ctx, "y", y.shape)
+    np.copyto(out, y)
+    env[op.outputs[0]] = out
+    op.remember(env, ctx, [(_unary_into, (fn, x, out))], (x,))
 
 
 def _unary_into(fn, x: np.ndarray, out: np.ndarray) -> None:
     np.copyto(out, fn(x))
 
 
+_EW_CODES = {"add": K.EW_ADD, "sub": K.EW_SUB, "mul": K.EW_MUL, "div": K.EW_DIV}
+_EW_UFUNCS = {K.EW_ADD: np.add, K.EW_SUB: np.subtract, K.EW_MUL: np.multiply,
+              K.EW_DIV: np.true_divide}
+
+
+def _ew_call(ctx, y: np.ndarray, a: np.ndarray, b: np.ndarray, code: int) -> tuple:
+    """The call that makes ``y = a (code) b`` (EW_COPY: ``y = a``): the ``ew3`` row
+    kernel, or numpy's ufunc into ``y`` (the same bits, one thread) where the operands'
+    layouts do not fold to three strided dims."""
+    views = rows3(y, a, b)
+    if views is not None:
+        return ctx.k.ew3, (views[1], views[2], views[0], code, ctx.nt)
+    if code == K.EW_COPY:
+        return np.copyto, (y, a)
+    return _EW_UFUNCS[code], (a, b, y)
+
+
+def ew_kernel(op: Op, env: dict, ctx, ab: tuple, code: int, then: tuple | None = None) -> bool:
+    """``y = a (code) b`` (and then ``y = y (code2) c`` for ``then = (c, code2)``) as
+    ``ew3`` row kernels into a kept buffer laid out as numpy would lay out the result;
+    the op's output, and its calls kept for replays. False (nothing done) for trace
+    runs and other dtypes."""
+    a, b = ab
+    extra = () if then is None else (then[0],)
+    if ctx.fresh or any(v.dtype != _F32 for v in (a, b, *extra)):
+        return False
+    shape = np.broadcast_shapes(a.shape, b.shape, *(v.shape for v in extra))
+    ref = a if a.shape == shape else b if b.shape == shape else None
+    mem, axes = like(ref, shape) if ref is not None else (shape, tuple(range(len(shape))))
+    buf = op.buffer(ctx, "y:" + ",".join(map(str, axes)), mem)
+    y = op.kept_view(buf, ctx.n, lambda t: t.transpose(axes))
+    calls = [_ew_call(ctx, y, a, b, code)]
+    if then is not None:
+        calls.append(_ew_call(ctx, y, y, then[0], then[1]))
+    op.issue(calls)
+    env[op.outputs[0]] = y
+    op.remember(env, ctx, calls, ab[:op.n_main_inputs])
+    return True
+
+
 class BinaryOp(Op):
     n_inputs = (2, 2)
+    n_main_inputs = 2  # replays check both operands
 
     def __init__(self, node, tensors, graph) -> None:
         super().__init__(node, tensors, graph)
@@ -119,21 +176,28 @@ class BinaryOp(Op):
         if fn not in BINARY:
             raise UnsupportedOpError(f"packed engine: binary function {fn!r} is not supported")
         self.fn = BINARY[fn].np
+        self.code = _EW_CODES.get(fn)
 
     def __call__(self, env, ctx) -> None:
+        if self.replayed(env, ctx):
+            return
         a, b = env[self.inputs[0]], env[self.inputs[1]]
         if a.shape != b.shape:
             self.room(ctx, np.broadcast_shapes(a.shape, b.shape))
+        self._fast = None
+        if self.code is not None and ew_kernel(self, env, ctx, (a, b), self.code):
+            return
         y = self.fn(a, b)
         env[self.outputs[0]] = y if y.dtype == _F32 else y.astype(_F32)
 
 
 class ClampOp(Op):
     def __call__(self, env, ctx) -> None:
+        kept_result(self, env, ctx, self.clamp)
+
+    def clamp(self, x: np.ndarray) -> np.ndarray:
         lo, hi = self.attrs.get("min"), self.attrs.get("max")
-        x = env[self.inputs[0]]
-        env[self.outputs[0]] = np.clip(x, None if lo is None else _F32(lo),
-                                       None if hi is None else _F32(hi))
+        return np.clip(x, None if lo is None else _F32(lo), None if hi is None else _F32(hi))
 
 
 class QuantOp(Op):
@@ -173,10 +237,28 @@ def quantize(x: np.ndarray, q: dict) -> np.ndarray:
 
 class SoftmaxOp(Op):
     def __call__(self, env, ctx) -> None:
+        if self.replayed(env, ctx):
+            return
         x = env[self.inputs[0]]
         d = int(self.attrs["dim"])
-        e = np.exp(x - x.max(axis=d, keepdims=True))
-        env[self.outputs[0]] = e / e.sum(axis=d, keepdims=True)
+        self._fast = None
+        if ctx.fresh or x.dtype != _F32 or not x.size or not -x.ndim <= d < x.ndim:
+            env[self.outputs[0]] = _softmax_into(x, d, None)
+            return
+        xt = np.moveaxis(x, d, -1)  # rows along the softmax's axis
+        buf = self.buffer(ctx, "y", xt.shape)
+        y = self.kept_view(buf, ctx.n, lambda t: np.moveaxis(t, -1, d))
+        x2 = _no_copy(xt, (-1, xt.shape[-1]))
+        calls = [(ctx.k.softmax_rows, (x2, buf.reshape(x2.shape), ctx.nt)) if x2 is not None
+                 else (_softmax_into, (x, d, y))]
+        self.issue(calls)
+        env[self.outputs[0]] = y
+        self.remember(env, ctx, calls, (x,))
+
+
+def _softmax_into(x: np.ndarray, d: int, out: np.ndarray | None) -> np.ndarray:
+    e = np.exp(x - x.max(axis=d, keepdims=True))
+    return np.divide(e, e.sum(axis=d, keepdims=True), out=out)
 
 
 class LayerNormOp(Op):
@@ -229,29 +311,68 @@ class MatmulOp(Op):
         env[self.outputs[0]] = np.matmul(a, b)
 
 
+def _no_copy(x: np.ndarray, shape: tuple) -> np.ndarray | None:
+    """``x.reshape(shape)`` if numpy can make it a view, else None."""
+    try:
+        return x.reshape(shape, copy=False)
+    except ValueError:
+        return None
+
+
+def _reduce_into(fn, x: np.ndarray, axes: tuple, keep: bool, out: np.ndarray) -> None:
+    fn(x, axis=axes, keepdims=keep, out=out)
+
+
+_RED_CODES = {"sum": K.RED_SUM, "mean": K.RED_MEAN, "amax": K.RED_MAX, "amin": K.RED_MIN}
+
+
 class ReshapeOp(Op):
     def __call__(self, env, ctx) -> None:
         if self.replayed(env, ctx):
             return
         x = env[self.inputs[0]]
-        y = self.kept_view(x, ctx.n, lambda a: a.reshape(resolve(self.attrs["shape"], ctx.n)))
+        shape = resolve(self.attrs["shape"], ctx.n)
+        last = self.__dict__.get("_yl")
+        if last is not None and last[0] is x and last[1] == ctx.n:
+            y, calls = last[2], last[3]
+        else:
+            y, calls = _no_copy(x, shape), []
+            if y is None and (ctx.fresh or x.dtype != _F32):
+                self._yl = self._fast = None  # a fresh copy: stale next run
+                env[self.outputs[0]] = x.reshape(shape)
+                return
+            if y is None:  # numpy would copy: a copy into a kept buffer, replayed
+                y = self.buffer(ctx, "y", shape)
+                calls = [_ew_call(ctx, y.reshape(x.shape), x, x, K.EW_COPY)]
+            self._yl = (x, ctx.n, y, calls)
+        self.issue(calls)
         env[self.outputs[0]] = y
-        # a view replays (no calls: the same view of the same buffer); a copy (numpy
-        # copies what it cannot view) would be stale next run
-        self._fast = None
-        if np.may_share_memory(y, x):
-            self.remember(env, ctx, [], (x,))
+        self.remember(env, ctx, calls, (x,))
 
 
-class ExpandOp(Op):
+class _ViewOp(Op):
+    """An op whose output is always a view of its input: kept while the input is the
+    same object, and replayed with no calls to make."""
+
+    def view(self, x: np.ndarray, n: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def __call__(self, env, ctx) -> None:
-        env[self.outputs[0]] = np.broadcast_to(env[self.inputs[0]],
-                                               resolve(self.attrs["shape"], ctx.n))
+        if self.replayed(env, ctx):
+            return
+        x = env[self.inputs[0]]
+        env[self.outputs[0]] = self.kept_view(x, ctx.n, lambda a: self.view(a, ctx.n))
+        self.remember(env, ctx, [], (x,))
 
 
-class PermuteOp(Op):
-    def __call__(self, env, ctx) -> None:
-        env[self.outputs[0]] = env[self.inputs[0]].transpose(self.attrs["dims"])
+class ExpandOp(_ViewOp):
+    def view(self, x, n):
+        return np.broadcast_to(x, resolve(self.attrs["shape"], n))
+
+
+class PermuteOp(_ViewOp):
+    def view(self, x, n):
+        return x.transpose(self.attrs["dims"])
 
 
 class CatOp(Op):
@@ -270,9 +391,14 @@ class CatOp(Op):
         if chain is not None:
             self.append(env, ctx, chain)
             return
+        if self.replayed(env, ctx):
+            return
         xs = [env[i] for i in self.inputs]
         self.room(ctx, (sum(x.size for x in xs),))
         d = int(self.attrs["dim"]) % xs[0].ndim
+        self._fast = None
+        if self.copies(env, ctx, xs, d):
+            return
         if xs[0].ndim == 4 and d == 1:  # channels: keep channels-last
             n, _, h, w = xs[0].shape
             out = np.empty((n, h, w, sum(x.shape[1] for x in xs)), _F32)
@@ -284,6 +410,33 @@ class CatOp(Op):
         else:
             env[self.outputs[0]] = np.concatenate(xs, axis=d)
 
+
+    def copies(self, env, ctx, xs: list[np.ndarray], d: int) -> bool:
+        """The concatenation as copies (``ew3``) into a kept buffer (channels-last for a
+        4-D channel cat), kept for replays; False for trace runs and mismatched inputs
+        (numpy's concatenation then says what is wrong)."""
+        first = xs[0]
+        if ctx.fresh or any(x.dtype != _F32 or x.ndim != first.ndim or
+                            x.shape[:d] + x.shape[d + 1:] != first.shape[:d] + first.shape[d + 1:]
+                            for x in xs):
+            return False
+        shape = list(first.shape)
+        shape[d] = sum(x.shape[d] for x in xs)
+        if first.ndim == 4 and d == 1:
+            buf = self.buffer(ctx, "y", (shape[0], shape[2], shape[3], shape[1]))
+            y = self.kept_view(buf, ctx.n, as_nchw)
+        else:
+            buf = self.buffer(ctx, "y", tuple(shape))
+            y = self.kept_view(buf, ctx.n, lambda t: t)
+        calls, c = [], 0
+        for x in xs:
+            part = y[(slice(None),) * d + (slice(c, c + x.shape[d]),)]
+            calls.append(_ew_call(ctx, part, x, x, K.EW_COPY))
+            c += x.shape[d]
+        self.issue(calls)
+        env[self.outputs[0]] = y
+        self.remember(env, ctx, calls, tuple(xs))
+        return True
 
     def append(self, env, ctx, chain) -> None:
         out = self.outputs[0]
@@ -325,13 +478,11 @@ class StackOp(Op):
         env[self.outputs[0]] = np.stack(xs, axis=self.attrs["dim"])
 
 
-class SliceOp(Op):
-    def __call__(self, env, ctx) -> None:
-        x = env[self.inputs[0]]
+class SliceOp(_ViewOp):
+    def view(self, x, n):
         a = self.attrs
         d = int(a["dim"]) % x.ndim
-        idx = (slice(None),) * d + (slice(a["start"], a["end"], a["step"]),)
-        env[self.outputs[0]] = x[idx]
+        return x[(slice(None),) * d + (slice(a["start"], a["end"], a["step"]),)]
 
 
 class SelectOp(Op):
@@ -344,12 +495,20 @@ class SplitOp(Op):
     n_outputs = (1, 1 << 16)
 
     def __call__(self, env, ctx) -> None:
+        if self.replayed(env, ctx):
+            return
         x = env[self.inputs[0]]
+        parts = self.kept_view(x, ctx.n, self.split)
+        for name, part in zip(self.outputs, parts, strict=True):
+            env[name] = part
+        # views of the input: a replay has no calls to make
+        self.remember(env, ctx, [], (x,))
+
+    def split(self, x: np.ndarray) -> list[np.ndarray]:
         d = int(self.attrs["dim"])
         cuts = np.cumsum(self.attrs["sizes"])[:-1]
         parts = np.split(x, cuts, axis=d)
-        for name, part in zip(self.outputs, parts, strict=True):
-            env[name] = part.squeeze(d) if self.attrs.get("squeeze") else part
+        return [part.squeeze(d) if self.attrs.get("squeeze") else part for part in parts]
 
 
 class ReduceOp(Op):
@@ -359,16 +518,59 @@ class ReduceOp(Op):
         if fn not in REDUCE:
             raise UnsupportedOpError(f"packed engine: reduction {fn!r} is not supported")
         self.fn = REDUCE[fn].np
+        self.code = _RED_CODES[fn]
 
     def __call__(self, env, ctx) -> None:
-        y = self.fn(env[self.inputs[0]], axis=tuple(self.attrs["dims"]),
-                    keepdims=self.attrs["keepdim"])
+        if self.replayed(env, ctx):
+            return
+        x = env[self.inputs[0]]
+        self._fast = None
+        if not ctx.fresh and x.dtype == _F32 and self.kernel(env, ctx, x):
+            return
+        y = self.fn(x, axis=tuple(self.attrs["dims"]), keepdims=self.attrs["keepdim"])
         env[self.outputs[0]] = np.asarray(y, _F32)
+
+    def kernel(self, env, ctx, x: np.ndarray) -> bool:
+        """The reduction into a kept buffer, kept for replays: ``reduce3`` on an (outer,
+        reduced, inner) view of ``x`` where one exists without a copy (the kept dims
+        split around the reduced ones in memory order, inner ones preferred: then the
+        sums run along rows), else numpy's reduction. False for a reduction over no
+        dims or of nothing (numpy's path)."""
+        dims = self.attrs["dims"]
+        if not dims or not x.size or not all(-x.ndim <= d < x.ndim for d in dims):
+            return False
+        red = sorted({d % x.ndim for d in dims}, key=lambda d: -x.strides[d])
+        kept = sorted((d for d in range(x.ndim) if d not in red), key=lambda d: -x.strides[d])
+        keep = bool(self.attrs["keepdim"])
+        for cut in range(len(kept) + 1):
+            outer, inner = kept[:cut], kept[cut:]
+            sizes = [math.prod(x.shape[d] for d in g) for g in (outer, red, inner)]
+            x3 = _no_copy(x.transpose(outer + red + inner), tuple(sizes))
+            if x3 is not None:
+                break
+        else:  # no such view: numpy's reduction into a kept buffer (one thread)
+            outer, inner = [d for d in range(x.ndim) if d not in red], []
+        order = outer + inner
+        buf = self.buffer(ctx, "y", tuple(x.shape[d] for d in order))
+
+        def logical(t):
+            t = t.transpose(np.argsort(order))  # the kept dims in their logical order
+            return np.expand_dims(t, tuple(sorted(red))) if keep else t
+
+        y = self.kept_view(buf, ctx.n, logical)
+        calls = [(ctx.k.reduce3, (x3, buf.reshape(sizes[0], sizes[2]), self.code, ctx.nt))
+                 if x3 is not None else (_reduce_into, (self.fn, x, tuple(red), keep, y))]
+        self.issue(calls)
+        env[self.outputs[0]] = y
+        self.remember(env, ctx, calls, (x,))
+        return True
 
 
 class VectorNormOp(Op):
     def __call__(self, env, ctx) -> None:
-        x = env[self.inputs[0]]
+        kept_result(self, env, ctx, self.norm)
+
+    def norm(self, x: np.ndarray) -> np.ndarray:
         p = float(self.attrs["ord"])
         axes = tuple(self.attrs["dims"])
         keep = self.attrs["keepdim"]
@@ -380,7 +582,7 @@ class VectorNormOp(Op):
             y = np.abs(x).sum(axis=axes, keepdims=keep)
         else:
             y = (np.abs(x) ** _F32(p)).sum(axis=axes, keepdims=keep) ** _F32(1 / p)
-        env[self.outputs[0]] = np.asarray(y, _F32)
+        return np.asarray(y, _F32)
 
 
 class AdaptiveAvgPoolOp(Op):

@@ -68,3 +68,54 @@ def nhwc(x: np.ndarray) -> np.ndarray:
 def as_nchw(y: np.ndarray) -> np.ndarray:
     """The logical NCHW view of a channels-last array."""
     return y.transpose(0, 3, 1, 2)
+
+
+def _strided(a: np.ndarray, shape: tuple, strides: tuple, writeable: bool) -> np.ndarray:
+    return np.lib.stride_tricks.as_strided(a, shape, strides, writeable=writeable)
+
+
+def rows3(y: np.ndarray, *xs: np.ndarray) -> list[np.ndarray] | None:
+    """3-D views ``[y3, x3, ...]`` of an output ``y`` and inputs that broadcast to its
+    shape, over the same elements in the same order (the row kernels' operands):
+    dims in ``y``'s memory order, outermost first, merged where every operand allows;
+    broadcast dims get stride 0; the inputs' views are read-only. None when more than
+    three dims remain after merging."""
+    shape = y.shape
+    arrs = [y, *xs]
+    strides = []
+    for a in arrs:
+        if a.ndim > len(shape):
+            return None
+        lead = len(shape) - a.ndim
+        st = [0] * lead + [a.strides[i] if a.shape[i] != 1 else 0 for i in range(a.ndim)]
+        if any(a.shape[i] not in (1, shape[lead + i]) for i in range(a.ndim)):
+            return None
+        strides.append(st)
+    dims = sorted((d for d in range(len(shape)) if shape[d] != 1),
+                  key=lambda d: -abs(y.strides[d]))
+    groups: list[list[int]] = []
+    for d in dims:
+        if groups:
+            p = groups[-1][-1]
+            if all(st[p] == st[d] * shape[d] for st in strides):
+                groups[-1].append(d)
+                continue
+        groups.append([d])
+    if len(groups) > 3:
+        return None
+    groups = [[]] * (3 - len(groups)) + groups
+    dims3 = tuple(int(np.prod([shape[d] for d in g], dtype=np.int64)) for g in groups)
+    out = []
+    for i, (a, st) in enumerate(zip(arrs, strides, strict=True)):
+        st3 = tuple(st[g[-1]] if g else 0 for g in groups)
+        out.append(_strided(a, dims3, st3, writeable=i == 0))
+    return out
+
+
+def like(ref: np.ndarray, shape: tuple) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(memory shape, axes) to lay out an array of logical ``shape`` (``ref``'s ndim)
+    in ``ref``'s memory order, as numpy lays out an element-wise result: allocate
+    ``memory shape`` C-contiguous; its ``.transpose(axes)`` is the logical view."""
+    order = sorted(range(len(shape)), key=lambda d: -abs(ref.strides[d]))
+    mem = tuple(shape[d] for d in order)
+    return mem, tuple(int(i) for i in np.argsort(order))
