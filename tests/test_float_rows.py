@@ -9,6 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +20,7 @@ from binface.runtime.lower import lower
 from binface.runtime.ops.layout import like, rows3
 
 _NP = {K.EW_ADD: np.add, K.EW_SUB: np.subtract, K.EW_MUL: np.multiply,
-       K.EW_DIV: np.true_divide}
+       K.EW_DIV: np.true_divide, K.EW_MAX: np.maximum, K.EW_MIN: np.minimum}
 
 
 @st.composite
@@ -66,6 +67,19 @@ def test_ew3_equals_numpy_on_any_layout(case, fn, nt):
         assert np.array_equal(copy, np.broadcast_to(a, shape))
 
 
+def test_max_min_propagate_nan_and_sigmoid_matches_numpy():
+    a = np.array([[[1.0, np.nan, 2.0, -1.0, np.inf, -np.inf]]], np.float32)
+    b = np.array([[[np.nan, 3.0, 2.0, -2.0, 1.0, 0.0]]], np.float32)
+    for code, fn in ((K.EW_MAX, np.maximum), (K.EW_MIN, np.minimum)):
+        y = np.empty_like(a)
+        K.ew3(a, b, y, code, 1)
+        np.testing.assert_array_equal(y, fn(a, b))
+    x = np.linspace(-20, 20, 301, dtype=np.float32).reshape(1, 1, -1)
+    y = np.empty_like(x)
+    K.ew3(x, x, y, K.EW_SIGMOID, 1)
+    np.testing.assert_allclose(y, 1 / (1 + np.exp(-x)), rtol=1e-6, atol=0)  # libm exp
+
+
 def test_rows3_refuses_what_does_not_fold_to_three_dims():
     y = np.empty((2, 3, 4, 5), np.float32)
     a = np.ones((2, 3, 4, 5), np.float32).transpose(0, 2, 1, 3).copy().transpose(0, 2, 1, 3)
@@ -87,8 +101,10 @@ class FloatOps(torch.nn.Module):
         ctx = (k.reshape(n, h * w, 2).transpose(1, 2) * s).sum(dim=2)  # (n, 2)
         z = v * v / (1.5 + ctx.amax(dim=1).reshape(n, 1, 1, 1))
         m = torch.cat([z, a, z - a[..., 3:]], dim=-1)
+        g = torch.sigmoid(F.normalize(m, dim=2)).clamp(0.3, 0.7)  # norm, clamp, expand
         r = torch.cat([m.amin(dim=(1, 2)), m.sum(dim=(1, 3)), s.reshape(n, -1),
-                       torch.softmax(m, dim=1).reshape(n, -1)], dim=1)
+                       torch.softmax(m, dim=1).reshape(n, -1), g.reshape(n, -1),
+                       m.clamp(min=1.0).reshape(n, -1)], dim=1)
         return r * 2.0 - 1.0
 
 
@@ -112,7 +128,8 @@ def test_float_ops_as_row_kernels_match_numpy_torch_and_one_thread():
             want = FloatOps()(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     kinds = {type(op).__name__ for op in one.ops}
-    assert {"SoftmaxOp", "ReduceOp", "SplitOp", "CatOp", "BinaryOp"} <= kinds
+    assert {"SoftmaxOp", "ReduceOp", "SplitOp", "CatOp", "BinaryOp", "VectorNormOp",
+            "ClampOp", "UnaryOp", "ExpandOp"} <= kinds
     assert all(op._fast is not None for op in one.ops), [
         op.name for op in one.ops if op._fast is None]
     assert one._flat is not None  # every op replays: one flat list of calls

@@ -2006,7 +2006,7 @@ def affine_rows(y, scale, shift, z):
 # ``rows3``: broadcast dims as stride 0, the output's memory order outermost first),
 # so they run as row kernels: chunked over threads, kept in the flat replay and its
 # regions. Each output value is computed alone, so chunking never changes a bit.
-EW_ADD, EW_SUB, EW_MUL, EW_DIV, EW_COPY = 0, 1, 2, 3, 4
+EW_ADD, EW_SUB, EW_MUL, EW_DIV, EW_COPY, EW_MAX, EW_MIN, EW_SIGMOID = range(8)
 
 
 @njit(inline="always")
@@ -2019,6 +2019,12 @@ def _ew(fn, u, v):
         return u * v
     if fn == EW_DIV:
         return u / v
+    if fn == EW_MAX:  # numpy's maximum: a NaN on either side wins
+        return u if u >= v or u != u else v
+    if fn == EW_MIN:
+        return u if u <= v or u != u else v
+    if fn == EW_SIGMOID:  # of u alone, as the numpy path writes it
+        return np.float32(1) / (np.float32(1) + np.exp(-u))
     return u
 
 
@@ -2045,8 +2051,9 @@ def _ew_line(a, b, y, i, j, fn, m):
 
 @_rows(**_KW)
 def ew3(a, b, y, fn, nt):
-    """y = a (fn) b on 3-D views of one shape (EW_ADD ... EW_COPY: y = a), rounded as
-    numpy rounds (no fastmath); rows (dims 0 and 1) cut across ``nt`` chunks."""
+    """y = a (fn) b on 3-D views of one shape (EW_ADD ... EW_MIN; EW_COPY: y = a,
+    EW_SIGMOID: y = sigmoid(a)), rounded as numpy rounds (no fastmath); rows (dims 0
+    and 1) cut across ``nt`` chunks."""
     d0, d1, m = y.shape
     rows = d0 * d1
     nt = max(1, min(nt, rows))
@@ -2055,14 +2062,14 @@ def ew3(a, b, y, fn, nt):
             _ew_line(a, b, y, r // d1, r % d1, fn, m)
 
 
-RED_SUM, RED_MEAN, RED_MAX, RED_MIN = 0, 1, 2, 3
+RED_SUM, RED_MEAN, RED_MAX, RED_MIN, RED_L2 = range(5)
 
 
 @_rows(**_KW)
 def reduce3(x, y, fn, nt):
-    """y[a, b] = reduction over k of x[a, k, b] (RED_SUM ... RED_MIN), k in order;
-    (a, block of 64 b) units cut across ``nt`` chunks. max / min propagate NaN as
-    numpy does."""
+    """y[a, b] = reduction over k of x[a, k, b] (RED_SUM ... RED_MIN; RED_L2: the
+    square root of the sum of squares), k in order; (a, block of 64 b) units cut across
+    ``nt`` chunks. max / min propagate NaN as numpy does."""
     na, nk, nb = x.shape
     blocks = (nb + 63) // 64
     units = na * blocks
@@ -2072,12 +2079,20 @@ def reduce3(x, y, fn, nt):
             ia, b0 = u // blocks, (u % blocks) * 64
             b1 = min(b0 + 64, nb)
             yr = y[ia]
-            for j in range(b0, b1):
-                yr[j] = x[ia, 0, j]
+            if fn == RED_L2:
+                for j in range(b0, b1):
+                    yr[j] = x[ia, 0, j] * x[ia, 0, j]
+            else:
+                for j in range(b0, b1):
+                    yr[j] = x[ia, 0, j]
             for k in range(1, nk):
                 if fn in (RED_SUM, RED_MEAN):
                     for j in range(b0, b1):
                         yr[j] += x[ia, k, j]
+                elif fn == RED_L2:
+                    for j in range(b0, b1):
+                        v = x[ia, k, j]
+                        yr[j] += v * v
                 elif fn == RED_MAX:
                     for j in range(b0, b1):
                         v = x[ia, k, j]
@@ -2091,6 +2106,9 @@ def reduce3(x, y, fn, nt):
             if fn == RED_MEAN:
                 for j in range(b0, b1):
                     yr[j] /= np.float32(nk)
+            elif fn == RED_L2:
+                for j in range(b0, b1):
+                    yr[j] = np.sqrt(yr[j])
 
 
 @_rows(**_KW)

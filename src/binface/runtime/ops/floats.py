@@ -99,8 +99,16 @@ class UnaryOp(Op):
         if fn not in UNARY:
             raise UnsupportedOpError(f"packed engine: unary function {fn!r} is not supported")
         self.fn = UNARY[fn].np
+        self.code = K.EW_SIGMOID if fn == "sigmoid" else None  # a row kernel of its own
 
     def __call__(self, env, ctx) -> None:
+        if self.code is not None:
+            if self.replayed(env, ctx):
+                return
+            x = env[self.inputs[0]]
+            self._fast = None
+            if ew_kernel(self, env, ctx, (x, x), self.code):
+                return
         kept_result(self, env, ctx, self.fn)
 
 
@@ -192,7 +200,23 @@ class BinaryOp(Op):
 
 
 class ClampOp(Op):
+    def __init__(self, node, tensors, graph) -> None:
+        super().__init__(node, tensors, graph)
+        lo, hi = self.attrs.get("min"), self.attrs.get("max")
+        # (bound, EW_MAX / EW_MIN) pairs for the row kernels: numpy's clip is
+        # minimum(maximum(x, lo), hi)
+        self.steps = [(np.array(v, _F32), code) for v, code in
+                      ((lo, K.EW_MAX), (hi, K.EW_MIN)) if isinstance(v, (int, float))]
+
     def __call__(self, env, ctx) -> None:
+        if self.steps:
+            if self.replayed(env, ctx):
+                return
+            x = env[self.inputs[0]]
+            self._fast = None
+            (b, code), then = self.steps[0], self.steps[1] if len(self.steps) > 1 else None
+            if ew_kernel(self, env, ctx, (x, b), code, then=then):
+                return
         kept_result(self, env, ctx, self.clamp)
 
     def clamp(self, x: np.ndarray) -> np.ndarray:
@@ -317,10 +341,6 @@ def _no_copy(x: np.ndarray, shape: tuple) -> np.ndarray | None:
         return x.reshape(shape, copy=False)
     except ValueError:
         return None
-
-
-def _reduce_into(fn, x: np.ndarray, axes: tuple, keep: bool, out: np.ndarray) -> None:
-    fn(x, axis=axes, keepdims=keep, out=out)
 
 
 _RED_CODES = {"sum": K.RED_SUM, "mean": K.RED_MEAN, "amax": K.RED_MAX, "amin": K.RED_MIN}
@@ -455,12 +475,12 @@ class CatOp(Op):
         if head:
             self.room(ctx, (n, h, w, total))
             buf = self.buffer(ctx, "chain", (n, h, w, total))
-            calls.append((np.copyto, (buf[..., :c0], first_t)))
+            calls.append(_ew_call(ctx, buf[..., :c0], first_t, first_t, K.EW_COPY))
             ctx.chains[chain] = buf
         else:
             buf = ctx.chains[chain]
         end = offset + new.shape[1]
-        calls.append((np.copyto, (buf[..., offset:end], new_t)))
+        calls.append(_ew_call(ctx, buf[..., offset:end], new_t, new_t, K.EW_COPY))
         self.issue(calls)
         env[out] = self.kept_view(buf, n, lambda b: as_nchw(b[..., :end]))
         ctx.bases[out] = self._base = (buf, end)
@@ -525,50 +545,69 @@ class ReduceOp(Op):
             return
         x = env[self.inputs[0]]
         self._fast = None
-        if not ctx.fresh and x.dtype == _F32 and self.kernel(env, ctx, x):
+        if not ctx.fresh and x.dtype == _F32 and reduce_rows(
+                self, env, ctx, x, self.attrs["dims"], bool(self.attrs["keepdim"]), self.code,
+                self.fn):
             return
         y = self.fn(x, axis=tuple(self.attrs["dims"]), keepdims=self.attrs["keepdim"])
         env[self.outputs[0]] = np.asarray(y, _F32)
 
-    def kernel(self, env, ctx, x: np.ndarray) -> bool:
-        """The reduction into a kept buffer, kept for replays: ``reduce3`` on an (outer,
-        reduced, inner) view of ``x`` where one exists without a copy (the kept dims
-        split around the reduced ones in memory order, inner ones preferred: then the
-        sums run along rows), else numpy's reduction. False for a reduction over no
-        dims or of nothing (numpy's path)."""
-        dims = self.attrs["dims"]
-        if not dims or not x.size or not all(-x.ndim <= d < x.ndim for d in dims):
-            return False
-        red = sorted({d % x.ndim for d in dims}, key=lambda d: -x.strides[d])
-        kept = sorted((d for d in range(x.ndim) if d not in red), key=lambda d: -x.strides[d])
-        keep = bool(self.attrs["keepdim"])
-        for cut in range(len(kept) + 1):
-            outer, inner = kept[:cut], kept[cut:]
-            sizes = [math.prod(x.shape[d] for d in g) for g in (outer, red, inner)]
-            x3 = _no_copy(x.transpose(outer + red + inner), tuple(sizes))
-            if x3 is not None:
-                break
-        else:  # no such view: numpy's reduction into a kept buffer (one thread)
-            outer, inner = [d for d in range(x.ndim) if d not in red], []
-        order = outer + inner
-        buf = self.buffer(ctx, "y", tuple(x.shape[d] for d in order))
 
-        def logical(t):
-            t = t.transpose(np.argsort(order))  # the kept dims in their logical order
-            return np.expand_dims(t, tuple(sorted(red))) if keep else t
+def reduce_rows(op: Op, env: dict, ctx, x: np.ndarray, dims: list, keep: bool, code: int,
+                np_fn) -> bool:
+    """A reduction of ``x`` over ``dims`` into a kept buffer, kept for replays:
+    ``reduce3`` (function ``code``) on an (outer, reduced, inner) view of ``x`` where
+    one exists without a copy (the kept dims split around the reduced ones in memory
+    order, inner ones preferred: then the sums run along rows), else ``np_fn(x, axis=,
+    keepdims=)`` copied in. False for a reduction over no dims or of nothing (the
+    caller's numpy path)."""
+    if not dims or not x.size or not all(-x.ndim <= d < x.ndim for d in dims):
+        return False
+    red = sorted({d % x.ndim for d in dims}, key=lambda d: -x.strides[d])
+    kept = sorted((d for d in range(x.ndim) if d not in red), key=lambda d: -x.strides[d])
+    for cut in range(len(kept) + 1):
+        outer, inner = kept[:cut], kept[cut:]
+        sizes = [math.prod(x.shape[d] for d in g) for g in (outer, red, inner)]
+        x3 = _no_copy(x.transpose(outer + red + inner), tuple(sizes))
+        if x3 is not None:
+            break
+    else:  # no such view: numpy's reduction into a kept buffer (one thread)
+        outer, inner = [d for d in range(x.ndim) if d not in red], []
+    order = outer + inner
+    buf = op.buffer(ctx, "y", tuple(x.shape[d] for d in order))
 
-        y = self.kept_view(buf, ctx.n, logical)
-        calls = [(ctx.k.reduce3, (x3, buf.reshape(sizes[0], sizes[2]), self.code, ctx.nt))
-                 if x3 is not None else (_reduce_into, (self.fn, x, tuple(red), keep, y))]
-        self.issue(calls)
-        env[self.outputs[0]] = y
-        self.remember(env, ctx, calls, (x,))
-        return True
+    def logical(t):
+        t = t.transpose(np.argsort(order))  # the kept dims in their logical order
+        return np.expand_dims(t, tuple(sorted(red))) if keep else t
+
+    y = op.kept_view(buf, ctx.n, logical)
+    calls = [(ctx.k.reduce3, (x3, buf.reshape(sizes[0], sizes[2]), code, ctx.nt))
+             if x3 is not None else (_reduce_into, (np_fn, x, tuple(red), keep, y))]
+    op.issue(calls)
+    env[op.outputs[0]] = y
+    op.remember(env, ctx, calls, (x,))
+    return True
+
+
+def _reduce_into(fn, x: np.ndarray, axes: tuple, keep: bool, out: np.ndarray) -> None:
+    np.copyto(out, fn(x, axis=axes, keepdims=keep))
 
 
 class VectorNormOp(Op):
     def __call__(self, env, ctx) -> None:
+        if float(self.attrs["ord"]) == 2:  # the L2 norm as a row kernel
+            if self.replayed(env, ctx):
+                return
+            x = env[self.inputs[0]]
+            self._fast = None
+            if not ctx.fresh and x.dtype == _F32 and reduce_rows(
+                    self, env, ctx, x, self.attrs["dims"], bool(self.attrs["keepdim"]),
+                    K.RED_L2, self.norm_of):
+                return
         kept_result(self, env, ctx, self.norm)
+
+    def norm_of(self, x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
+        return self.norm(x)
 
     def norm(self, x: np.ndarray) -> np.ndarray:
         p = float(self.attrs["ord"])
