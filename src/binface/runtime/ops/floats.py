@@ -336,11 +336,10 @@ class MatmulOp(Op):
 
 
 def _no_copy(x: np.ndarray, shape: tuple) -> np.ndarray | None:
-    """``x.reshape(shape)`` if numpy can make it a view, else None."""
-    try:
-        return x.reshape(shape, copy=False)
-    except ValueError:
-        return None
+    """``x.reshape(shape)`` if numpy can make it a view, else None (numpy before 2.1
+    has no ``reshape(copy=False)``; this runs once per op, not in replays)."""
+    y = x.reshape(shape)
+    return y if np.may_share_memory(y, x) or not x.size else None
 
 
 _RED_CODES = {"sum": K.RED_SUM, "mean": K.RED_MEAN, "amax": K.RED_MAX, "amin": K.RED_MIN}
