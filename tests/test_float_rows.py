@@ -1,5 +1,5 @@
 """The packed engine's float ops as row kernels: element-wise ops on any layouts and
-broadcasts, softmax, reductions, splits and concatenations (``kernels.ew3``,
+broadcasts, softmax, reductions, splits and concatenations (``kernels.ew``,
 ``reduce3``, ``softmax_rows``; ``ops/layout.rows3``). They must equal numpy (the trace
 runs' path) bit for bit where numpy's order of operations is the same, replay with new
 values, and give the same bits on 2 threads as on 1."""
@@ -45,8 +45,8 @@ def _operands(draw):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_operands(), st.sampled_from(sorted(_NP)), st.sampled_from([1, 2]))
-def test_ew3_equals_numpy_on_any_layout(case, fn, nt):
+@given(_operands(), st.sampled_from(sorted(_NP)))
+def test_ew_equals_numpy_on_any_layout(case, fn):
     shape, order, a, b = case
     ref = np.empty([shape[p] for p in order], np.float32).transpose(np.argsort(order))
     mem, axes = like(ref, shape)
@@ -57,13 +57,12 @@ def test_ew3_equals_numpy_on_any_layout(case, fn, nt):
     if views is None:  # only 4 dims can fail to fold to 3
         assert len(shape) == 4
         return
-    kern = K.PARALLEL.ew3 if nt > 1 else K.ew3
-    kern(views[1], views[2], views[0], fn, nt)
+    K.ew(fn, False)(views[1], views[2], views[0], 1)  # threads: the engine test below
     assert np.array_equal(y, np.broadcast_to(_NP[fn](a, b), shape))
     copy = np.full(mem, np.nan, np.float32).transpose(axes)
     v = rows3(copy, a)
     if v is not None:
-        K.ew3(v[1], v[1], v[0], K.EW_COPY, 1)
+        K.ew(K.EW_COPY, False)(v[1], v[1], v[0], 1)
         assert np.array_equal(copy, np.broadcast_to(a, shape))
 
 
@@ -72,11 +71,11 @@ def test_max_min_propagate_nan_and_sigmoid_matches_numpy():
     b = np.array([[[np.nan, 3.0, 2.0, -2.0, 1.0, 0.0]]], np.float32)
     for code, fn in ((K.EW_MAX, np.maximum), (K.EW_MIN, np.minimum)):
         y = np.empty_like(a)
-        K.ew3(a, b, y, code, 1)
+        K.ew(code, False)(a, b, y, 1)
         np.testing.assert_array_equal(y, fn(a, b))
     x = np.linspace(-20, 20, 301, dtype=np.float32).reshape(1, 1, -1)
     y = np.empty_like(x)
-    K.ew3(x, x, y, K.EW_SIGMOID, 1)
+    K.ew(K.EW_SIGMOID, False)(x, x, y, 1)
     np.testing.assert_allclose(y, 1 / (1 + np.exp(-x)), rtol=1e-6, atol=0)  # libm exp
 
 
@@ -134,6 +133,6 @@ def test_float_ops_as_row_kernels_match_numpy_torch_and_one_thread():
         op.name for op in one.ops if op._fast is None]
     assert one._flat is not None  # every op replays: one flat list of calls
     names = {getattr(fn, "__name__", "") for fn, _ in one._flat[3]}
-    assert {"ew3", "reduce3", "softmax_rows"} <= names
+    assert {"ew3_0", "ew3_2", "ew3_4", "reduce3", "softmax_rows"} <= names
     if numba.threading_layer() == "omp":
         assert two._plan is not None and two._plan[0] is two._flat

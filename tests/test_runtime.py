@@ -319,9 +319,8 @@ def test_batch_and_plain_run(tmp_path):
 
 @pytest.mark.parametrize("cin,nout,k,stride,pad", [
     (3, 16, 3, 2, 1),  # QuickNet's stem (a kernel of its own for 16 outputs)
-    (3, 32, 3, 2, 1),  # BinaryFaceFormer's
-    (3, 48, 3, 1, 1),  # the register block with 3 and 4 vectors of outputs
-    (3, 64, 2, 2, 0),
+    (3, 48, 3, 1, 1),  # the register block with 3 vectors of outputs (BinaryFaceFormer's
+    # 32 and BinaryFaceNet's 64 run in the zoo's end-to-end tests)
     (1, 20, 5, 1, 2),  # any output count (the loop of unknown length), one channel
     (4, 8, 2, 3, 0),  # stride past the kernel, no padding, odd output width
     (2, 24, 3, 1, (1, 0)),  # padding on one axis only

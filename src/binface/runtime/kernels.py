@@ -2010,56 +2010,119 @@ EW_ADD, EW_SUB, EW_MUL, EW_DIV, EW_COPY, EW_MAX, EW_MIN, EW_SIGMOID = range(8)
 
 
 @njit(inline="always")
-def _ew(fn, u, v):
-    if fn == EW_ADD:
-        return u + v
-    if fn == EW_SUB:
-        return u - v
-    if fn == EW_MUL:
-        return u * v
-    if fn == EW_DIV:
-        return u / v
-    if fn == EW_MAX:  # numpy's maximum: a NaN on either side wins
-        return u if u >= v or u != u else v
-    if fn == EW_MIN:
-        return u if u <= v or u != u else v
-    if fn == EW_SIGMOID:  # of u alone, as the numpy path writes it
-        return np.float32(1) / (np.float32(1) + np.exp(-u))
+def _add(u, v):
+    return u + v
+
+
+@njit(inline="always")
+def _sub(u, v):
+    return u - v
+
+
+@njit(inline="always")
+def _mul(u, v):
+    return u * v
+
+
+@njit(inline="always")
+def _div(u, v):
+    return u / v
+
+
+@njit(inline="always")
+def _max(u, v):  # numpy's maximum: a NaN on either side wins
+    return u if u >= v or u != u else v
+
+
+@njit(inline="always")
+def _min(u, v):
+    return u if u <= v or u != u else v
+
+
+@njit(inline="always")
+def _sigmoid(u, v):  # of u alone, as the numpy path writes it
+    return np.float32(1) / (np.float32(1) + np.exp(-u))
+
+
+@njit(inline="always")
+def _first(u, v):
     return u
 
 
 @njit(inline="always")
-def _ew_line(a, b, y, i, j, fn, m):
-    """y[i, j, :m] = a[i, j, :m] (fn) b[i, j, :m]: loops with the strides of the common
-    cases made constant, so LLVM vectorises them."""
+def _span(a, b, y, lo, hi, f):
+    """y = f(a, b) over rows lo .. hi of 3-D views (row r = (r // d1, r % d1)): loops
+    with the strides of the common cases made constant, so LLVM vectorises them; the
+    row index stepped, not divided (a division a row made copies 4x slower than
+    numpy's)."""
+    d1, m = y.shape[1], y.shape[2]
     sa, sb, sy = a.strides[2], b.strides[2], y.strides[2]
-    if sy == 4 and sa == 4 and sb == 4:
-        for k in range(m):
-            y[i, j, k] = _ew(fn, a[i, j, k], b[i, j, k])
-    elif sy == 4 and sa == 4 and sb == 0:
-        v = b[i, j, 0]
-        for k in range(m):
-            y[i, j, k] = _ew(fn, a[i, j, k], v)
-    elif sy == 4 and sa == 0 and sb == 4:
-        u = a[i, j, 0]
-        for k in range(m):
-            y[i, j, k] = _ew(fn, u, b[i, j, k])
-    else:
-        for k in range(m):
-            y[i, j, k] = _ew(fn, a[i, j, k], b[i, j, k])
+    i, j = lo // d1, lo % d1
+    for _ in range(hi - lo):
+        if sy == 4 and sa == 4 and sb == 4:
+            for k in range(m):
+                y[i, j, k] = f(a[i, j, k], b[i, j, k])
+        elif sy == 4 and sa == 4 and sb == 0:
+            v = b[i, j, 0]
+            for k in range(m):
+                y[i, j, k] = f(a[i, j, k], v)
+        elif sy == 4 and sa == 0 and sb == 4:
+            u = a[i, j, 0]
+            for k in range(m):
+                y[i, j, k] = f(u, b[i, j, k])
+        else:
+            for k in range(m):
+                y[i, j, k] = f(a[i, j, k], b[i, j, k])
+        j += 1
+        if j == d1:
+            j = 0
+            i += 1
 
 
-@_rows(**_KW)
-def ew3(a, b, y, fn, nt):
-    """y = a (fn) b on 3-D views of one shape (EW_ADD ... EW_MIN; EW_COPY: y = a,
-    EW_SIGMOID: y = sigmoid(a)), rounded as numpy rounds (no fastmath); rows (dims 0
-    and 1) cut across ``nt`` chunks."""
-    d0, d1, m = y.shape
-    rows = d0 * d1
-    nt = max(1, min(nt, rows))
-    for ch in prange(nt):
-        for r in range(ch * rows // nt, (ch + 1) * rows // nt):
-            _ew_line(a, b, y, r // d1, r % d1, fn, m)
+def _make_ew(code: int):
+    """The :func:`ew` kernel of one function: ``code`` is a closure constant, so numba
+    compiles only that function's loops (all eight in one kernel took 6 s to compile
+    serially and 14 s in parallel, per array signature) and caches the kernel (its
+    closure holds only the integer)."""
+
+    def ew3(a, b, y, nt):
+        """y = a (code) b on 3-D views of one shape, rounded as numpy rounds (no
+        fastmath); rows (dims 0 and 1) cut across ``nt`` chunks."""
+        rows = y.shape[0] * y.shape[1]
+        nt = max(1, min(nt, rows))
+        for ch in prange(nt):
+            lo, hi = ch * rows // nt, (ch + 1) * rows // nt
+            if code == EW_ADD:
+                _span(a, b, y, lo, hi, _add)
+            elif code == EW_SUB:
+                _span(a, b, y, lo, hi, _sub)
+            elif code == EW_MUL:
+                _span(a, b, y, lo, hi, _mul)
+            elif code == EW_DIV:
+                _span(a, b, y, lo, hi, _div)
+            elif code == EW_MAX:
+                _span(a, b, y, lo, hi, _max)
+            elif code == EW_MIN:
+                _span(a, b, y, lo, hi, _min)
+            elif code == EW_SIGMOID:
+                _span(a, a, y, lo, hi, _sigmoid)
+            else:
+                _span(a, a, y, lo, hi, _first)
+
+    ew3.__name__ = ew3.__qualname__ = f"ew3_{code}"
+    serial, parallel = _twins(ew3, **_KW)
+    return SimpleNamespace(serial=serial, parallel=parallel)
+
+
+_EW: dict = {}
+
+
+def ew(code: int, parallel: bool):
+    """The element-wise row kernel ``(a, b, y, nt)`` of function ``code`` (EW_ADD ...
+    EW_MIN; EW_COPY: y = a; EW_SIGMOID: y = sigmoid(a)), built on first use."""
+    if code not in _EW:
+        _EW[code] = _make_ew(code)
+    return _EW[code].parallel if parallel else _EW[code].serial
 
 
 RED_SUM, RED_MEAN, RED_MAX, RED_MIN, RED_L2 = range(5)

@@ -140,12 +140,12 @@ _EW_UFUNCS = {K.EW_ADD: np.add, K.EW_SUB: np.subtract, K.EW_MUL: np.multiply,
 
 
 def _ew_call(ctx, y: np.ndarray, a: np.ndarray, b: np.ndarray, code: int) -> tuple:
-    """The call that makes ``y = a (code) b`` (EW_COPY: ``y = a``): the ``ew3`` row
+    """The call that makes ``y = a (code) b`` (EW_COPY: ``y = a``): the ``ew`` row
     kernel, or numpy's ufunc into ``y`` (the same bits, one thread) where the operands'
     layouts do not fold to three strided dims."""
     views = rows3(y, a, b)
     if views is not None:
-        return ctx.k.ew3, (views[1], views[2], views[0], code, ctx.nt)
+        return K.ew(code, ctx.k is K.PARALLEL), (views[1], views[2], views[0], ctx.nt)
     if code == K.EW_COPY:
         return np.copyto, (y, a)
     return _EW_UFUNCS[code], (a, b, y)
@@ -153,7 +153,7 @@ def _ew_call(ctx, y: np.ndarray, a: np.ndarray, b: np.ndarray, code: int) -> tup
 
 def ew_kernel(op: Op, env: dict, ctx, ab: tuple, code: int, then: tuple | None = None) -> bool:
     """``y = a (code) b`` (and then ``y = y (code2) c`` for ``then = (c, code2)``) as
-    ``ew3`` row kernels into a kept buffer laid out as numpy would lay out the result;
+    ``ew`` row kernels into a kept buffer laid out as numpy would lay out the result;
     the op's output, and its calls kept for replays. False (nothing done) for trace
     runs and other dtypes."""
     a, b = ab
@@ -431,7 +431,7 @@ class CatOp(Op):
 
 
     def copies(self, env, ctx, xs: list[np.ndarray], d: int) -> bool:
-        """The concatenation as copies (``ew3``) into a kept buffer (channels-last for a
+        """The concatenation as copies (``ew``) into a kept buffer (channels-last for a
         4-D channel cat), kept for replays; False for trace runs and mismatched inputs
         (numpy's concatenation then says what is wrong)."""
         first = xs[0]
