@@ -289,6 +289,7 @@ class Region:
         self.body = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
         self._body = body  # keeps the compiled body (its code) alive
         self.aborts = 0  # runs whose start timed out (then the plain calls ran)
+        self._in_a_row = 0  # of those, since the last start that went
         self.aborted = False  # ABORT_AFTER in a row: the plain calls from then on
         self()  # the first run here: a failure shows at build, not mid-replay
         if self.aborts:
@@ -305,7 +306,7 @@ class Region:
                 return
             # nothing ran (a thread late by tens of ms, or fewer threads than chunks)
             self.aborts += 1
-            self._in_a_row = self.__dict__.get("_in_a_row", 0) + 1
+            self._in_a_row += 1
             self.aborted = self._in_a_row >= ABORT_AFTER
         for fn, args in self.calls:
             fn(*args)

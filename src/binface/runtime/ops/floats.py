@@ -102,25 +102,19 @@ class UnaryOp(Op):
         self.code = K.EW_SIGMOID if fn == "sigmoid" else None  # a row kernel of its own
 
     def __call__(self, env, ctx) -> None:
-        if self.code is not None:
-            if self.replayed(env, ctx):
-                return
-            x = env[self.inputs[0]]
-            self._fast = None
-            if ew_kernel(self, env, ctx, (x, x), self.code):
-                return
-        kept_result(self, env, ctx, self.fn)
+        if self.replayed(env, ctx):
+            return
+        x = env[self.inputs[0]]
+        self._fast = None
+        if self.code is None or not ew_kernel(self, env, ctx, (x, x), self.code):
+            kept_result(self, env, ctx, x, self.fn)
 
 
-def kept_result(op: Op, env: dict, ctx, fn) -> None:
+def kept_result(op: Op, env: dict, ctx, x: np.ndarray, fn) -> None:
     """``y = fn(x)`` by numpy, into a kept buffer, so the op replays (and the flat
-    replay reaches the ops after it: BinaryFaceNet's squeeze-excite gate is a sigmoid,
-    the additive attention's norms and clamps are these)."""
-    if op.replayed(env, ctx):
-        return
-    x = env[op.inputs[0]]
+    replay reaches the ops after it): the unary functions without a row kernel, and
+    what the row kernels leave to numpy. The caller has tried :meth:`Op.replayed`."""
     y = np.asarray(fn(x))
-    op._fast = None
     if ctx.fresh or y.dtype != _F32:
         env[op.outputs[0]] = y
         return
@@ -135,8 +129,7 @@ def _unary_into(fn, x: np.ndarray, out: np.ndarray) -> None:
 
 
 _EW_CODES = {"add": K.EW_ADD, "sub": K.EW_SUB, "mul": K.EW_MUL, "div": K.EW_DIV}
-_EW_UFUNCS = {K.EW_ADD: np.add, K.EW_SUB: np.subtract, K.EW_MUL: np.multiply,
-              K.EW_DIV: np.true_divide}
+_EW_UFUNCS = {code: BINARY[fn].np for fn, code in _EW_CODES.items()}  # the fallbacks
 
 
 def _ew_call(ctx, y: np.ndarray, a: np.ndarray, b: np.ndarray, code: int) -> tuple:
@@ -209,15 +202,15 @@ class ClampOp(Op):
                       ((lo, K.EW_MAX), (hi, K.EW_MIN)) if isinstance(v, (int, float))]
 
     def __call__(self, env, ctx) -> None:
+        if self.replayed(env, ctx):
+            return
+        x = env[self.inputs[0]]
+        self._fast = None
         if self.steps:
-            if self.replayed(env, ctx):
-                return
-            x = env[self.inputs[0]]
-            self._fast = None
             (b, code), then = self.steps[0], self.steps[1] if len(self.steps) > 1 else None
             if ew_kernel(self, env, ctx, (x, b), code, then=then):
                 return
-        kept_result(self, env, ctx, self.clamp)
+        kept_result(self, env, ctx, x, self.clamp)
 
     def clamp(self, x: np.ndarray) -> np.ndarray:
         lo, hi = self.attrs.get("min"), self.attrs.get("max")
@@ -445,8 +438,7 @@ class CatOp(Op):
             buf = self.buffer(ctx, "y", (shape[0], shape[2], shape[3], shape[1]))
             y = self.kept_view(buf, ctx.n, as_nchw)
         else:
-            buf = self.buffer(ctx, "y", tuple(shape))
-            y = self.kept_view(buf, ctx.n, lambda t: t)
+            y = self.buffer(ctx, "y", tuple(shape))
         calls, c = [], 0
         for x in xs:
             part = y[(slice(None),) * d + (slice(c, c + x.shape[d]),)]
@@ -594,16 +586,15 @@ def _reduce_into(fn, x: np.ndarray, axes: tuple, keep: bool, out: np.ndarray) ->
 
 class VectorNormOp(Op):
     def __call__(self, env, ctx) -> None:
-        if float(self.attrs["ord"]) == 2:  # the L2 norm as a row kernel
-            if self.replayed(env, ctx):
-                return
-            x = env[self.inputs[0]]
-            self._fast = None
-            if not ctx.fresh and x.dtype == _F32 and reduce_rows(
-                    self, env, ctx, x, self.attrs["dims"], bool(self.attrs["keepdim"]),
-                    K.RED_L2, self.norm_of):
-                return
-        kept_result(self, env, ctx, self.norm)
+        if self.replayed(env, ctx):
+            return
+        x = env[self.inputs[0]]
+        self._fast = None
+        if float(self.attrs["ord"]) == 2 and not ctx.fresh and x.dtype == _F32 and reduce_rows(
+                self, env, ctx, x, self.attrs["dims"], bool(self.attrs["keepdim"]),
+                K.RED_L2, self.norm_of):  # the L2 norm as a row kernel
+            return
+        kept_result(self, env, ctx, x, self.norm)
 
     def norm_of(self, x: np.ndarray, axis: tuple, keepdims: bool) -> np.ndarray:
         return self.norm(x)
