@@ -324,24 +324,42 @@ def test_batch_and_plain_run(tmp_path):
     (1, 20, 5, 1, 2),  # any output count (the loop of unknown length), one channel
     (4, 8, 2, 3, 0),  # stride past the kernel, no padding, odd output width
     (2, 24, 3, 1, (1, 0)),  # padding on one axis only
+    # whole vectors of outputs, so also the planar kernel: one padded axis, strides that
+    # differ by axis; a 5x5 window with bands of 4 pixels; padding past the kernel
+    # (output columns that read no pixel) with a stride past it
+    (2, 32, 3, (2, 1), (1, 0)),
+    (1, 64, 5, 1, 2),
+    (3, 16, 2, 3, 3),
 ])
-def test_small_input_conv_matches_pytorch(cin, nout, k, stride, pad, tmp_path):
+@pytest.mark.parametrize("planar", [True, False])
+def test_small_input_conv_matches_pytorch(cin, nout, k, stride, pad, planar, tmp_path,
+                                          monkeypatch):
     """The direct conv for few input channels (padded copy, blocks of pixels, the last
     pixels of a row one by one or partly past its end), on a batch and on 1, 2 and 3
-    threads."""
+    threads; with outputs in whole vectors, also reading the NCHW input as it is
+    (``planar``: the image batch), the padded channels-last copy's border included."""
+    from binface.runtime import kernels as K
     from binface.runtime.ops.fused import ConvOp
 
+    if not planar:
+        monkeypatch.setattr(ConvOp, "reads_planar", lambda self, x: False)
+    elif not K.conv_small_planar_fits(nout):
+        pytest.skip("the planar kernel takes whole vectors of outputs")
     torch.manual_seed(0)
     module = randomize_bn(nn.Sequential(nn.Conv2d(cin, nout, k, stride, pad, bias=False),
                                         nn.BatchNorm2d(nout), nn.PReLU(nout))).eval()
     export_packed(module, tmp_path / "c.bfp", input_size=(23, 21), channels=cin)
     eng = load_packed(tmp_path / "c.bfp", threads=1)
-    assert any(isinstance(op, ConvOp) and op.small for op in eng.ops)
+    conv = next(op for op in eng.ops if isinstance(op, ConvOp) and op.small)
     x = np.random.default_rng(0).standard_normal((3, cin, 23, 21), dtype=np.float32)
     with torch.no_grad():
         ref = module(torch.from_numpy(x)).numpy()
     y = eng.run(x)
+    assert conv.reads_planar(x) == planar
     assert y.shape == ref.shape and rel_err(y, ref) < 1e-5
+    x2 = x[::-1].copy()  # new values in the same kept input: the replay reads them
+    y2 = eng.run(x2)
+    assert rel_err(y2, y[::-1]) < 1e-6
     for threads in (2, 3):
         assert np.array_equal(load_packed(tmp_path / "c.bfp", threads=threads).run(x), y)
 

@@ -40,6 +40,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types, vectorize
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 _ONE = np.uint64(1)
@@ -158,7 +159,7 @@ def _wrapped_bases(builder, npix, xptr, xbase, pstep, col0, wo, rowstep):
 
 def _emit_block(builder, vt, npix: int, nv: int, bases, wptr, optr, krow, kstep, rowgap,
                 wstride, nk, ostride, align: int, load_x, step, finish=None,
-                per_lane: bool = False) -> None:
+                per_lane: bool = False, plane=None) -> None:
     """The loop the register blocks share, emitted at ``builder``: npix x nv vector sums
     carried as phi values over k < nk, starting at zero. Per k: nv weight vectors
     loaded at wptr + k * wstride (+ lanes x h), and per pixel ``load_x(base, roff, kk)``
@@ -166,7 +167,9 @@ def _emit_block(builder, vt, npix: int, nv: int, bases, wptr, optr, krow, kstep,
     with ``per_lane``, ``load_x(base, roff, kk, h)`` is a vector of its own for each h
     (a depthwise conv: lane c reads channel c).
     Row offsets walk kernel rows of ``krow`` elements ``kstep`` apart, each row
-    ``rowgap`` after the last. The sums (through ``finish`` if given: a vector of the
+    ``rowgap`` after the last; with ``plane`` = (rows, gap), every ``rows``-th row is
+    ``gap`` after the last instead (kernel rows of an NCHW input: kh rows a channel
+    plane, then the next plane). The sums (through ``finish`` if given: a vector of the
     output's type) are stored at optr + p * ostride + lanes x h."""
     i64 = ir.IntType(64)
     lanes = vt.count
@@ -178,7 +181,11 @@ def _emit_block(builder, vt, npix: int, nv: int, bases, wptr, optr, krow, kstep,
     builder.cbranch(builder.icmp_signed(">", nk, zero_s), loop, done)
     builder.position_at_end(loop)
     k, kk, roff = builder.phi(i64), builder.phi(i64), builder.phi(i64)
-    for phi in (k, kk, roff):
+    counters = [k, kk, roff]
+    if plane is not None:
+        row = builder.phi(i64)  # the kernel row within its plane
+        counters.append(row)
+    for phi in counters:
         phi.add_incoming(zero_s, pre)
     sums = [builder.phi(vt) for _ in range(npix * nv)]
     for acc in sums:
@@ -200,8 +207,17 @@ def _emit_block(builder, vt, npix: int, nv: int, bases, wptr, optr, krow, kstep,
     k1, kk1 = builder.add(k, one), builder.add(kk, one)
     wrap = builder.icmp_signed("==", kk1, krow)
     kk_next = builder.select(wrap, zero_s, kk1)
-    roff_next = builder.add(builder.add(roff, kstep), builder.select(wrap, rowgap, zero_s))
-    for phi, upd in ((k, k1), (kk, kk_next), (roff, roff_next)):
+    gap = rowgap
+    updates = [k1, kk_next]
+    if plane is not None:
+        row1 = builder.add(row, one)
+        pwrap = builder.icmp_signed("==", row1, plane[0])
+        gap = builder.select(pwrap, plane[1], rowgap)
+        row_next = builder.select(wrap, builder.select(pwrap, zero_s, row1), row)
+    updates.append(builder.add(builder.add(roff, kstep), builder.select(wrap, gap, zero_s)))
+    if plane is not None:
+        updates.append(row_next)
+    for phi, upd in zip(counters, updates, strict=True):
         phi.add_incoming(upd, builder.block)
     for acc, upd in zip(sums, new, strict=True):
         acc.add_incoming(upd, builder.block)
@@ -401,12 +417,13 @@ def _llvm_fma(builder, vt):
     return _llvm_intrinsic(builder, f"llvm.fma.v{vt.count}f32", vt, 3)
 
 
-def _fma_codegen(npix: int, nv: int, per_lane: bool):
-    """LLVM IR of the float block (see :func:`_fma_block`)."""
+def _fma_codegen(npix: int, nv: int, per_lane: bool, planar: bool = False):
+    """LLVM IR of the float block (see :func:`_fma_block`; ``planar``: two more
+    arguments, the plane's rows and gap, see :func:`_emit_block`)."""
 
     def codegen(context, builder, signature, args):
         x_v, xbase, pstep, krow, kstep, rowgap, w_v, woff, wstride, nk, out_v, ooff, \
-            ostride = args
+            ostride = args[:13]
         i64 = ir.IntType(64)
         vt = ir.VectorType(ir.FloatType(), FMA_LANES)
         data = _array_data(context, builder, signature)
@@ -422,7 +439,7 @@ def _fma_codegen(npix: int, nv: int, per_lane: bool):
 
         _emit_block(builder, vt, npix, nv, bases, wptr, optr, krow, kstep, rowgap, wstride, nk,
                     ostride, 4, load_x, lambda acc, x, w: builder.call(fma, [x, w, acc]),
-                    per_lane=per_lane)
+                    per_lane=per_lane, plane=args[13:15] if planar else None)
         return context.get_dummy_value()
 
     return codegen
@@ -437,6 +454,18 @@ def _make_fblock(npix: int, nv: int, per_lane: bool):
     return intrinsic(block)
 
 
+def _make_pblock(npix: int, nv: int):
+    """The float block reading an NCHW input: :func:`_make_fblock`'s arguments, then
+    the kernel rows of a channel plane and the gap to the next plane."""
+    def block(typingctx, x, xbase, pstep, krow, kstep, rowgap, w, woff, wstride, nk, out, ooff,
+              ostride, prows, pgap):
+        sig = types.void(x, _I64, _I64, _I64, _I64, _I64, w, _I64, _I64, _I64, out, _I64, _I64,
+                         _I64, _I64)
+        return sig, _fma_codegen(npix, nv, False, planar=True)
+    block.__name__ = block.__qualname__ = f"planar_block{npix}x{nv}"
+    return intrinsic(block)
+
+
 # pixels of a block by its vectors (index): 8 to 16 sums in registers, enough to
 # hide the fma latency
 FMA_BLOCK_PIXELS = (0, 8, 4, 4, 4)
@@ -448,6 +477,11 @@ _f1x1, _f1x2, _f1x3, _f1x4 = _FB[0][0]
 _f8x1, _f4x2, _f4x3, _f4x4 = _FB[0][1]
 _d1x1, _d1x2, _d1x3, _d1x4 = _FB[1][0]
 _d8x1, _d4x2, _d4x3, _d4x4 = _FB[1][1]
+# [full][nv - 1]: the same blocks on an NCHW input (_make_pblock)
+_PB = tuple(tuple(_make_pblock(FMA_BLOCK_PIXELS[v] if full else 1, v) for v in (1, 2, 3, 4))
+            for full in (False, True))
+_p1x1, _p1x2, _p1x3, _p1x4 = _PB[0]
+_p8x1, _p4x2, _p4x3, _p4x4 = _PB[1]
 
 
 @njit(inline="always")
@@ -1444,6 +1478,71 @@ def _fma_pixels(xf, base, pstep, krow, rowgap, nk, wf, o0, nvb, nout, npx, v):
         p += 1
 
 
+@njit(inline="always")
+def _planar_block(nv, full, x, xbase, pstep, krow, rowgap, prows, pgap, w, woff, nout, nk,
+                  out, ooff, ostride):
+    """:func:`_fma_block` (one float per pixel) on an NCHW input: a pixel's window is
+    ``prows`` kernel rows of ``krow`` taps in each channel plane, rows ``rowgap`` apart,
+    planes ``pgap`` (see :func:`_emit_block`); weights w[woff + k * nout + o]."""
+    a = (x, xbase, pstep, krow, 1, rowgap, w, woff, nout, nk, out, ooff, ostride, prows, pgap)
+    if nv == 1:
+        if full:
+            _p8x1(*a)
+        else:
+            _p1x1(*a)
+    elif nv == 2:
+        if full:
+            _p4x2(*a)
+        else:
+            _p1x2(*a)
+    elif nv == 3:
+        if full:
+            _p4x3(*a)
+        else:
+            _p1x3(*a)
+    elif full:
+        _p4x4(*a)
+    else:
+        _p1x4(*a)
+
+
+@njit(inline="always")
+def _planar_run(nv, x, xbase, pstep, npx, krow, rowgap, prows, pgap, w, woff, nout, nk, out,
+                ooff, ostride):
+    """:func:`_planar_block` over ``npx`` pixels ``pstep`` apart (outputs ``ostride``
+    apart) in full blocks, the last one overlapping the one before where they do not
+    divide: a one-pixel block is a single chain of dependent fmas, 4-5 times a full
+    block's time a pixel (QuickNet's 55 inner pixels a row left 7 of them)."""
+    bp = FMA_BLOCK_PIXELS[nv]
+    if npx < bp:
+        for p in range(npx):
+            _planar_block(nv, False, x, xbase + p * pstep, pstep, krow, rowgap, prows, pgap, w,
+                          woff, nout, nk, out, ooff + p * ostride, ostride)
+        return
+    p = 0
+    while p < npx:
+        p = min(p, npx - bp)  # the same sums again where blocks overlap
+        _planar_block(nv, True, x, xbase + p * pstep, pstep, krow, rowgap, prows, pgap, w, woff,
+                      nout, nk, out, ooff + p * ostride, ostride)
+        p += bp
+
+
+@intrinsic
+def _copy_floats(typingctx, dst, doff, src, soff, n):
+    """dst[doff:doff + n] = src[soff:soff + n] for 1-D float arrays, as one memcpy (numba's
+    loop of this ran at 2.5 cycles a float: its indices may be negative)."""
+    sig = types.void(dst, _I64, src, _I64, _I64)
+
+    def codegen(context, builder, signature, args):
+        data = _array_data(context, builder, signature)
+        d = builder.gep(data(0, args[0]), [args[1]])
+        s = builder.gep(data(2, args[2]), [args[3]])
+        cgutils.raw_memcpy(builder, d, s, args[4], 4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @_rows(**_KW_FMA)
 def dense(x, w, b, y, nt):
     """y = x @ w + b for C-contiguous x [M, K], w [K, O], y [M, O]: the register block,
@@ -1728,6 +1827,91 @@ def _make_conv_small(lanes: int, krow_c: int):
     return SimpleNamespace(serial=serial, parallel=parallel)
 
 
+def _make_conv_small_planar(nout: int, cin: int, kh: int, kw: int, sw: int):
+    """:func:`conv_small`'s twin for an NCHW input, for one stem's shape: ``nout`` a
+    multiple of FMA_LANES up to 4 vectors, and Cin, kernel and stride along x known when
+    compiling. With these as constants LLVM unrolls the 27 taps of a 3x3 RGB window
+    into fmas at fixed offsets; with them read from cfg, QuickNet's stem took 39 us
+    against the padded copy's 37 (34 now). Cached like :func:`conv_small` (the closure
+    holds integers only)."""
+    nv = nout // FMA_LANES
+
+    def conv_small_planar(x, w, ep, res1, res2, yout, pout, cfg, nt):
+        """:func:`conv_small` reading an NCHW input (C-contiguous) as it is, zero padding
+        (that padded channels-last copy took a sixth of QuickNet's stem). ``w``
+        [Cin * kh * kw, O], taps in that order: a window is Cin planes of kh rows of kw
+        taps, and the register block walks it in the image itself, pixels ``sw`` apart.
+        Output rows go in bands of a block's pixels. A row whose windows cross the top
+        or bottom reads a zero-padded patch of its input rows instead. An output column
+        whose windows cross the left or right border is summed down the band (pixels
+        ``sh`` rows apart) over the taps inside the image only: those outside add zero.
+        cfg[0:2]: top, left padding; cfg[14], cfg[16:18]: sh, Ho, Wo."""
+        sh, ho, wo = cfg[14], cfg[16], cfg[17]
+        pt, pl = cfg[0], cfg[1]
+        n_, _, h_, w_ = x.shape
+        nk, hw = cin * kh * kw, h_ * w_
+        wp = max((wo - 1) * sw + kw, pl + w_)
+        ox0 = min(wo, (pl + sw - 1) // sw)  # outputs ox0 .. ox1 - 1: windows inside
+        ox1 = max(ox0, min(wo, (w_ - kw + pl) // sw + 1))
+        nbc = wo - (ox1 - ox0)  # border columns
+        bp = FMA_BLOCK_PIXELS[nv]
+        rows = n_ * ho
+        nt = max(1, min(nt, rows))
+        for ch in prange(nt):
+            v = np.empty((bp, wo, nout), np.float32)  # a band of output rows
+            tmp = np.empty((wo, nout), np.float32)
+            rowp = np.zeros(cin * kh * wp, np.float32)  # its border is never written
+            # a border column's kernel: its taps inside the image, in order
+            wb = np.zeros((max(1, nbc), nk * nout), np.float32)
+            for j in range(nbc):
+                ox = j if j < ox0 else ox1 + j - ox0
+                lo, hi = max(0, pl - ox * sw), min(kw, w_ + pl - ox * sw)
+                k = 0
+                for t in range(cin * kh):
+                    for kx in range(lo, hi):
+                        wb[j, k * nout:(k + 1) * nout] = w[t * kw + kx]
+                        k += 1
+            xf, wf, vf = x.reshape(-1), w.reshape(-1), v.reshape(-1)
+            q, qend = ch * rows // nt, (ch + 1) * rows // nt
+            while q < qend:
+                n, oy0 = q // ho, q % ho
+                nb = min(bp, qend - q, ho - oy0)
+                ra, rb = nb, 0  # the band's rows whose windows lie inside vertically
+                for r in range(nb):
+                    iy0 = (oy0 + r) * sh - pt
+                    ro = r * wo * nout
+                    if iy0 >= 0 and iy0 + kh <= h_:
+                        ra, rb = min(ra, r), r + 1
+                        _planar_run(nv, xf, n * cin * hw + iy0 * w_ + ox0 * sw - pl, sw,
+                                    ox1 - ox0, kw, w_ - kw, kh, hw - (kh - 1) * w_ - kw, wf, 0,
+                                    nout, nk, vf, ro + ox0 * nout, nout)
+                        continue
+                    for t in range(cin * kh):  # the row's input rows, zero-padded
+                        iy = iy0 + t % kh
+                        r0 = t * wp + pl
+                        if 0 <= iy < h_:
+                            _copy_floats(rowp, r0, xf, ((n * cin + t // kh) * h_ + iy) * w_, w_)
+                        else:
+                            rowp[r0:r0 + w_] = 0
+                    _planar_run(nv, rowp, 0, sw, wo, kw, wp - kw, kh, wp - kw, wf, 0, nout, nk,
+                                vf, ro, nout)
+                for j in range(nbc):  # border columns, down the rows inside vertically
+                    ox = j if j < ox0 else ox1 + j - ox0
+                    lo, hi = max(0, pl - ox * sw), min(kw, w_ + pl - ox * sw)
+                    kr = max(0, hi - lo)
+                    _planar_run(nv, xf, n * cin * hw + ((oy0 + ra) * sh - pt) * w_
+                                + ox * sw - pl + lo, sh * w_, rb - ra, kr, w_ - kr, kh,
+                                hw - (kh - 1) * w_ - kr, wb.reshape(-1), j * nk * nout, nout,
+                                cin * kh * kr, vf, (ra * wo + ox) * nout, wo * nout)
+                for r in range(nb):
+                    _epilogue_row(v[r], tmp, n, oy0 + r, 0, ep, res1, res2, yout, pout, cfg)
+                q += nb
+
+    conv_small_planar.__qualname__ = f"conv_small_planar_{nout}_{cin}_{kh}x{kw}_{sw}"
+    serial, parallel = _twins(conv_small_planar, **_KW_FMA)
+    return SimpleNamespace(serial=serial, parallel=parallel)
+
+
 _CONV_SMALL: dict = {}
 CONV_SMALL_LANES = (8, 16, 24, 32, 48, 64)  # output counts with a kernel of their own
 CONV_SMALL_KROWS = (3, 6, 9, 12)  # kernel rows (kw x Cin) with one too: 3x3 on RGB is 9
@@ -1741,6 +1925,20 @@ def conv_small(nout: int, krow: int, parallel: bool):
         _CONV_SMALL[key] = _make_conv_small(*key)
     pair = _CONV_SMALL[key]
     return pair.parallel if parallel else pair.serial
+
+
+def conv_small_planar(nout: int, cin: int, kh: int, kw: int, sw: int, parallel: bool):
+    """The :func:`_make_conv_small_planar` kernel for this shape (built on first use)."""
+    key = ("planar", nout, cin, kh, kw, sw)
+    if key not in _CONV_SMALL:
+        _CONV_SMALL[key] = _make_conv_small_planar(*key[1:])
+    pair = _CONV_SMALL[key]
+    return pair.parallel if parallel else pair.serial
+
+
+def conv_small_planar_fits(nout: int) -> bool:
+    """Whether :func:`conv_small_planar` has a register block for ``nout`` outputs."""
+    return nout % FMA_LANES == 0 and 0 < nout <= 4 * FMA_LANES
 
 
 @_rows(**_KW)

@@ -109,9 +109,9 @@ class ConvOp(_ConvLike):
     def __call__(self, env, ctx) -> None:
         if self.replayed(env, ctx):
             return
-        x = env[self.inputs[0]]
+        x0 = env[self.inputs[0]]
         # a conv on a padded copy reads any strides: no channels-last copy first
-        x = x.transpose(0, 2, 3, 1) if self.pads_input and x.dtype == _F32 else nhwc(x)
+        x = x0.transpose(0, 2, 3, 1) if self.pads_input and x0.dtype == _F32 else nhwc(x0)
         if x.shape[1:] != self.in_shape:
             raise self.mismatch(x, f"[M, {', '.join(map(str, self.in_shape))}] (NHWC)")
         m = x.shape[0]
@@ -121,7 +121,12 @@ class ConvOp(_ConvLike):
         r1, r2 = self.residuals(env, res)
         ep = (self.ep, r1, r2, y, q, cfg, ctx.nt)
         views = (x, r1, r2)  # what the calls read of the inputs
-        if self.pads_input:
+        if self.reads_planar(x0):
+            kern = K.conv_small_planar(self.nout, self.cin, *self.kernel, self.stride[1],
+                                       ctx.k is K.PARALLEL)
+            calls = [(kern, (x0, self.w_planar) + ep)]
+            views = (x0, r1, r2)
+        elif self.pads_input:
             # the border stays as filled: a replay refills the inside only, and not even
             # that where the producer wrote its output there (``pad_in_place``)
             xp = self.pad_buffer(ctx, m)
@@ -180,6 +185,22 @@ class ConvOp(_ConvLike):
                 calls += [(ctx.k.im2col, (x, cols, self.pad_value, cfg_g, ctx.nt)),
                           product(cols[:nr], g, raw[q0 * wo:q1 * wo, g * og:(g + 1) * og])]
         return raw, calls
+
+    def reads_planar(self, x: np.ndarray) -> bool:
+        """Whether this small conv reads its NCHW input ``x`` as it is (a C-contiguous
+        image batch: the stem's), with no padded channels-last copy first."""
+        return (self.small and self.pad_value == 0 and x.dtype == _F32
+                and x.flags.c_contiguous and K.conv_small_planar_fits(self.nout))
+
+    @property
+    def w_planar(self) -> np.ndarray:
+        """The weights [Cin * kh * kw, O] in the planar kernel's order (made once)."""
+        wp = self.__dict__.get("_w_planar")
+        if wp is None:
+            kh, kw = self.kernel
+            wp = self.w[0].reshape(kh, kw, self.cin, self.nout).transpose(2, 0, 1, 3)
+            self._w_planar = wp = np.ascontiguousarray(wp.reshape(-1, self.nout))
+        return wp
 
     @property
     def pads_input(self) -> bool:
