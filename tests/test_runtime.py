@@ -317,51 +317,55 @@ def test_batch_and_plain_run(tmp_path):
         assert np.array_equal(load_packed(tmp_path / "q.bfp", threads=threads).run(x), y)
 
 
-@pytest.mark.parametrize("cin,nout,k,stride,pad", [
-    (3, 16, 3, 2, 1),  # QuickNet's stem (a kernel of its own for 16 outputs)
-    (3, 48, 3, 1, 1),  # the register block with 3 vectors of outputs (BinaryFaceFormer's
-    # 32 and BinaryFaceNet's 64 run in the zoo's end-to-end tests)
-    (1, 20, 5, 1, 2),  # any output count (the loop of unknown length), one channel
-    (4, 8, 2, 3, 0),  # stride past the kernel, no padding, odd output width
-    (2, 24, 3, 1, (1, 0)),  # padding on one axis only
-    # whole vectors of outputs, so also the planar kernel: one padded axis, strides that
-    # differ by axis; a 5x5 window with bands of 4 pixels; padding past the kernel
-    # (output columns that read no pixel) with a stride past it
-    (2, 32, 3, (2, 1), (1, 0)),
-    (1, 64, 5, 1, 2),
-    (3, 16, 2, 3, 3),
+# the paths a case runs: the planar kernel (on 1, 2 and 3 threads, or on one only),
+# the padded copy
+_PLANAR, _PLANAR_1T, _PADDED = ("planar",), ("planar, one thread",), ("padded",)
+
+
+@pytest.mark.parametrize("cin,nout,k,stride,pad,paths", [
+    (3, 16, 3, 2, 1, _PLANAR + _PADDED),  # QuickNet's stem (16 outputs: one vector)
+    (3, 48, 3, 1, 1, _PLANAR),  # the register block with 3 vectors of outputs
+    # (BinaryFaceFormer's 32 and BinaryFaceNet's 64 run in the zoo's end-to-end tests)
+    (1, 20, 5, 1, 2, _PADDED),  # any output count (the loop of unknown length), one channel
+    (4, 8, 2, 3, 0, _PADDED),  # stride past the kernel, no padding, odd output width
+    (2, 24, 3, 1, (1, 0), _PADDED),  # padding on one axis only
+    # the planar kernel's borders (one thread: each shape is a kernel to compile, and
+    # the rows' split across threads is the same code as above): one padded axis and
+    # strides that differ by axis; padding past the kernel (output columns and rows
+    # that read no pixel) with a stride past it
+    (2, 32, 3, (2, 1), (1, 0), _PLANAR_1T),
+    (3, 16, 2, 3, 3, _PLANAR_1T),
 ])
-@pytest.mark.parametrize("planar", [True, False])
-def test_small_input_conv_matches_pytorch(cin, nout, k, stride, pad, planar, tmp_path,
+def test_small_input_conv_matches_pytorch(cin, nout, k, stride, pad, paths, tmp_path,
                                           monkeypatch):
     """The direct conv for few input channels (padded copy, blocks of pixels, the last
     pixels of a row one by one or partly past its end), on a batch and on 1, 2 and 3
     threads; with outputs in whole vectors, also reading the NCHW input as it is
-    (``planar``: the image batch), the padded channels-last copy's border included."""
+    (the planar kernel: the image batch), the padded copy's border done apart."""
     from binface.runtime import kernels as K
     from binface.runtime.ops.fused import ConvOp
 
-    if not planar:
-        monkeypatch.setattr(ConvOp, "reads_planar", lambda self, x: False)
-    elif not K.conv_small_planar_fits(nout):
-        pytest.skip("the planar kernel takes whole vectors of outputs")
     torch.manual_seed(0)
     module = randomize_bn(nn.Sequential(nn.Conv2d(cin, nout, k, stride, pad, bias=False),
                                         nn.BatchNorm2d(nout), nn.PReLU(nout))).eval()
     export_packed(module, tmp_path / "c.bfp", input_size=(23, 21), channels=cin)
-    eng = load_packed(tmp_path / "c.bfp", threads=1)
-    conv = next(op for op in eng.ops if isinstance(op, ConvOp) and op.small)
     x = np.random.default_rng(0).standard_normal((3, cin, 23, 21), dtype=np.float32)
     with torch.no_grad():
         ref = module(torch.from_numpy(x)).numpy()
-    y = eng.run(x)
-    assert conv.reads_planar(x) == planar
-    assert y.shape == ref.shape and rel_err(y, ref) < 1e-5
-    x2 = x[::-1].copy()  # new values in the same kept input: the replay reads them
-    y2 = eng.run(x2)
-    assert rel_err(y2, y[::-1]) < 1e-6
-    for threads in (2, 3):
-        assert np.array_equal(load_packed(tmp_path / "c.bfp", threads=threads).run(x), y)
+    assert K.conv_small_planar_fits(nout) == any(p.startswith("planar") for p in paths)
+    for path in paths:
+        planar = path.startswith("planar")
+        if not planar:  # the padded copy (what an input that is not the image batch takes)
+            monkeypatch.setattr(ConvOp, "reads_planar", lambda self, x: False)
+        eng = load_packed(tmp_path / "c.bfp", threads=1)
+        conv = next(op for op in eng.ops if isinstance(op, ConvOp) and op.small)
+        y = eng.run(x)
+        assert conv.reads_planar(x) == planar
+        assert y.shape == ref.shape and rel_err(y, ref) < 1e-5
+        x2 = x[::-1].copy()  # new values in the same kept input: the replay reads them
+        assert rel_err(eng.run(x2), y[::-1]) < 1e-6
+        for t in () if path.endswith("one thread") else (2, 3):
+            assert np.array_equal(load_packed(tmp_path / "c.bfp", threads=t).run(x), y)
 
 
 @pytest.mark.parametrize("channels", [64, 48])
