@@ -1827,6 +1827,16 @@ def _make_conv_small(lanes: int, krow_c: int):
     return SimpleNamespace(serial=serial, parallel=parallel)
 
 
+@njit(inline="always")
+def _border_column(j, ox0, ox1, pl, sw, kw, w_):
+    """Border column ``j`` of :func:`conv_small_planar` (the ``ox0`` left of the inside
+    outputs ox0 .. ox1 - 1, then those right of it): its output column, and the first
+    and count of its window's taps along x that lie inside the image."""
+    ox = j if j < ox0 else ox1 + j - ox0
+    lo = max(0, pl - ox * sw)
+    return ox, lo, max(0, min(kw, w_ + pl - ox * sw) - lo)
+
+
 def _make_conv_small_planar(nout: int, cin: int, kh: int, kw: int, sw: int):
     """:func:`conv_small`'s twin for an NCHW input, for one stem's shape: ``nout`` a
     multiple of FMA_LANES up to 4 vectors, and Cin, kernel and stride along x known when
@@ -1864,11 +1874,10 @@ def _make_conv_small_planar(nout: int, cin: int, kh: int, kw: int, sw: int):
             # a border column's kernel: its taps inside the image, in order
             wb = np.zeros((max(1, nbc), nk * nout), np.float32)
             for j in range(nbc):
-                ox = j if j < ox0 else ox1 + j - ox0
-                lo, hi = max(0, pl - ox * sw), min(kw, w_ + pl - ox * sw)
+                _, lo, kr = _border_column(j, ox0, ox1, pl, sw, kw, w_)
                 k = 0
                 for t in range(cin * kh):
-                    for kx in range(lo, hi):
+                    for kx in range(lo, lo + kr):
                         wb[j, k * nout:(k + 1) * nout] = w[t * kw + kx]
                         k += 1
             xf, wf, vf = x.reshape(-1), w.reshape(-1), v.reshape(-1)
@@ -1896,9 +1905,7 @@ def _make_conv_small_planar(nout: int, cin: int, kh: int, kw: int, sw: int):
                     _planar_run(nv, rowp, 0, sw, wo, kw, wp - kw, kh, wp - kw, wf, 0, nout, nk,
                                 vf, ro, nout)
                 for j in range(nbc):  # border columns, down the rows inside vertically
-                    ox = j if j < ox0 else ox1 + j - ox0
-                    lo, hi = max(0, pl - ox * sw), min(kw, w_ + pl - ox * sw)
-                    kr = max(0, hi - lo)
+                    ox, lo, kr = _border_column(j, ox0, ox1, pl, sw, kw, w_)
                     _planar_run(nv, xf, n * cin * hw + ((oy0 + ra) * sh - pt) * w_
                                 + ox * sw - pl + lo, sh * w_, rb - ra, kr, w_ - kr, kh,
                                 hw - (kh - 1) * w_ - kr, wb.reshape(-1), j * nk * nout, nout,
