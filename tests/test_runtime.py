@@ -992,7 +992,7 @@ def test_weights_and_buffers_start_on_a_cache_line(tmp_path):
 @pytest.mark.skipif(not _omp_layer(), reason="regions need numba's OpenMP threading layer")
 @pytest.mark.parametrize("name,batches", [("quicknet_small", (1,)),
                                           ("binaryfacenet", (2,))])
-def test_parallel_regions_match_one_thread(name, batches, tmp_path):
+def test_parallel_regions_match_one_thread(name, batches, tmp_path, monkeypatch):
     """On 2 threads, from the REGION_AFTER-th replay on, the flat replay's runs of
     kernels go as parallel regions (chunk variants between spin barriers, one launch a
     run): the bits equal a 1-thread engine's for new values in the same array, at
@@ -1017,6 +1017,30 @@ def test_parallel_regions_match_one_thread(name, batches, tmp_path):
         regions = [fn for fn, _ in plan[1] if isinstance(fn, Region)]
         assert len(regions) == 1 and len(plan[1]) == 1
         assert not any(r.aborts for r in regions)  # their chunks ran at once
+    if name == "quicknet_small":
+        # the chunking trial (region.TRIAL_EVERY runs apart): the region keeps the choice
+        # of chunks per thread that ran faster, here by a fake clock, and the bits stay
+        from binface.runtime import region as reg
+
+        r = regions[0]
+        fast = {"k": 4}
+        clock = {"t": 0, "start": True}
+
+        def fake_ns() -> int:
+            if not clock["start"]:
+                clock["t"] += 50 if r._cut == fast["k"] else 100
+            clock["start"] = not clock["start"]
+            return clock["t"]
+
+        monkeypatch.setattr(reg, "perf_counter_ns", fake_ns)
+        for k, trials in ((4, r.trials + 1), (1, r.trials + 2)):
+            fast["k"] = k
+            r._runs = 0  # a trial next
+            for _ in range(reg.TRIAL_RUNS * len(reg.CHUNK_CHOICES) + 2):
+                x[...] = rng.standard_normal(x.shape, dtype=np.float32)
+                assert np.array_equal(two.run(x), one.run(x.copy())), k
+            assert r.chunks == k and r.trials == trials and not r.aborts
+            assert (r.words[r._nt_at] == 2 * k).all()  # the kernels' chunk counts
     two.regions = False  # the plain launches again: the same bits
     assert np.array_equal(two.run(x), one.run(x))
     if name == "binaryfacenet":
@@ -1051,7 +1075,7 @@ def test_region_barrier_orders_the_threads_phases():
     import numba
     from numba import njit, prange
 
-    from binface.runtime.region import _barrier
+    from binface.runtime.region import BAR_WORDS, _barrier
 
     @njit(parallel=True)
     def phases(bar, seen, nt, k):
@@ -1065,13 +1089,62 @@ def test_region_barrier_orders_the_threads_phases():
                         seen[p, nt + ch] = -1
 
     nt = numba.get_num_threads()
-    bar = np.zeros(16, np.int64)
+    bar = np.zeros(BAR_WORDS, np.int64)
     for _ in range(3):
         seen = np.zeros((500, 2 * nt), np.int64)
         phases(bar, seen, nt, 500)
         assert (seen[:, :nt] == np.arange(1, 501)[:, None]).all()
         assert (seen[:, nt:] == 0).all()
     assert bar[8] == 1500 and bar[0] == 0
+
+
+@pytest.mark.skipif(not _omp_layer(), reason="regions need numba's OpenMP threading layer")
+@pytest.mark.parametrize("late", [True, False])
+def test_region_chunks_are_claimed_once(late):
+    """A row kernel's chunk variant claims its chunks (``kernels._thread_chunk``): each
+    thread its own share front to back, then what is left of the other's from the back.
+    Every chunk runs once; a thread that comes late finds its share done by the other
+    (here thread 1 starts only when thread 0 is through)."""
+    import numba
+    from numba import njit, prange
+
+    from binface.runtime.kernels import _thread_chunk, reset_chunks
+    from binface.runtime.region import _atomic_load, _atomic_store
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 numba threads")
+
+    @njit(parallel=True)
+    def claim(runs, order, flag, nt, late):
+        for _ in prange(2):
+            t = numba.get_thread_id()
+            spins = 0
+            while late and t == 1 and _atomic_load(flag, 0) == 0 and spins < 1 << 30:
+                spins += 1
+            for k, c in enumerate(_thread_chunk(nt)):
+                runs[c] += 1
+                order[t, k] = c
+            if t == 0:
+                _atomic_store(flag, 0, 1)
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        for nt in (8, 7, 2):
+            runs = np.zeros(nt, np.int64)
+            order = np.full((2, nt + 1), -1, np.int64)
+            reset_chunks(2)
+            claim(runs, order, np.zeros(8, np.int64), nt, late)
+            assert (runs == 1).all(), (nt, runs)
+            h = nt // 2
+            if late:  # thread 0: its share, then thread 1's from the back
+                assert list(order[0, :nt]) == [*range(h), *range(nt - 1, h - 1, -1)]
+                assert (order[1] == -1).all()
+            for t, (lo, hi) in enumerate(((0, h), (h, nt))):
+                own = [c for c in order[t] if lo <= c < hi]
+                assert own == sorted(own) or t == 1 and late
+    finally:
+        numba.set_num_threads(before)
 
 
 def test_batches_in_passes_match_one_run(tmp_path):

@@ -36,12 +36,14 @@ from __future__ import annotations
 import math
 from types import FunctionType, SimpleNamespace
 
+import llvmlite.binding as llb
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types, vectorize
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.core.imputils import RefType, iternext_impl
+from numba.extending import intrinsic, lower_builtin, models, register_model
 
 _ONE = np.uint64(1)
 _KW = {"cache": True, "nogil": True, "boundscheck": False}
@@ -69,12 +71,115 @@ def _twins(fn, **kw):
     return njit(**kw)(fn), njit(parallel=True, **kw)(twin)
 
 
-@njit(inline="always")
-def _thread_chunk(nt):
-    """What ``prange(nt)`` reads as in a row kernel's chunk variant (``region.py``):
-    this thread's one chunk of ``nt``."""
+# The chunk claims of the running region (``region.py``): word TEAM holds its thread
+# count, and thread t's counter sits at word CLAIM_LINE * (t + 1), a cache line of its
+# own: the chunks taken from the front of t's own share (low 32 bits, by t) and from its
+# back (high 32 bits, by threads that ran out of their own). Reached by symbol name, so
+# the cached chunk variants find it in every process; one region runs at a time in a
+# process (``region.Region`` holds a lock).
+CLAIM_LINE, TEAM, MAX_TEAM = 8, 0, 64
+_CLAIMS = np.zeros(CLAIM_LINE * (MAX_TEAM + 2), np.int64)
+_CLAIM_AT = -(-_CLAIMS.ctypes.data // 64) * 64
+_CLAIM_SYMBOL = "binface_region_chunk_claims"
+llb.add_symbol(_CLAIM_SYMBOL, _CLAIM_AT)
+
+
+def _claim_word(builder, idx):
+    try:
+        g = builder.module.get_global(_CLAIM_SYMBOL)
+    except KeyError:
+        g = ir.GlobalVariable(builder.module, ir.IntType(64), _CLAIM_SYMBOL)
+        g.linkage = "external"
+    return builder.gep(g, [idx])
+
+
+@intrinsic
+def _claims_add(typingctx, idx, val):
+    """Claim word ``idx`` += ``val``, atomically; returns the old value."""
+    def codegen(context, builder, sig, args):
+        return builder.atomic_rmw("add", _claim_word(builder, args[0]), args[1], "seq_cst")
+    return types.int64(types.int64, types.int64), codegen
+
+
+@intrinsic
+def _claims_load(typingctx, idx):
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_claim_word(builder, args[0]), "acquire", 8)
+    return types.int64(types.int64), codegen
+
+
+@intrinsic
+def _claims_store(typingctx, idx, val):
+    def codegen(context, builder, sig, args):
+        builder.store_atomic(args[1], _claim_word(builder, args[0]), "release", 8)
+        return context.get_dummy_value()
+    return types.void(types.int64, types.int64), codegen
+
+
+@njit(nogil=True, cache=True)
+def reset_chunks(team):
+    """No chunk claimed yet, by any of ``team`` threads: before a region's first kernel
+    and at each barrier (by the last thread there)."""
+    _claims_store(TEAM, team)
+    for t in range(team):
+        _claims_store(CLAIM_LINE * (t + 1), 0)
+
+
+_LOW = (1 << 32) - 1
+
+
+def _claim_next(nt):
+    """The next chunk of ``nt`` for this thread, or -1: its own share (an even split,
+    as ``prange`` would cut it) front to back, then the other threads' from their back.
+    Where the cores run at one speed each thread does just its own share, the rows it
+    did in the layer before; a thread on a faster core goes on with a slower one's."""
+    team = _claims_load(TEAM)
     t = numba.get_thread_id()
-    return range(t, min(t + 1, nt))
+    for k in range(team):
+        u = (t + k) % team
+        lo, hi = u * nt // team, (u + 1) * nt // team
+        old = _claims_add(CLAIM_LINE * (u + 1), 1 if k == 0 else 1 << 32)
+        front, back = old & _LOW, old >> 32
+        if front + back < hi - lo:
+            return lo + front if k == 0 else hi - 1 - back
+    return -1
+
+
+class ClaimedChunks(types.SimpleIteratorType):
+    """What ``prange(nt)`` reads as in a row kernel's chunk variant (``region.py``): the
+    chunks this thread claims (``_claim_next``), one at a time. An iterator type, not a
+    numba generator: a generator loaded from the cache cannot be called from a kernel
+    compiled later in the same process."""
+
+    def __init__(self) -> None:
+        super().__init__("claimed_chunks", types.int64)
+
+
+_CLAIMED = ClaimedChunks()
+
+
+@register_model(ClaimedChunks)
+class _ClaimedModel(models.StructModel):
+    def __init__(self, dmm, fe_type) -> None:
+        super().__init__(dmm, fe_type, [("nt", types.int64)])
+
+
+@intrinsic
+def _thread_chunk(typingctx, nt):
+    def codegen(context, builder, sig, args):
+        it = cgutils.create_struct_proxy(_CLAIMED)(context, builder)
+        it.nt = context.cast(builder, args[0], sig.args[0], types.int64)
+        return it._getvalue()
+    return _CLAIMED(nt), codegen
+
+
+@lower_builtin("iternext", ClaimedChunks)
+@iternext_impl(RefType.UNTRACKED)
+def _claimed_next(context, builder, sig, args, result):
+    it = cgutils.create_struct_proxy(_CLAIMED)(context, builder, value=args[0])
+    c = context.compile_internal(builder, _claim_next, types.int64(types.int64), [it.nt])
+    result.set_valid(builder.icmp_signed(">=", c, ir.Constant(ir.IntType(64), 0)))
+    result.yield_(c)
 
 
 def _rows(**kw):
@@ -101,8 +206,6 @@ def _vector_words() -> int:
     """64-bit lanes of the block kernel's vectors: 8 (512 bits) where the CPU has
     AVX-512 VPOPCNTDQ, else 4 (two NEON registers, or one AVX2 register)."""
     try:
-        import llvmlite.binding as llb
-
         feats = llb.get_host_cpu_features()
         return 8 if feats.get("avx512vpopcntdq") and feats.get("avx512f") else 4
     except Exception:  # noqa: BLE001 - no feature query: the portable width

@@ -3,12 +3,24 @@ spin barriers between them, instead of one numba parallel launch per kernel.
 
 A launch (numba's ``prange`` over OpenMP) costs 2-3 us here; QuickNet makes 29 of
 them per image, about a fifth of its time on 2 threads, and none of it shrinks with
-more threads. A region launches once: every thread runs its own share of each kernel
-in turn (the kernel's *chunk* variant: the same source, with the ``prange`` over
-chunks replaced by this thread's one chunk, so each thread computes exactly what it
-computed under ``prange`` and the bits are the same), then waits at a barrier for the
-others before the next kernel. A serial kernel (the head's mean, its affine) runs on
-one thread between two barriers.
+more threads. A region launches once: every thread runs its share of each kernel in
+turn, then waits at a barrier for the others before the next kernel. A serial kernel
+(the head's mean, its affine) runs on one thread between two barriers.
+
+A thread's share is claimed, not fixed: each row kernel's rows are cut into chunks,
+and its *chunk* variant (the same source, with the ``prange`` over chunks read as
+``kernels._thread_chunk``) claims them one at a time from atomic counters: first its
+own share (the even split ``prange`` makes, so each thread works on the rows it wrote
+in the layer before), front to back, then what is left of another thread's, from the
+back. A thread that starts a kernel late, or runs on a slower core, then does not
+hold the others up: this VM's two vCPUs run fma-bound code up to 2.2x apart at times,
+and big.LITTLE boards are built that way. With more chunks per thread a faster core
+can take more, at a cost where the cores are even (cutting rows finer costs 2-15 %
+of the work on one thread, mostly weights read again per chunk), so each region times
+1 and 4 chunks per thread now and then and keeps the faster (``chunks``). Row results
+do not depend on the chunking, so the bits are those of one thread either way. The
+counters are one set per process, so one region runs at a time (a second, started
+from another Python thread meanwhile, makes its plain calls).
 
 The kernels are called through their native entry points, from a body that receives
 only two arrays (the entry addresses and every call's arguments as raw words:
@@ -24,7 +36,9 @@ one thread in turn and would deadlock, so regions are built only under ``omp``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from time import perf_counter_ns
 from types import FunctionType
 from typing import Any
 
@@ -34,6 +48,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
+
+from .kernels import MAX_TEAM, reset_chunks
 
 
 # ---------------------------------------------------------------- atomics and the barrier
@@ -79,10 +95,20 @@ def _atomic_cas(typingctx, arr, idx, expect, val):
 # the barrier's words, each on its own cache line (int64 slots): its count and
 # generation, then the start's count and decision (reset before every launch)
 COUNT, GENERATION, START_COUNT, START = 0, 8, 16, 24
-BAR_WORDS = 32
+WAITS = 32  # then each thread's polls at the barriers (a line per thread): who waits
+BAR_WORDS = WAITS + 8 * MAX_TEAM
 GO, ABORT = 1, 2
 START_SPINS = 1 << 24  # about 10-50 ms of waiting for the other threads to arrive
 ABORT_AFTER = 3  # starts timed out in a row before a region stays on the plain calls
+_RUNNING = threading.Lock()  # held by the region that owns the chunk counter
+# A row kernel's chunks per thread, claimed as threads get free: 1 is the even split
+# (fastest where the cores run at one speed: cutting rows finer costs 2-15 % of the
+# work on one thread, mostly weights read again per chunk), 4 lets a faster core take
+# more. A region tries each choice now and then and keeps the faster (see Region).
+CHUNK_CHOICES = (1, 4)
+TRIAL_EVERY = 256  # runs between two trials
+TRIAL_RUNS = 8  # runs of each choice in a trial, alternating; their medians are compared
+TRIAL_MARGIN = 0.97  # another choice must beat the even split by 3 % to replace it
 
 
 @njit(nogil=True, cache=True)
@@ -94,6 +120,7 @@ def _start(bar, nt):
     busy thread would only start after it (OpenMP giving fewer threads, a launch
     nested in another): the caller sees ABORT and makes the plain calls instead."""
     if _atomic_add(bar, START_COUNT, 1) == nt - 1:
+        reset_chunks(nt)
         _atomic_cas(bar, START, 0, GO)
     else:
         spins = 0
@@ -106,13 +133,17 @@ def _start(bar, nt):
 
 @njit(nogil=True, cache=True)
 def _barrier(bar, nt, gen):
-    """Wait until all ``nt`` threads arrive; the last one opens the next generation."""
+    """Wait until all ``nt`` threads arrive; the last one resets the chunk counter for
+    the next kernel and opens the next generation."""
     if _atomic_add(bar, COUNT, 1) == nt - 1:
+        reset_chunks(nt)
         _atomic_store(bar, COUNT, 0)
         _atomic_store(bar, GENERATION, gen + 1)
     else:
+        polls = 0
         while _atomic_load(bar, GENERATION) == gen:
-            pass
+            polls += 1
+        bar[WAITS + 8 * numba.get_thread_id()] += polls
     return gen + 1
 
 
@@ -258,6 +289,8 @@ class Region:
     in ``calls`` must stay alive and in place (the engine's kept buffers do)."""
 
     def __init__(self, calls: list[tuple[Callable, tuple]], nt: int) -> None:
+        if not 1 < nt <= MAX_TEAM:
+            raise ValueError(f"a region runs on 2 to {MAX_TEAM} threads, not {nt}")
         self.calls, self.nt = calls, nt
         lines = ["def body(ch, nt, bar, addrs, words):",
                  "    if not start(bar, nt):",
@@ -265,13 +298,14 @@ class Region:
                  "    gen = atomic_load(bar, GENERATION)"]
         glob: dict[str, Any] = {"atomic_load": _atomic_load, "barrier": _barrier,
                                 "start": _start, "GENERATION": GENERATION}
-        addrs, rows = [], []
+        addrs, rows, nt_at = [], [], []
         for i, (fn, args) in enumerate(calls):
             argtys = tuple(numba.typeof(a) for a in args)
             glob[f"c{i}"] = _caller(argtys)
             rows.append([w for a in args for w in _words(a)])
-            if is_row_kernel(fn):
+            if is_row_kernel(fn):  # its last argument: the chunk count (see _set_chunks)
                 addrs.append(_entry(chunk_variant(fn), args))
+                nt_at.append((i, len(rows[-1]) - 1))
                 lines.append(f"    c{i}(addrs[{i}], words[{i}])")
             else:  # a serial kernel: one thread
                 addrs.append(_entry(fn, args))
@@ -284,6 +318,14 @@ class Region:
         for i, r in enumerate(rows):
             self.words[i, :len(r)] = r
         self.bar = np.zeros(BAR_WORDS, np.int64)
+        self._nt_at = tuple(np.array(a, np.intp) for a in zip(*nt_at, strict=True)) \
+            if nt_at else None
+        self._nt_words = self.words[self._nt_at] if nt_at else None  # one chunk per thread
+        self.chunks = 1  # chunks per thread of every row kernel, as the last trial chose
+        self.trials = 0  # trials made (one at the first run, then every TRIAL_EVERY runs)
+        self._runs = 0
+        self._cut = 1  # the chunk count now in ``words``: the calls' own (one per thread)
+        self._took: dict[int, list[int]] = {}  # this trial's times per choice
         body = njit(_BODY_SIG, nogil=True)(glob["body"])
         cres = body.overloads[_BODY_TYPES]
         self.body = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
@@ -295,12 +337,40 @@ class Region:
         if self.aborts:
             raise RuntimeError("the region's chunks did not run at once")
 
+    def waits(self, reset: bool = False) -> np.ndarray:
+        """Each thread's polls at this region's barriers so far (thread 0 is the caller's):
+        where one thread's count runs far ahead of the others', it waited for them, so
+        they ran slower (a slower core, or one shared with other work)."""
+        got = self.bar[WAITS:WAITS + 8 * self.nt:8].copy()
+        if reset:
+            self.bar[WAITS:] = 0
+        return got
+
+    def _set_chunks(self, k: int) -> None:
+        if self._nt_at is not None and k != self._cut:
+            self.words[self._nt_at] = self._nt_words * k
+            self._cut = k
+
     def __call__(self) -> None:
         bar = self.bar
-        if not self.aborted:
-            bar[START_COUNT] = 0
-            bar[START] = 0
-            _launch(self.body, self.nt, bar, self.addrs, self.words)
+        # another region running (from another Python thread) holds the chunk counter:
+        # then the plain calls, as after an abort
+        if not self.aborted and _RUNNING.acquire(blocking=False):
+            trial = self._runs % TRIAL_EVERY
+            self._runs += 1
+            timed = trial < TRIAL_RUNS * len(CHUNK_CHOICES) and self._nt_at is not None
+            if timed:
+                self._set_chunks(CHUNK_CHOICES[trial % len(CHUNK_CHOICES)])
+            try:
+                bar[START_COUNT] = 0
+                bar[START] = 0
+                t0 = perf_counter_ns()
+                _launch(self.body, self.nt, bar, self.addrs, self.words)
+                took = perf_counter_ns() - t0
+            finally:
+                _RUNNING.release()
+            if timed:
+                self._timed(trial, took if bar[START] == GO else None)
             if bar[START] == GO:
                 self._in_a_row = 0
                 return
@@ -310,6 +380,19 @@ class Region:
             self.aborted = self._in_a_row >= ABORT_AFTER
         for fn, args in self.calls:
             fn(*args)
+
+    def _timed(self, trial: int, took: int | None) -> None:
+        """A trial's run: its time kept per choice; after the last, the faster kept."""
+        if took is not None:
+            self._took.setdefault(self._cut, []).append(took)
+        if trial == TRIAL_RUNS * len(CHUNK_CHOICES) - 1:
+            med = {k: float(np.median(v)) for k, v in self._took.items()}
+            k, t = min(med.items(), key=lambda kv: kv[1], default=(1, 0.0))
+            even = med.get(1)
+            self.chunks = 1 if even is not None and t >= TRIAL_MARGIN * even else k
+            self.trials += 1
+            self._took = {}
+        self._set_chunks(self.chunks)
 
 
 def regions_supported() -> bool:
