@@ -134,7 +134,7 @@ def _claim_next(nt):
     Where the cores run at one speed each thread does just its own share, the rows it
     did in the layer before; a thread on a faster core goes on with a slower one's."""
     team = _claims_load(TEAM)
-    t = numba.get_thread_id()
+    t = numba.get_thread_id() % team  # the team is numba's thread count; any id is safe
     for k in range(team):
         u = (t + k) % team
         lo, hi = u * nt // team, (u + 1) * nt // team
