@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 from tqdm import tqdm
 
-from binface.runtime import load_packed
+from binface.runtime import export_packed, load_packed
 from binface.runtime.region import Region, _atomic_load, _atomic_store
 
 
@@ -56,15 +56,6 @@ def trip_ns(n: int = 20000) -> float:
     t0 = time.perf_counter()
     _bounce(flag, n)
     return (time.perf_counter() - t0) / n * 1e9
-
-
-def export(name: str, folder: Path) -> Path:
-    from binface.models import create_model
-    from binface.runtime import export_packed
-
-    path = folder / f"{name}.bfp"
-    export_packed(create_model(name).eval(), path, (112, 112))
-    return path
 
 
 def median_ms(engine, x, runs: int) -> float:
@@ -96,7 +87,8 @@ def main() -> None:
     _bounce(np.zeros(16, np.int64), 10)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            path = export(name, Path(tmp))
+            path = Path(tmp) / f"{name}.bfp"
+            export_packed(name, path)
             one, two = load_packed(path, threads=1), load_packed(path, threads=2)
             for _ in range(20):
                 one.run(x)
