@@ -130,9 +130,14 @@ def chart(rows: list[dict], runtimes: list[str], path: Path, title: str) -> None
 THREAD_TARGETS = {1: 1.6, 16: 1.8}  # batch: minimum 2-thread speed-up over 1 thread
 
 
-def thread_scaling(names: list[str], threads: int, repeats: int, rounds: int) -> list[dict]:
-    """The packed engine on 1 and ``threads`` threads, batch 1 and 16, all side by side
-    (one worker process per thread count and batch, rounds interleaved)."""
+def thread_scaling(names: list[str], threads: int, images: int, rounds: int) -> list[dict]:
+    """The packed engine on 1 and ``threads`` threads, side by side (one worker process
+    per thread count, ``rounds`` rounds alternating between them), at batch 1 and 16:
+    ``images`` images per thread count at each batch (``images // 16`` runs of 16).
+
+    Many short rounds, not a few long ones: this VM's host changes what the two vCPUs
+    get every few seconds (``benchmarks/thread_phases.py``), so a figure from one or
+    two seconds says more about the moment than about the engine."""
     from binface.runtime import export_packed
     from binface.runtime.bench import Job, time_jobs
 
@@ -141,11 +146,13 @@ def thread_scaling(names: list[str], threads: int, repeats: int, rounds: int) ->
         for name in tqdm(names, desc="thread scaling", unit="model"):
             path = str(Path(tmp) / f"{name}.bfp")
             export_packed(name, path)
-            combos = [(b, t) for b in THREAD_TARGETS for t in (1, threads)]
-            res = time_jobs([Job("packed", path, threads=t, batch=b) for b, t in combos],
-                            repeats=repeats, rounds=rounds)
-            ms = {f"batch{b}_threads{t}_ms": r["median_ms"]
-                  for (b, t), r in zip(combos, res, strict=True)}
+            ms = {}
+            for b in THREAD_TARGETS:
+                res = time_jobs([Job("packed", path, threads=t, batch=b)
+                                 for t in (1, threads)],
+                                repeats=max(rounds, images // b), rounds=rounds)
+                ms.update({f"batch{b}_threads{t}_ms": r["median_ms"]
+                           for t, r in zip((1, threads), res, strict=True)})
             rows.append({"model": name, "threads": threads, **ms, "speedup": {
                 b: round(ms[f"batch{b}_threads1_ms"] / ms[f"batch{b}_threads{threads}_ms"], 3)
                 for b in THREAD_TARGETS}})
@@ -208,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                    "the packed engine on 1 and --scaling-threads threads, batch 1 and 16, "
                    "side by side (e.g. quicknet,binaryfacenet,binaryfaceformer_sep)")
     p.add_argument("--scaling-threads", type=int, default=2)
+    p.add_argument("--scaling-images", type=int, default=2000, help="images per thread "
+                   "count and batch size in --thread-scaling")
+    p.add_argument("--scaling-rounds", type=int, default=40)
     args = p.parse_args(argv)
     # --thread-scaling alone: only that
     names = args.models or ([] if args.thread_scaling and not args.family
@@ -221,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     env = (f"{platform.processor() or platform.machine()}, {args.threads} thread(s), "
            f"load average {load:.2f} at start, python {sys.version.split()[0]}")
     scaling = [n for n in args.thread_scaling.split(",") if n]
-    threads_rows = (thread_scaling(scaling, args.scaling_threads, args.repeats, args.rounds)
-                    if scaling else [])
+    threads_rows = (thread_scaling(scaling, args.scaling_threads, args.scaling_images,
+                                   args.scaling_rounds) if scaling else [])
     md = f"Latency, batch 1, 112x112 ({env})\n\n{table}"
     if threads_rows:
         md += "\nPacked engine, threads inside each layer:\n\n" + "\n".join(
